@@ -3,7 +3,7 @@
 Version ranges are the ones that resolve together on Python 3.11 (jax 0.10.x is the newest jax
 that the package index serves here; seqio 0.0.20 wants tensorflow 2.21 and tfds 4.9.10).
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 CORE = [
     "jax>=0.10.2,<0.11",
@@ -26,12 +26,23 @@ CORE = [
 ]
 HF = ["torch==2.13.0", "transformers>=5.0,<6", "safetensors>=0.4"]
 
+# The top-level gin/ configs are installed as package data in xltransfer/gin/ (a data-only
+# package mapped onto the repository's gin/), so that `--gin_file=models/mt5_small.gin` and
+# the `include` lines inside the configs work without a checkout (xltransfer/gin_paths.py
+# finds them).
+# Each subdirectory is listed as a package too: setuptools warns about (and may drop) data
+# directories that are importable but not listed.
+GIN_PACKAGES = ["xltransfer.gin"] + [f"xltransfer.gin.{name}"
+                                     for name in find_namespace_packages(where="gin")]
+
 setup(
     name="xltransfer",
     version="0.1.0",
     description="mT5 training and zero-shot XTREME-R evaluation for cross-lingual intermediate-task studies",
-    packages=find_packages(include=["xltransfer", "xltransfer.*"]),
-    package_data={"xltransfer": ["assets/*", "assets/**/*"]},
+    packages=find_packages(include=["xltransfer", "xltransfer.*"]) + GIN_PACKAGES,
+    package_dir={"xltransfer.gin": "gin"},
+    package_data={"xltransfer": ["assets/*", "assets/**/*"],
+                  **{name: ["*.gin"] for name in GIN_PACKAGES}},
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=CORE,

@@ -43,6 +43,15 @@ def test_squad_keeps_every_answer_and_unanswerable_questions():
   assert v2[1]["answers"] == []
 
 
+def test_siqa_reads_three_choices_in_the_xcopa_fields():
+  train = readers.read_siqa(os.path.join(XTREME, "siqa", "socialIQa_v1.4_trn.jsonl"))
+  assert [ex["label"] for ex in train] == [0, 1, 2]
+  assert train[0]["premise"].startswith("Robin forgot")
+  assert train[0]["question"] == "How would Robin feel afterwards?"
+  assert train[2]["choices"] == ["to sleep early", "to avoid the show",
+                                 "to have the painting ready in time"]
+
+
 @pytest.mark.parametrize("reader,name,text,line,message", [
     (readers.read_nli_tsv, "x.tsv", "a\tb\tentailment\nc\td\tmaybe\n", 2, "unknown label 'maybe'"),
     (readers.read_nli_tsv, "x.tsv", "a\tb\tneutral\nonly one field\n", 2, "expected 2 or 3"),
@@ -61,6 +70,12 @@ def test_squad_keeps_every_answer_and_unanswerable_questions():
      '{"id": "1", "answerKey": "F", "question": {"stem": "q", "choices": [{"label": "A", "text": "a"}]}}\n',
      1, "unknown answerKey 'F'"),
     (readers.read_squad_json, "x.json", '{"data": [\n  {"title": "t",,}\n]}', 2, "bad JSON"),
+    (readers.read_siqa, "x.jsonl",
+     '{"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c", '
+     '"correct": "A"}\n{"context": "c", "question": "q", "answerA": "a", "answerB": "b", '
+     '"answerC": "c", "correct": "D"}\n', 2, "unknown answer 'D'"),
+    (readers.read_siqa, "x.jsonl", '{"context": "c", "question": "q", "answerA": "a"}\n', 1,
+     "missing field 'answerB'"),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, reader, name, text, line, message):
   path = _write(tmp_path, name, text)

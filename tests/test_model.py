@@ -165,3 +165,20 @@ def test_rank_scores_and_pooled_encodings(tiny):
   # Padding must not change the pooled vector of a row.
   padded = jnp.concatenate([tokens, jnp.zeros((3, 5), jnp.int32)], axis=1)
   np.testing.assert_allclose(np.asarray(model.encode(params, padded)), pooled, atol=1e-5)
+
+
+def test_chunked_argmax_equals_jnp_argmax_with_ties_and_ragged_sizes():
+  from xltransfer.model.argmax import argmax_last_axis
+  rng = np.random.RandomState(0)
+  for shape in [(3, 1000), (2, 5, 300), (4, 100)]:
+    x = rng.randint(-5, 5, size=shape).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(np.asarray(argmax_last_axis(jnp.asarray(x), chunk=64)),
+                                  np.argmax(x, axis=-1))
+  x = np.full((2, 777), -3.0e38, np.float32)
+  x[0, 776] = -1.0e38  # the maximum sits in the padded last chunk
+  x[1, 0] = -1.0e38
+  np.testing.assert_array_equal(np.asarray(argmax_last_axis(jnp.asarray(x), chunk=128)), [776, 0])
+  rows = np.array([[-np.inf] * 300, [np.nan] + [0.0] * 299, [0.0] * 200 + [np.nan] + [0.0] * 99],
+                  np.float32)
+  np.testing.assert_array_equal(np.asarray(argmax_last_axis(jnp.asarray(rows), chunk=128)),
+                                np.asarray(jnp.argmax(jnp.asarray(rows), axis=-1)))

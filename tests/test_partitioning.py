@@ -98,3 +98,31 @@ def test_four_device_mesh_shardings():
   proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                         timeout=300, cwd=REPO_ROOT)
   assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-4000:]
+
+
+class _FakeTpu:
+  """Just what create_mesh reads of a TPU device: its platform, host, id and torus coords."""
+  platform = "tpu"
+  process_index = 0
+  device_kind = "TPU v5 lite"
+
+  def __init__(self, i, coords):
+    self.id, self.coords = i, coords
+
+
+def test_a_mesh_that_does_not_fit_the_torus_names_the_gin_key(monkeypatch):
+  devices = [_FakeTpu(i, (i % 4, i // 4, 0)) for i in range(16)]  # a 4x4 torus
+
+  def no_layout(shape, devices):
+    del devices
+    raise NotImplementedError(f"Failed to find assignment for logical_axis_index 1 of size "
+                              f"{shape[1]} with remaining assignable mesh [4, 4, 0].")
+
+  monkeypatch.setattr(partitioning.mesh_utils, "create_device_mesh", no_layout)
+  with pytest.raises(ConfigError) as error:
+    partitioning.create_mesh(model=8, devices=devices)
+  message = str(error.value)
+  assert "mesh (data 2, model 8) cannot be laid out on the 4x4 TPU torus of these 16" in message
+  assert "(1, 4, 16 here)" in message
+  assert "change xltransfer.partitioning.create_mesh.model (now 8)" in message
+  assert "logical_axis_index 1" in message  # mesh_utils' own words are kept

@@ -110,3 +110,13 @@ def test_mesh_that_does_not_divide_the_devices_is_a_config_error(capsys):
 def test_unknown_topology_is_a_user_error():
   with pytest.raises(UserError, match="known: v4, v5e"):
     plan_cli.main([*TINY, "--topology", "v9:2x2"])
+
+
+def test_mesh_that_does_not_fit_the_tpu_torus_names_the_gin_key(capfd):
+  # 8-way model parallelism on a 4x4 torus: 8 is not a product of its axis sizes.
+  status = plan_cli.main([*TINY, "--topology", "v5e:4x4", "--skip_inference",
+                          "--gin.xltransfer.partitioning.create_mesh.model=8"])
+  err = capfd.readouterr().err
+  assert status == plan_cli.EXIT_CONFIG_ERROR
+  assert "mesh (data 2, model 8) cannot be laid out on the 4x4 TPU torus of these 16" in err
+  assert "change xltransfer.partitioning.create_mesh.model (now 8)" in err

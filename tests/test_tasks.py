@@ -6,10 +6,12 @@ import json
 import os
 import re
 import shutil
+import zlib
 
 import gin
 import pytest
 import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from xltransfer.data import paths, sources, vocab
@@ -59,7 +61,7 @@ def data_dirs(tmp_path_factory):
   langs = languages.TARGET_LANGUAGES
   for family in ("xnli", "udpos", "panx", "xcopa"):
     ext = "jsonl" if family == "xcopa" else "tsv"
-    for split in ("dev", "test"):
+    for split in ("val" if family == "xcopa" else "dev", "test"):
       fill(xtreme / family, rf"{split}-(\w+)\.{ext}",
            [f"{split}-{l}.{ext}" for l in langs[family]])
   fill(xtreme / "xquad", r"xquad\.(\w+)\.json", [f"xquad.{l}.json" for l in langs["xquad"]])
@@ -85,9 +87,12 @@ def data_dirs(tmp_path_factory):
     if not (user / "text" / lang).exists():
       (user / "text" / lang).mkdir(parents=True)
       shutil.copy(user / "text" / "sw" / "news.txt", user / "text" / lang / "news.txt")
-  saved = {k: os.environ.get(k) for k in (paths.XTREME_ENV_VAR, paths.USER_DATA_ENV_VAR)}
+  from xltransfer.tasks import rates  # pylint: disable=g-import-not-at-top
+  saved = {k: os.environ.get(k)
+           for k in (paths.XTREME_ENV_VAR, paths.USER_DATA_ENV_VAR, rates.CACHE_ENV_VAR)}
   os.environ[paths.XTREME_ENV_VAR] = str(xtreme)
   os.environ[paths.USER_DATA_ENV_VAR] = str(user)
+  os.environ[rates.CACHE_ENV_VAR] = str(root / "cache")  # counted corpus sizes
   vocab.use_task_vocabulary("builtin")
   yield xtreme, user
   for k, v in saved.items():
@@ -101,12 +106,10 @@ def _file_backed(entry):
   return not entry.data.startswith("tfds:") and entry.kind != "mixture"
 
 
-def test_every_file_backed_task_yields_examples(data_dirs):
-  """Every task's source reads its fixture files; per (kind, family) one representative runs
-  the whole pipeline through seqio.get_dataset, and the family's other tasks share its
-  preprocessors (the same function objects), so the pipeline holds for all of them."""
+def test_every_file_backed_task_reads_every_split(data_dirs):
+  """Every split of every file-backed task reads its fixture files (the pipeline itself runs
+  for every task in the chunked test below)."""
   from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
-  representatives = {}
   checked = 0
   for entry in catalog.entries():
     if not _file_backed(entry):
@@ -118,54 +121,174 @@ def test_every_file_backed_task_yields_examples(data_dirs):
       else:  # text-file corpora
         assert next(iter(task.source.get_dataset(split=split, shuffle=False)), None) is not None
       checked += 1
-    key = (entry.kind, entry.family, entry.name.endswith("_train"))
-    if key in representatives:
-      same = [type(p) for p in task.preprocessors] == [
-          type(p) for p in representatives[key].preprocessors]
-      assert same, entry.name
-    else:
-      representatives[key] = task
   assert checked > 450
-  assert len(representatives) > 30
-  for task in representatives.values():
-    split = task.splits[-1]  # test where there is one: the unlabeled files are the odd ones
-    ds = seqio.get_dataset(task.name, task_feature_lengths=LENGTHS, dataset_split=split,
-                           shuffle=False, feature_converter=seqio.EncDecFeatureConverter(pack=False))
-    batch = next(iter(ds.as_numpy_iterator()), None)
-    assert batch is not None, (task.name, split)
-    assert batch["encoder_input_tokens"].shape == (LENGTHS["inputs"],), task.name
 
 
-# One task per TFDS code path (anli_plus also reads glue/mnli and snli; squad_v1 and the
-# tydiqa translate-train share the squad_v2 / xquad paths).
-TFDS_TASKS = ["xlt_inter_anli_plus", "xlt_inter_qqp", "xlt_inter_sst2", "xlt_inter_squad_v2",
-              "xlt_inter_hellaswag", "xlt_inter_cosmosqa", "xlt_translate_train_xnli_sw",
-              "xlt_translate_train_xquad_ar", "xlt_span_mc4_sw", "xlt_span_wiki_yo"]
+# Every registered task and mixture goes through seqio.get_dataset; CI runs pytest -n 2, so
+# the ~550 names are spread over chunks that the workers share. A name's chunk is a hash of
+# the name alone, so that every worker splits the same way whatever else it registered.
+CHUNKS = 8
+# One element is all the test needs: tf.data's graph rewrites cost more than they save here.
+NO_REWRITES = tf.data.Options()
+NO_REWRITES.experimental_optimization.apply_default_optimizations = False
+NO_REWRITES.autotune.enabled = False
 
 
-def test_tfds_tasks_yield_examples_offline(data_dirs):
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=4):
-    for name in TFDS_TASKS:
-      task = seqio.get_mixture_or_task(name)
-      for split in task.splits:
-        ds = task.get_dataset(sequence_length={"inputs": 512, "targets": 114}, split=split,
-                              shuffle=False)
-        ex = next(iter(ds.as_numpy_iterator()))
-        assert ex["targets"][-1] == 1 and len(ex["inputs"]) <= 512, name
-    # Eval tasks read TFDS instead of the download layout when gin says so.
-    try:
-      gin.bind_parameter("target_source.value", "tfds")
+def _names_to_pull(chunk):
+  """The chunk's registered names, with whether each also goes through the encoder-decoder
+  feature converter: the first of each (kind, family, training or not) does. The converter is
+  the same code for all (it only sees `inputs`/`targets` tokens) and more than doubles the
+  cost of a task."""
+  from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
+  seen, out = set(), []
+  for name in sorted(catalog.ENTRIES):
+    entry = catalog.ENTRIES[name]
+    key = (entry.kind, entry.family, name.endswith("_train"))
+    if zlib.crc32(name.encode()) % CHUNKS == chunk:
+      out.append((name, key not in seen))
+      seen.add(key)
+  return out
+
+
+def _split_to_pull(name):
+  """Training splits for what trains (tasks and mixtures), the test split where there is one
+  (the unlabeled files are the odd ones) for what only evaluates."""
+  mixture_or_task = seqio.get_mixture_or_task(name)
+  tasks = mixture_or_task.tasks if isinstance(mixture_or_task, seqio.Mixture) else [mixture_or_task]
+  splits = {s for t in tasks for s in t.splits}
+  return "train" if "train" in splits else sorted(splits)[-1 if "test" in splits else 0]
+
+
+def _assert_eos_terminated(tokens, limit, what):
+  """Text, then EOS (1) after trimming to limit, then (for converted features) padding."""
+  length = int((tokens != 0).sum())
+  shortest = 2 if what[-1] == "inputs" else 1  # inputs are never EOS alone
+  assert shortest <= length <= limit, (what, tokens)
+  assert tokens[length - 1] == 1 and not tokens[length:].any(), (what, tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_every_task_and_mixture_yields_through_get_dataset(data_dirs, chunk, monkeypatch):
+  from xltransfer.tasks import mixtures  # pylint: disable=g-import-not-at-top
+  from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
+  assert len(catalog.ENTRIES) > 540
+  names = _names_to_pull(chunk)
+  assert len(names) > 40
+  # The study mixtures keep their structure (English + translated + span-corruption groups,
+  # TFDS- and file-backed members) at a fraction of their ~130 members, each of which is
+  # pulled on its own here anyway: two English tasks, two languages per set, text corpora.
+  monkeypatch.setattr(mixtures, "LOW", ("sw", "ka"))
+  monkeypatch.setattr(mixtures, "HIGH", ("de", "zh"))
+  with gin.unlock_config():
+    gin.bind_parameter("all_nine_tasks.names", ["mnli", "commonsenseqa"])
+    gin.bind_parameter("span_source.value", "text")
+  try:
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=2):
+      for name, convert in names:
+        split = _split_to_pull(name)
+        converter = (seqio.EncDecFeatureConverter(pack=False) if convert
+                     else seqio.PassThroughFeatureConverter())
+        ds = seqio.get_dataset(name, task_feature_lengths=LENGTHS, dataset_split=split,
+                               shuffle=False, feature_converter=converter)
+        ex = next(iter(ds.with_options(NO_REWRITES).as_numpy_iterator()), None)
+        assert ex is not None, (name, split)
+        if convert:
+          inputs, targets = ex["encoder_input_tokens"], ex["decoder_target_tokens"]
+          assert inputs.shape == (LENGTHS["inputs"],) and targets.shape == (LENGTHS["targets"],)
+        else:
+          inputs, targets = ex["inputs"], ex["targets"]
+        _assert_eos_terminated(inputs, LENGTHS["inputs"], (name, split, "inputs"))
+        _assert_eos_terminated(targets, LENGTHS["targets"], (name, split, "targets"))
+  finally:
+    gin.clear_config()
+
+
+def _tfds_alternatives():
+  """(task name, split) of every target task that can read TFDS instead of the files (the
+  English training tasks too). TyDiQA's training split keeps only English ids, which random
+  mock ids never are: test_tydiqa_tfds_training_keeps_english checks that filter."""
+  from xltransfer.data import retrieval  # pylint: disable=g-import-not-at-top
+  from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
+  out = []
+  for entry in catalog.entries("target"):
+    task = seqio.get_mixture_or_task(entry.name)
+    alternative = getattr(task.source, "_alternative", None)
+    if alternative is not None or (entry.family == "tatoeba" and
+                                   entry.language in retrieval.TFDS_TATOEBA_LANGUAGES):
+      out += [(entry.name, split) for split in entry.splits
+              if (entry.name, split) != ("xlt_tydiqa_train", "train")]
+  return out
+
+
+@pytest.mark.parametrize("half", range(2))
+def test_eval_tasks_read_tfds_offline_when_gin_says_so(data_dirs, half):
+  """With gin target_source.value = "tfds", every target task that TFDS has reads TFDS
+  (mocked): every split of every language, as field dicts the shared preprocessors take."""
+  alternatives = _tfds_alternatives()
+  families = {n.split("_")[1] for n, _ in alternatives}
+  assert families == {"xnli", "xcopa", "panx", "udpos", "xquad", "mlqa", "tydiqa", "tatoeba"}
+  trains = {n for n, _ in alternatives if n.endswith("_train")}
+  assert trains == {f"xlt_{f}_train" for f in families - {"tatoeba"}}
+  assert len({n for n, _ in alternatives}) == 15 + 48 + 33 + 11 + 7 + 9 + 36 + len(trains)
+  with gin.unlock_config():
+    gin.bind_parameter("target_source.value", "tfds")
+  try:
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=2):
+      for name, split in alternatives[half::2]:
+        source = seqio.get_mixture_or_task(name).source
+        ex = next(iter(source.get_dataset(split=split, shuffle=False).as_numpy_iterator()))
+        if "tags" in ex:  # class ids became tag names
+          assert len(ex["tags"]) and all(not t.isdigit() for t in ex["tags"]), name
+        if "label" in ex and "choices" not in ex:  # NLI class ids became label words
+          assert ex["label"] in (b"entailment", b"neutral", b"contradiction"), name
+        if "choices" in ex:  # COPA's two choices
+          assert len(ex["choices"]) == 2 and ex["label"] in (0, 1), name
+  finally:
+    gin.clear_config()
+
+
+def test_eval_tasks_from_tfds_run_the_whole_pipeline(data_dirs):
+  """One task per TFDS reader through seqio.get_dataset and the feature converter."""
+  with gin.unlock_config():
+    gin.bind_parameter("target_source.value", "tfds")
+  try:
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=2):
       for name, split in [("xlt_xnli_eval_sw", "validation"), ("xlt_panx_eval_ka", "test"),
-                          ("xlt_udpos_eval_hi", "validation"), ("xlt_mlqa_eval_de", "test")]:
-        ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split=split,
-                                                         shuffle=False)
-        ex = next(iter(ds.as_numpy_iterator()))
-        assert ex["inputs_pretokenized"].decode().startswith(name.split("_")[1]) or (
-            ex["inputs_pretokenized"].startswith(b"question: ")), name
-        if "tags" in ex:  # class ids became tag names (mock data draws lengths independently)
-          assert all(not t.isdigit() for t in ex["tags"]) and len(ex["tags"]) > 0
-    finally:
-      gin.clear_config()
+                          ("xlt_udpos_eval_hi", "validation"), ("xlt_mlqa_eval_de", "test"),
+                          ("xlt_xquad_eval_en", "test"), ("xlt_tydiqa_eval_bn", "validation"),
+                          ("xlt_tatoeba_eval_jv", "test"), ("xlt_xnli_train", "train"),
+                          ("xlt_xcopa_train", "train")]:
+        ds = seqio.get_dataset(name, task_feature_lengths=LENGTHS, dataset_split=split,
+                               shuffle=False,
+                               feature_converter=seqio.EncDecFeatureConverter(pack=False))
+        ex = next(iter(ds.as_numpy_iterator()), None)
+        assert ex is not None and ex["encoder_input_tokens"][0] != 0, name
+  finally:
+    gin.clear_config()
+
+
+def test_tydiqa_tfds_training_keeps_english():
+  from xltransfer.tasks import tfds_targets  # pylint: disable=g-import-not-at-top
+  ids = ["english-123", "arabic-4", "english--9", "swahili-english-1"]
+  kept = tf.data.Dataset.from_tensor_slices({"id": ids}).filter(tfds_targets.english_tydiqa)
+  assert [ex["id"] for ex in kept.as_numpy_iterator()] == [b"english-123", b"english--9"]
+
+
+def test_tatoeba_reads_tfds_where_it_has_the_language(data_dirs):
+  from xltransfer.data import retrieval  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():
+    gin.bind_parameter("target_source.value", "tfds")
+  try:
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=3):
+      rs = retrieval.load_tatoeba(None, "ka")
+      assert len(rs.queries) == len(rs.candidates) == 3 and rs.gold == [{0}, {1}, {2}]
+      assert not any(q.endswith("\n") for q in rs.queries + rs.candidates)
+    # XTREME-R's additions are not in TFDS: their files are read.
+    rs = retrieval.load_tatoeba(None, "uk")
+    assert rs.queries[0] == "Ich habe Hunger."
+  finally:
+    gin.clear_config()
 
 
 def test_formats_follow_mt5_and_keep_evaluation_fields(data_dirs):
@@ -184,6 +307,14 @@ def test_formats_follow_mt5_and_keep_evaluation_fields(data_dirs):
   copa = first("xlt_xcopa_eval_zh", "validation")
   assert [c.decode() for c in copa["choices"]] == ["马桶里灌满了水。", "水从龙头里流出来了。"]
   assert copa["label"] == 1 and copa["targets_pretokenized"].decode() == "水从龙头里流出来了。"
+  # XTREME-R's first XCOPA stage: SIQA in the same format, its question kept as written.
+  siqa = first("xlt_xcopa_siqa_train", "train")
+  assert siqa["inputs_pretokenized"].decode() == (
+      "xcopa: premise: Robin forgot her umbrella and walked home through the storm. "
+      "question: How would Robin feel afterwards?")
+  assert len(siqa["choices"]) == 3 and siqa["targets_pretokenized"] == b"soaked and cold"
+  cause = first("xlt_xcopa_train", "train")
+  assert cause["inputs_pretokenized"].decode().endswith("question: What was the cause?")
   pos = first("xlt_udpos_eval_hi", "validation")
   assert len(pos["targets_pretokenized"].split()) == len(pos["tokens"]) == 4
   csqa = first("xlt_inter_commonsenseqa", "test")
@@ -248,7 +379,8 @@ def test_study_mixture_follows_gin_and_temperature(data_dirs):
   finally:
     gin.clear_config()
   solo = seqio.get_mixture_or_task("xlt_span_lowres")
-  assert all(solo.get_rate(t) == 1.0 for t in solo.tasks)
+  # mC4 not prepared here: every corpus counts as default_examples, so the rates are equal.
+  assert len({solo.get_rate(t) for t in solo.tasks}) == 1
 
 
 def test_cli_show_prints_raw_and_decoded_examples(data_dirs):
@@ -276,6 +408,24 @@ def test_bad_line_surfaces_at_get_dataset_naming_file_and_line(data_dirs, tmp_pa
                         feature_converter=seqio.EncDecFeatureConverter(pack=False))
   finally:
     bad.write_text(saved, encoding="utf-8")
+
+
+def test_xcopa_reads_the_val_files_xtreme_r_writes_and_dev_files_too(data_dirs):
+  from xltransfer.errors import UserError  # pylint: disable=g-import-not-at-top
+  xtreme, _ = data_dirs
+  source = seqio.get_mixture_or_task("xlt_xcopa_eval_zh").source
+  val, dev = xtreme / "xcopa" / "val-zh.jsonl", xtreme / "xcopa" / "dev-zh.jsonl"
+  assert len(source.load("validation")) == 2
+  val.rename(dev)
+  try:
+    assert len(source.load("validation")) == 2
+    dev.rename(xtreme / "xcopa" / "elsewhere")
+    with pytest.raises(UserError, match=f"xlt_xcopa_eval_zh needs the file {val},"):
+      source.load("validation")
+  finally:
+    for moved in (dev, xtreme / "xcopa" / "elsewhere"):
+      if moved.exists():
+        moved.rename(val)
 
 
 def test_metric_wrappers_reach_the_evaluation_metrics():

@@ -19,14 +19,15 @@ import subprocess
 import sys
 import time
 
+from xltransfer import gin_paths
 from xltransfer.errors import UserError
 from xltransfer.study import main as study_main
 from xltransfer.study import spec as spec_lib
 
 SAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                            "sample_xtreme")
-# The gin configs live at the repository root (as the trainer and the study runner find them).
-SPEC = os.path.join(spec_lib.REPO_GIN_DIR, "study", "demo_tiny.gin")
+# The bundled gin configs (the checkout's gin/ or the installed copy), as the trainer finds them.
+SPEC = os.path.join(gin_paths.config_dir(), "study", "demo_tiny.gin")
 INIT_SEED = 0
 CAVEAT = ("This demo trains a tiny, randomly initialised mT5 on a few hundred synthetic "
           "sample sentences. It shows the pipeline working end to end; its numbers are NOT the "
@@ -40,8 +41,9 @@ def _usage() -> str:
 
 def spec_path() -> str:
   if not os.path.isfile(SPEC):
-    raise UserError(f"the demo's study spec {SPEC} is missing: the gin/ configs come with the "
-                    "source checkout, so run the demo from a clone (`make demo`)")
+    raise UserError(f"the demo's study spec {SPEC} is missing: this installation lacks the "
+                    "bundled gin/ configs; reinstall xltransfer, or run the demo from a clone "
+                    "(`make demo`)")
   return SPEC
 
 
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     print(_usage())
     return 0
   # Same flag syntax as `xltransfer study run`, so the spec read here is the one it runs.
-  rest, bindings = study_main._split_gin_flags(argv)  # pylint: disable=protected-access
+  rest, bindings = study_main.split_gin_flags(argv)
   if rest:
     raise UserError(f"unexpected arguments {rest}; `xltransfer demo --help` lists the options")
   start = time.time()

@@ -7,6 +7,7 @@ state leaf and batch gets its sharding from logical axis names through rules, as
 import dataclasses
 import logging
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -132,6 +133,41 @@ def _resolve_axis_sizes(num_devices: int, sizes: dict):
   return sizes
 
 
+def _torus_shape(devices):
+  """The physical TPU torus (x, y, z) the devices span, or None if they carry no coords."""
+  try:
+    coords = np.asarray([d.coords for d in devices])
+  except (AttributeError, TypeError):
+    return None
+  shape = [int(c) for c in coords.max(axis=0) - coords.min(axis=0) + 1]
+  while len(shape) > 2 and shape[-1] == 1:  # v5e and v6e tori are 2D; their z is always 0.
+    shape.pop()
+  return tuple(shape)
+
+
+def _axis_sizes_that_fit(torus):
+  """Every product of a subset of the torus's axis sizes: the mesh axis sizes it can take."""
+  sizes = {1}
+  for n in torus:
+    sizes |= {s * n for s in sizes}
+  return sorted(sizes)
+
+
+def _torus_mismatch_message(names, shape, devices, detail: str) -> str:
+  # mesh_utils names the axis it could not place by index ("logical_axis_index 1").
+  match = re.search(r"logical_axis_index (\d+)", detail)
+  axis = names[int(match.group(1))] if match and int(match.group(1)) < len(names) else MODEL
+  torus = _torus_shape(devices)
+  where = (f"the {'x'.join(map(str, torus))} TPU torus" if torus else "the TPU topology")
+  fits = (f" ({', '.join(map(str, _axis_sizes_that_fit(torus)))} here)" if torus else "")
+  mesh = ", ".join(f"{n} {s}" for n, s in zip(names, shape))
+  return (f"mesh ({mesh}) cannot be laid out on {where} of these {len(devices)} devices: "
+          "each mesh axis must be a product of some of the torus's axis sizes"
+          f"{fits}; change xltransfer.partitioning.create_mesh.{axis} (now "
+          f"{shape[names.index(axis)]}) or the other create_mesh axes (mesh_utils: "
+          f"{detail.split('. ')[0].strip()})")
+
+
 @gin.configurable(module="xltransfer.partitioning")
 def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
                 devices: Optional[Sequence[Any]] = None) -> Mesh:
@@ -139,7 +175,8 @@ def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
 
   `model` varies fastest so that model-parallel groups sit on neighbouring devices: on TPU
   `mesh_utils` picks a topology-aware order, on multi-host GPU/CPU the model axis stays inside
-  a host (NVLink first) and data/fsdp span hosts.
+  a host (NVLink first) and data/fsdp span hosts. Axis sizes that do not fit the devices (or,
+  on TPU, the torus) are a ConfigError naming the `create_mesh` binding to change.
   """
   devices = list(jax.devices() if devices is None else devices)
   names = [DATA] + ([FSDP] if fsdp is not None else []) + [MODEL]
@@ -149,7 +186,10 @@ def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
   platform = devices[0].platform
   num_hosts = len({d.process_index for d in devices})
   if platform == "tpu":
-    device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    try:
+      device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    except NotImplementedError as e:
+      raise ConfigError(_torus_mismatch_message(names, shape, devices, str(e))) from e
   elif num_hosts > 1:
     per_host = len(devices) // num_hosts
     if per_host % sizes[MODEL]:
@@ -187,6 +227,14 @@ class Partitioner:
   def batch_sharding(self, ndim: int = 2) -> NamedSharding:
     """Batch arrays: leading axis over the data axes, the rest replicated."""
     return self.sharding(PartitionSpec("batch", *([None] * (ndim - 1))))
+
+  def data_parallel_size(self) -> int:
+    """How many ways the batch axis is split on the mesh."""
+    axes = self.logical_to_mesh_spec(PartitionSpec("batch"))[0]
+    if axes is None:
+      return 1
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return int(np.prod([self.mesh.shape[a] for a in axes]))
 
   def activation_context(self):
     """Context in which activations' logical constraints resolve to this mesh."""

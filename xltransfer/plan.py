@@ -29,7 +29,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional, Sequence
 
-from xltransfer.errors import ConfigError, UserError
+from xltransfer.errors import UserError
 from xltransfer.planning import devices as devices_lib
 from xltransfer.planning import targets as targets_lib
 
@@ -61,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _parse_args(argv: Sequence[str]):
-  from xltransfer.train.main import _split_gin_flags  # pylint: disable=import-outside-toplevel
-  rest, bindings = _split_gin_flags(argv)
+  from xltransfer.train.main import split_gin_flags  # pylint: disable=import-outside-toplevel
+  rest, bindings = split_gin_flags(argv)
   args = _parser().parse_args(rest)
   args.gin_bindings = list(args.gin_bindings) + bindings
   target = targets_lib.parse_target(args.topology)
@@ -78,6 +78,7 @@ def compute_plan(args, target) -> Dict[str, Any]:
   # pylint: disable=import-outside-toplevel
   from xltransfer.planning import compile as compile_lib
   from xltransfer.planning import run_config
+  from xltransfer.train import run as run_lib
 
   gin_files = run_config.parse(list(args.gin_file) + list(args.mesh_file), args.gin_bindings,
                                args.gin_search_paths)
@@ -85,12 +86,11 @@ def compute_plan(args, target) -> Dict[str, Any]:
   if target.kind == "local":
     target = _local_target(target, devices)
   run_config.bind_devices(devices)
-  try:
-    run = run_config.load(gin_files, args.inference_batch_size)
-    partitioner = compile_lib.partitioner_for(run, devices)
-  except NotImplementedError as e:  # mesh_utils: the mesh shape does not map onto the torus.
-    raise ConfigError(f"the mesh of {', '.join(gin_files)} does not fit {target.name}: {e}") from e
-  trainer = compile_lib.build_trainer(run, partitioner)
+  run = run_config.load(gin_files, args.inference_batch_size)
+  partitioner = compile_lib.partitioner_for(run, devices)
+  # The trainer `xltransfer train` builds from the same bindings.
+  trainer = run_lib.build_trainer(run.model, partitioner, run.learning_rate, run.optimizer,
+                                  run.num_microbatches, run.random_seed)
   state = compile_lib.state_report(trainer, args.top)
   logging.info("compiling the train step for %s", target.name)
   steps = {"train_step": compile_lib.plan_train_step(trainer, run).as_dict()}

@@ -12,12 +12,20 @@ from xltransfer.errors import UserError
 
 XTREME_ENV_VAR = "XTREME_DATA_DIR"
 USER_DATA_ENV_VAR = "XLTRANSFER_DATA_DIR"
+TARGET_SOURCE_ENV_VAR = "XLTRANSFER_TARGET_SOURCE"
 
 
 @gin.configurable
 def xtreme_data_dir(path=None):
   """The XTREME-R download directory: gin `xtreme_data_dir.path`, else $XTREME_DATA_DIR."""
   return path or os.environ.get(XTREME_ENV_VAR)
+
+
+@gin.configurable
+def target_source(value=None) -> str:
+  """Where XTREME-R eval data is read: "files" (the download layout, default) or "tfds" (where
+  TFDS has it): gin `target_source.value`, else $XLTRANSFER_TARGET_SOURCE."""
+  return value or os.environ.get(TARGET_SOURCE_ENV_VAR) or "files"
 
 
 @gin.configurable

@@ -101,9 +101,14 @@ def multiple_choice(prefix: str, context_fields=(), question_field=None):
 
 @seqio.map_over_dataset
 def xcopa(ex):
-  """`xcopa: premise: P question: What was the cause/effect?` -> right choice."""
+  """`xcopa: premise: P question: What was the cause/effect?` -> right choice.
+
+  COPA's `cause`/`effect` become questions; any other question (SIQA, converted to the COPA
+  fields for XTREME-R's SIQA-then-COPA training) is kept as written.
+  """
   question = tf.where(tf.equal(ex["question"], "cause"), "What was the cause?",
-                      "What happened as a result?")
+                      tf.where(tf.equal(ex["question"], "effect"), "What happened as a result?",
+                               ex["question"]))
   target = tf.cond(ex["label"] >= 0, lambda: tf.gather(ex["choices"], tf.maximum(ex["label"], 0)),
                    lambda: tf.constant(""))
   return {"inputs": _text("xcopa: premise: ", ex["premise"], " question: ", question),

@@ -185,6 +185,25 @@ def read_xcopa(path):
   return examples
 
 
+SIQA_ANSWERS = ("A", "B", "C")
+
+
+def read_siqa(path):
+  """Social IQa JSONL as XTREME-R downloads it (socialIQa_v1.4_{trn,dev,tst}.jsonl: context,
+  question, answerA..answerC, correct = A|B|C), in the XCOPA fields: premise, question,
+  choices (three), label (-1 without `correct`)."""
+  examples = []
+  required = ("context", "question", "answerA", "answerB", "answerC")
+  for number, r in read_jsonl(path, required=required):
+    correct = r.get("correct")
+    if correct is not None and correct not in SIQA_ANSWERS:
+      raise DataFormatError(path, number, f"unknown answer {correct!r}; valid: A, B, C")
+    examples.append({"premise": r["context"], "question": r["question"],
+                     "choices": [r[f"answer{a}"] for a in SIQA_ANSWERS],
+                     "label": SIQA_ANSWERS.index(correct) if correct is not None else -1})
+  return examples
+
+
 def read_commonsenseqa(path):
   """Official CommonsenseQA JSONL: question.stem, question.choices[{label,text}], answerKey."""
   examples = []

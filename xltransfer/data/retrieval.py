@@ -8,7 +8,9 @@
 
 Tatoeba scores accuracy of the nearest neighbour (xx -> en); Mewsli-X and LAReQA score
 mAP@20 (`xltransfer.evaluation.metrics.map_at_k(rs.gold, ranked_candidate_ids)`).
-`data_dir=None` uses the XTREME-R data dir from gin or $XTREME_DATA_DIR.
+`data_dir=None` uses the XTREME-R data dir from gin or $XTREME_DATA_DIR; for Tatoeba it reads
+TFDS `tatoeba/tatoeba_{lang}` instead when gin `target_source.value` is "tfds" and TFDS has
+the language.
 """
 import dataclasses
 import functools
@@ -16,6 +18,14 @@ import os
 
 from xltransfer.data import languages, paths, readers
 from xltransfer.errors import DataFormatError
+
+
+# Text prefixes of (query, candidate) per retrieval target: the training tasks format their
+# pairs with them (xltransfer/tasks/targets.py) and the evaluator embeds with them, so that
+# evaluation embeds what a dual encoder was trained on.
+PREFIXES = {"tatoeba": ("sentence: ", "sentence: "),
+            "mewslix": ("mention: ", "entity: "),
+            "lareqa": ("question: ", "answer: ")}
 
 
 @dataclasses.dataclass
@@ -32,6 +42,12 @@ def _dir(data_dir, task, *parts):
   return paths.require_dir(data_dir or paths.xtreme_data_dir(), how, task, *parts)
 
 
+# TFDS tatoeba has XTREME's 36 languages; XTREME-R's additions (lt ms pl ro uk) are files only.
+TFDS_TATOEBA_LANGUAGES = frozenset(
+    "af ar bg bn de el es et eu fa fi fr he hi hu id it ja jv ka kk ko ml mr nl pt ru sw ta te "
+    "th tl tr ur vi zh".split())
+
+
 def tatoeba_files(data_dir, lang):
   directory = _dir(data_dir, "xlt_tatoeba", "tatoeba")
   return (os.path.join(directory, f"{lang}-en.{lang}"), os.path.join(directory, f"{lang}-en.en"))
@@ -40,11 +56,25 @@ def tatoeba_files(data_dir, lang):
 def load_tatoeba(data_dir, lang) -> RetrievalSet:
   """Sentences in lang (queries) against their English translations (candidates)."""
   languages.check_language(lang, languages.TARGET_LANGUAGES["tatoeba"], "tatoeba")
-  xx_path, en_path = tatoeba_files(data_dir, lang)
-  pairs = readers.read_aligned_lines(paths.require_file(xx_path, f"xlt_tatoeba_eval_{lang}"),
-                                     paths.require_file(en_path, f"xlt_tatoeba_eval_{lang}"))
+  if data_dir is None and paths.target_source() == "tfds" and lang in TFDS_TATOEBA_LANGUAGES:
+    pairs = _tatoeba_tfds(lang)
+  else:
+    xx_path, en_path = tatoeba_files(data_dir, lang)
+    pairs = readers.read_aligned_lines(paths.require_file(xx_path, f"xlt_tatoeba_eval_{lang}"),
+                                       paths.require_file(en_path, f"xlt_tatoeba_eval_{lang}"))
   ids = list(range(len(pairs)))
   return RetrievalSet([p[0] for p in pairs], ids, [p[1] for p in pairs], ids, [{i} for i in ids])
+
+
+def _tatoeba_tfds(lang):
+  """(xx sentence, English sentence) pairs of TFDS tatoeba/tatoeba_{lang} (its one split)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  def text(value):  # The TFDS builder keeps each line's newline.
+    return value.decode("utf-8").rstrip("\r\n")
+
+  ds = tfds.load(f"tatoeba/tatoeba_{lang}", split="train", shuffle_files=False)
+  return [(text(ex["source_sentence"]), text(ex["target_sentence"])) for ex in tfds.as_numpy(ds)]
 
 
 # -- Mewsli-X ----------------------------------------------------------------------------------

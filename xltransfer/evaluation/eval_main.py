@@ -87,7 +87,7 @@ def write_submission(output_dir: str, submission_dir: str) -> List[str]:
 
 def _run(argv: Sequence[str]) -> int:
   from xltransfer.train import main as train_main  # pylint: disable=import-outside-toplevel
-  rest, cli_bindings = train_main._split_gin_flags(argv)  # pylint: disable=protected-access
+  rest, cli_bindings = train_main.split_gin_flags(argv)
   args = _parser().parse_args(rest)
   logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s", force=True)

@@ -64,11 +64,6 @@ INFO_FILE = "eval_info.json"
 DONE_FILE = "DONE"
 TENSORBOARD_DIR = "tensorboard"
 RETRIEVAL_TARGETS = ("tatoeba", "mewslix", "lareqa")
-# Text prefixes of (query, candidate) as the retrieval tasks format them for training
-# (xltransfer/tasks/targets.py), so that evaluation embeds what a dual encoder was trained on.
-RETRIEVAL_PREFIXES = {"tatoeba": ("sentence: ", "sentence: "),
-                      "mewslix": ("mention: ", "entity: "),
-                      "lareqa": ("question: ", "answer: ")}
 MAP_K = 20
 _EVAL_TASK_NAME = re.compile(r"^xlt_(?P<target>[a-z0-9]+)_eval_(?P<lang>[a-z]+)$")
 
@@ -419,7 +414,8 @@ class Evaluator:
     if not rs.queries:
       return []
     vocabulary = seqio.get_mixture_or_task(task.name).output_features["inputs"].vocabulary
-    query_prefix, candidate_prefix = RETRIEVAL_PREFIXES[task.target]
+    # The training tasks' prefixes: evaluation embeds what a dual encoder was trained on.
+    query_prefix, candidate_prefix = retrieval_data.PREFIXES[task.target]
     queries = self._embed_texts(runner, [query_prefix + q for q in rs.queries], vocabulary,
                                 f"{task.name} queries")
     # Mewsli-X and LAReQA share one candidate pool across languages: embed it once.

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 from xltransfer.errors import ConfigError
 from xltransfer.model.models import EOS_ID
@@ -46,11 +46,7 @@ def shift_right(targets: np.ndarray) -> np.ndarray:
 
 def data_parallel_size(partitioner) -> int:
   """How many ways the batch axis is split on the partitioner's mesh."""
-  axes = partitioner.logical_to_mesh_spec(PartitionSpec("batch"))[0]
-  if axes is None:
-    return 1
-  axes = axes if isinstance(axes, tuple) else (axes,)
-  return int(np.prod([partitioner.mesh.shape[a] for a in axes]))
+  return partitioner.data_parallel_size()
 
 
 def _to_host(array) -> np.ndarray:

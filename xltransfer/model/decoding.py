@@ -7,6 +7,8 @@ when every row has produced EOS, and positions after a row's EOS hold 0 (padding
 import jax
 import jax.numpy as jnp
 
+from xltransfer.model.argmax import argmax_last_axis
+
 
 def greedy_decode(module, params, encoder_input_tokens, max_decode_length: int, eos_id: int = 1):
   from xltransfer.model.network import Transformer  # Local: network imports nothing from here.
@@ -19,7 +21,7 @@ def greedy_decode(module, params, encoder_input_tokens, max_decode_length: int, 
     logits, mutated = module.apply(variables, encoded, encoder_input_tokens, tokens, decode=True,
                                    max_decode_length=max_decode_length, mutable=["cache"],
                                    method=Transformer.decode)
-    return jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), mutated["cache"]
+    return argmax_last_axis(logits[:, -1]), mutated["cache"]
 
   # Decoding starts from the pad id, as T5's decoder inputs are the targets shifted right.
   first, cache = step(jnp.zeros((batch, 1), jnp.int32), None)

@@ -6,28 +6,59 @@ shared encoder, as in XTREME-R's mT5 baselines); L2-normalised embeddings are co
 product divided by a temperature; every other candidate in the batch is a negative, so the
 loss is a softmax cross entropy over the batch with the diagonal as the labels.
 
-Batch features are what seqio's `EncDecFeatureConverter` makes of the retrieval training
-tasks (`xlt_mewslix_train`, `xlt_lareqa_train`: `inputs` = query text, `targets` = candidate
-text): `encoder_input_tokens` = query tokens, `decoder_target_tokens` = candidate tokens. The
-other decoder features are ignored. Batches must not be packed (DatasetConfig.pack = False):
-a row is one (query, candidate) pair. All-zero rows (padding of the last eval batch) are
-neither examples nor negatives.
+Batch features are what `xltransfer.train.feature_converters.DualEncoderFeatureConverter`
+makes of the retrieval training tasks (`xlt_mewslix_train`, `xlt_lareqa_train`: `inputs` =
+query text, `targets` = candidate text): `query_tokens` [b, inputs length] and
+`candidate_tokens` [b, targets length], one (query, positive candidate) pair per row, never
+packed. All-zero rows (padding of the last eval batch) are neither examples nor negatives.
 
 The parameter tree is the encoder-decoder's, so an mT5 checkpoint loads as it is and a
-trained dual encoder is evaluated by `xltransfer eval` (retrieval reads the encoder only);
-the decoder's parameters receive zero gradients. With microbatches the negatives come from
+trained dual encoder is evaluated by `xltransfer eval` with the plain model gin file
+(retrieval reads the encoder only). The decoder's parameters receive zero gradients and stay
+as loaded; the shared token embedding is trained. With microbatches the negatives come from
 the microbatch.
 """
 import jax
 import jax.numpy as jnp
 
+from xltransfer.errors import ConfigError
 from xltransfer.model import losses
 from xltransfer.model.config import MT5Config
 from xltransfer.model.models import EncoderDecoderModel
 from xltransfer.model.network import Transformer
 
-QUERY_FEATURE = "encoder_input_tokens"
-CANDIDATE_FEATURE = "decoder_target_tokens"
+QUERY_FEATURE = "query_tokens"
+CANDIDATE_FEATURE = "candidate_tokens"
+# Logit of a padding column: far below any cosine / temperature, finite so 0 * it stays 0.
+_MASKED = -1e9
+
+
+def in_batch_negatives_loss(queries, candidates, real, temperature: float,
+                            symmetric: bool = False):
+  """Contrastive loss of L2-normalised query and candidate embeddings [b, d].
+
+  Row i's label is candidate i; the other real candidates of the batch are its negatives.
+  `real` [b] marks the rows that are pairs (padding rows count for nothing).
+  Returns (mean loss over real pairs, number of rows whose best candidate is their own,
+  number of real pairs).
+  """
+  logits = (queries @ candidates.T) / temperature
+  labels = jnp.arange(logits.shape[0])
+
+  def cross_entropy(scores):
+    scores = jnp.where(real[None, :], scores, _MASKED)
+    logprobs = jax.nn.log_softmax(scores, axis=-1)
+    return -jnp.take_along_axis(logprobs, labels[:, None], axis=-1)[:, 0]
+
+  per_pair = cross_entropy(logits)
+  if symmetric:
+    per_pair = 0.5 * (per_pair + cross_entropy(logits.T))
+  weights = real.astype(jnp.float32)
+  num_pairs = jnp.sum(weights)
+  loss = jnp.sum(per_pair * weights) / jnp.maximum(num_pairs, 1.0)
+  masked = jnp.where(real[None, :], logits, _MASKED)
+  correct = jnp.sum((jnp.argmax(masked, axis=-1) == labels).astype(jnp.float32) * weights)
+  return loss, correct, num_pairs
 
 
 class DualEncoderModel(EncoderDecoderModel):
@@ -40,13 +71,13 @@ class DualEncoderModel(EncoderDecoderModel):
   """
 
   def __init__(self, config: MT5Config, temperature: float = 0.05, symmetric: bool = False):
-    if temperature <= 0:
-      raise ValueError(f"temperature must be positive, got {temperature}")
+    if not temperature > 0:
+      raise ConfigError(f"dual encoder temperature must be positive, got {temperature!r}")
     # The loss is a mean over pairs; NUM_REAL_TARGET_TOKENS with num_tokens = pairs makes the
     # trainer's loss sums and microbatch weights count pairs.
     super().__init__(config, z_loss=0.0, loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS)
-    self.temperature = temperature
-    self.symmetric = symmetric
+    self.temperature = float(temperature)
+    self.symmetric = bool(symmetric)
 
   def embed(self, params, tokens, dropout_rng=None):
     """L2-normalised mean-pooled encoder output: [b, embed] float32."""
@@ -57,46 +88,46 @@ class DualEncoderModel(EncoderDecoderModel):
     pooled = jnp.sum(encoded * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
     return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
 
-  def similarities(self, params, batch, dropout_rng=None):
-    """Query x candidate logits [b, b] (cosine / temperature) and the real-row mask [b]."""
+  def pair_tokens(self, batch):
+    """(query tokens, candidate tokens) of a batch; ConfigError for any other kind of batch."""
     if "encoder_segment_ids" in batch or "decoder_segment_ids" in batch:
-      raise ValueError("the dual encoder needs unpacked batches (DatasetConfig.pack = False)")
-    queries, candidates = batch[QUERY_FEATURE], batch[CANDIDATE_FEATURE]
+      raise ConfigError("the dual encoder needs unpacked (query, candidate) batches: set "
+                        "DatasetConfig.pack = False (gin/models/dual_encoder.gin does)")
+    missing = [k for k in (QUERY_FEATURE, CANDIDATE_FEATURE) if k not in batch]
+    if missing:
+      raise ConfigError(
+          f"the dual encoder's batch has no {' or '.join(missing)} (it has {sorted(batch)}): "
+          "set DatasetConfig.feature_converter = 'dual_encoder' (gin/models/dual_encoder.gin, "
+          "loaded after the model and run files, does)")
+    return batch[QUERY_FEATURE], batch[CANDIDATE_FEATURE]
+
+  def row_loss_weights(self, batch):
+    """[b] float32: 1 for each real pair, 0 for padding rows (what the loss averages over)."""
+    queries, candidates = self.pair_tokens(batch)
+    return (jnp.any(queries > 0, axis=-1) & jnp.any(candidates > 0, axis=-1)).astype(jnp.float32)
+
+  def _embed_pairs(self, params, batch, dropout_rng):
+    queries, candidates = self.pair_tokens(batch)
     query_rng = candidate_rng = None
     if dropout_rng is not None:
       query_rng, candidate_rng = jax.random.split(dropout_rng)
     q = self.embed(params, queries, query_rng)
     c = self.embed(params, candidates, candidate_rng)
-    real = jnp.any(queries > 0, axis=-1) & jnp.any(candidates > 0, axis=-1)
-    return (q @ c.T) / self.temperature, real
+    return q, c, self.row_loss_weights(batch) > 0
 
   def loss_fn(self, params, batch, dropout_rng=None):
     """In-batch-negatives softmax loss, averaged over the real pairs, and summed metrics."""
-    logits, real = self.similarities(params, batch, dropout_rng)
-    weights = real.astype(jnp.float32)
-    # Padding rows are never negatives.
-    logits = jnp.where(real[None, :], logits, -1e9)
-    labels = jnp.arange(logits.shape[0])
-
-    def cross_entropy(scores):
-      logprobs = jax.nn.log_softmax(scores, axis=-1)
-      return -jnp.take_along_axis(logprobs, labels[:, None], axis=-1)[:, 0]
-
-    per_pair = cross_entropy(logits)
-    if self.symmetric:
-      transposed = jnp.where(real[None, :], logits.T, -1e9)
-      per_pair = 0.5 * (per_pair + cross_entropy(transposed))
-    num_pairs = jnp.sum(weights)
-    loss = jnp.sum(per_pair * weights) / jnp.maximum(num_pairs, 1.0)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32) * weights
+    q, c, real = self._embed_pairs(params, batch, dropout_rng)
+    loss, correct, num_pairs = in_batch_negatives_loss(q, c, real, self.temperature,
+                                                       self.symmetric)
     metrics = {
         "loss": loss,
         "z_loss": jnp.zeros((), jnp.float32),
         "cross_ent_loss": loss,
-        "accuracy_correct": jnp.sum(correct),
+        "accuracy_correct": correct,
         # Pairs stand in for tokens: the trainer's sums and accuracy are then per pair.
         "num_tokens": num_pairs,
         "num_examples": num_pairs,
     }
-    metrics["accuracy"] = metrics["accuracy_correct"] / jnp.maximum(num_pairs, 1.0)
+    metrics["accuracy"] = correct / jnp.maximum(num_pairs, 1.0)
     return loss, metrics

@@ -12,7 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from xltransfer.errors import ConfigError
 from xltransfer.model import beam_search, decoding, losses
+from xltransfer.model.argmax import argmax_last_axis
 from xltransfer.model.config import MT5Config
 from xltransfer.model.network import Transformer
 
@@ -56,6 +58,10 @@ class EncoderDecoderModel:
   # ---- training ----
 
   def logits(self, params, batch, dropout_rng=None):
+    if "encoder_input_tokens" not in batch:
+      # E.g. a dual-encoder batch (query_tokens, candidate_tokens) given to this model.
+      raise ConfigError(f"the encoder-decoder model needs EncDecFeatureConverter features; the "
+                        f"batch has {sorted(batch)} (DatasetConfig.feature_converter = 'enc_dec')")
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
         {"params": params},
@@ -64,6 +70,14 @@ class EncoderDecoderModel:
         encoder_segment_ids=batch.get("encoder_segment_ids"),
         decoder_segment_ids=batch.get("decoder_segment_ids"),
         enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def row_loss_weights(self, batch):
+    """[b] float32: each row's target-token weight, what NUM_REAL_TARGET_TOKENS divides by
+    (the trainer weights microbatches by it)."""
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = batch["decoder_target_tokens"] > 0
+    return jnp.sum(weights.astype(jnp.float32), axis=-1)
 
   def loss_fn(self, params, batch, dropout_rng=None):
     """Loss on a feature-converter batch and summed metrics (see docs/interfaces.md)."""
@@ -79,7 +93,7 @@ class EncoderDecoderModel:
     total_z = jnp.sum(token_z * weights)
     loss = losses.normalize_loss(total, weights, self.loss_normalizing_factor)
     z_loss = losses.normalize_loss(total_z, weights, self.loss_normalizing_factor)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32) * weights
+    correct = (argmax_last_axis(logits) == targets).astype(jnp.float32) * weights
     segment_ids = batch.get("decoder_segment_ids")
     if segment_ids is None:
       num_examples = jnp.sum(jnp.any(targets > 0, axis=-1))

@@ -1,15 +1,16 @@
 """Lowers and compiles the trainer's own steps on abstract, sharded inputs, and measures them.
 
-Nothing is allocated: the train state and the batch are `jax.ShapeDtypeStruct`s carrying the
-shardings the trainer derives from the logical axis rules, and the programs compiled are
-`Trainer._train_step` (jitted with the trainer's in/out shardings and the state donated) and
-greedy decoding jitted as `evaluation.inference.Inference` jits it. A TPU compile that does
-not fit in HBM fails inside XLA with RESOURCE_EXHAUSTED; that is a verdict, not an error.
+Nothing is allocated. The trainer is the one `xltransfer.train.train` builds
+(`run.build_trainer`), and its train step is lowered through `Trainer.lower_train_step`: the
+same jitted program, with its in/out shardings and the state donated, on `ShapeDtypeStruct`s
+carrying the shardings derived from the logical axis rules. Greedy decoding is jitted as
+`evaluation.inference.Inference` jits it. A TPU compile that does not fit in HBM fails inside
+XLA with RESOURCE_EXHAUSTED; that is a verdict, not an error.
 """
 import dataclasses
 import re
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +19,8 @@ import seqio
 from jax.sharding import PartitionSpec
 
 from xltransfer.errors import ConfigError
-from xltransfer.evaluation.inference import data_parallel_size
 from xltransfer.partitioning import create_partitioner
 from xltransfer.train import state as state_lib
-from xltransfer.train.optimizer import Adafactor
-from xltransfer.train.schedules import learning_rate_schedule
 from xltransfer.train.trainer import Trainer
 
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|[Oo]ut of memory")
@@ -47,16 +45,6 @@ class StepPlan:
     return dataclasses.asdict(self)
 
 
-def build_trainer(run, partitioner) -> Trainer:
-  """The Trainer that `xltransfer.train.train` builds from the same bindings."""
-  schedule = run.learning_rate if run.learning_rate is not None else learning_rate_schedule()
-  optimizer_def = run.optimizer if run.optimizer is not None else Adafactor()
-  model = run.model
-  optimizer = optimizer_def.create(schedule, model.abstract_params(), model.param_logical_axes())
-  return Trainer(model, optimizer, partitioner, run.num_microbatches,
-                 dropout_seed=run.random_seed)
-
-
 def partitioner_for(run, devices):
   """The run's partitioner (gin-built on the bound devices) or the default one."""
   partitioner = run.partitioner if run.partitioner is not None else create_partitioner()
@@ -67,28 +55,17 @@ def partitioner_for(run, devices):
   return partitioner
 
 
-def _with_shardings(abstract_tree, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_tree, shardings)
-
-
-def abstract_batch(run, partitioner) -> Dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(run, trainer: Trainer) -> Dict[str, jax.ShapeDtypeStruct]:
   """The feature converter's batch (packed or not), sharded as the trainer expects."""
+  # The same converter as the trainer's input pipeline (train/input.py), so the same features.
   lengths = seqio.EncDecFeatureConverter(pack=run.pack).get_model_feature_lengths(
       run.task_feature_lengths)
-  shards = data_parallel_size(partitioner)
-  if run.batch_size % (shards * run.num_microbatches):
-    raise ConfigError(f"BATCH_SIZE {run.batch_size} must be a multiple of the {shards} "
-                      f"data-parallel shards × {run.num_microbatches} microbatches")
-  sharding = partitioner.batch_sharding(2)
-  return {name: jax.ShapeDtypeStruct((run.batch_size, length), jnp.int32, sharding=sharding)
-          for name, length in lengths.items()}
+  return trainer.abstract_batch(run.batch_size, lengths)
 
 
-def _measure(name: str, jitted, args, context) -> StepPlan:
+def _measure(name: str, lower: Callable[[], Any]) -> StepPlan:
   start = time.perf_counter()
-  with context:
-    lowered = jitted.lower(*args)
+  lowered = lower()
   plan = StepPlan(name, lower_seconds=time.perf_counter() - start)
   start = time.perf_counter()
   try:
@@ -119,28 +96,31 @@ def _measure(name: str, jitted, args, context) -> StepPlan:
 
 
 def plan_train_step(trainer: Trainer, run) -> StepPlan:
-  state = _with_shardings(trainer.abstract_state, trainer.state_shardings)
-  batch = abstract_batch(run, trainer.partitioner)
+  batch = abstract_batch(run, trainer)
   # The trainer's jitted step itself (in/out shardings, donated state), not a copy.
-  step = trainer._train_step  # pylint: disable=protected-access
-  return _measure("train_step", step, (state, batch), trainer.partitioner.activation_context())
+  return _measure("train_step", lambda: trainer.lower_train_step(None, batch))
 
 
 def plan_inference_step(trainer: Trainer, run) -> StepPlan:
   """Greedy decoding of TASK_FEATURE_LENGTHS['targets'] tokens, as the evaluator runs it."""
   partitioner, model = trainer.partitioner, trainer.model
   batch_size = run.inference_batch_size
-  shards = data_parallel_size(partitioner)
+  shards = partitioner.data_parallel_size()
   if batch_size % shards:
     raise ConfigError(f"inference batch size {batch_size} must be a multiple of the {shards} "
                       "data-parallel shards")
   decode_length = run.task_feature_lengths["targets"]
-  params = _with_shardings(trainer.abstract_state.params, trainer.state_shardings.params)
+  params = trainer.sharded_abstract_state().params
   tokens = jax.ShapeDtypeStruct((batch_size, run.task_feature_lengths["inputs"]), jnp.int32,
                                 sharding=partitioner.batch_sharding(2))
   decode = jax.jit(lambda p, t: model.greedy_decode(p, t, decode_length),
                    out_shardings=partitioner.replicated())
-  return _measure("inference_step", decode, (params, tokens), partitioner.activation_context())
+
+  def lower():
+    with partitioner.activation_context():
+      return decode.lower(params, tokens)
+
+  return _measure("inference_step", lower)
 
 
 def _nbytes(shape, dtype) -> int:

@@ -28,7 +28,7 @@ from xltransfer.study import spec as spec_lib
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(spec_lib.StudySpec)}
 
 
-def _split_gin_flags(argv):
+def split_gin_flags(argv):
   """`--gin.NAME=VALUE` flags as StudySpec bindings; the rest for argparse."""
   rest, bindings = [], []
   for arg in argv:
@@ -189,7 +189,7 @@ def _report(args) -> int:
 
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  rest, bindings = _split_gin_flags(argv)
+  rest, bindings = split_gin_flags(argv)
   args = _parser().parse_args(rest)
   if bindings and args.command != "run":
     raise UserError("--gin. overrides apply to `study run` only")

@@ -22,6 +22,7 @@ from typing import Optional
 
 import gin
 
+from xltransfer import gin_paths
 from xltransfer.data import languages as language_sets
 from xltransfer.errors import ConfigError
 
@@ -33,9 +34,6 @@ RETRIEVAL_TARGETS = ("tatoeba", "mewslix", "lareqa")
 # Targets without English training data: evaluated only from the intermediate checkpoint.
 EVAL_ONLY_TARGETS = ("tatoeba",)
 MODEL_SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
-# Where the trainer looks up gin files that are not found as given.
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "gin")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -217,12 +215,11 @@ def gin_files(spec: StudySpec) -> list:
 
 
 def check_gin_files(spec: StudySpec, where: str) -> None:
-  """Every gin file exists as given or under the repository's gin/ (as the trainer finds it)."""
+  """Every gin file exists as given or among the bundled configs (as the trainer finds it)."""
   for key, path in gin_files(spec):
-    candidates = [path, os.path.join(REPO_GIN_DIR, path)]
-    if not any(os.path.isfile(c) or os.path.isfile(c + ".gin") for c in candidates):
+    if not gin_paths.exists(path):
       raise ConfigError(f"{where}: StudySpec.{key}: gin file {path} not found (looked in the "
-                        f"current directory and {REPO_GIN_DIR})")
+                        f"current directory and {gin_paths.config_dir()})")
 
 
 def load_spec(path: str, bindings=()) -> StudySpec:

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from xltransfer.data import languages, paths, span_corruption, vocab
 from xltransfer.errors import UserError
-from xltransfer.tasks import catalog
+from xltransfer.tasks import catalog, rates
 
 WIKIPEDIA_DUMP = "20230601"
 DEFAULT_LANGUAGES = languages.LOW_RESOURCE_LANGUAGES + languages.HIGH_RESOURCE_LANGUAGES
@@ -80,9 +80,10 @@ def _text_files(task, pattern_fn):
   return seqio.FunctionDataSource(fn, splits=("train",))
 
 
-def _register(name, lang, source, data):
+def _register(name, lang, source, data, counter):
   catalog.register_task(name, kind="corpus", family="span_corruption", language=lang, data=data,
                         source=source, preprocessors=PREPROCESSORS, metric_fns=[])
+  rates.register_counter(name, counter)  # Mixing rates count the corpus' documents.
   return name
 
 
@@ -98,7 +99,8 @@ def register_text_corpus(lang: str, pattern=None, name=None) -> str:
 
   pattern_fn = (lambda: pattern) if pattern else default_pattern
   return _register(name, lang, _text_files(name, pattern_fn),
-                   pattern or f"$XLTRANSFER_DATA_DIR/text/{lang}/*.txt")
+                   pattern or f"$XLTRANSFER_DATA_DIR/text/{lang}/*.txt",
+                   rates.text_counter(pattern_fn))
 
 
 def sample_text_languages():
@@ -107,10 +109,12 @@ def sample_text_languages():
 
 def register():
   for lang in DEFAULT_LANGUAGES:
+    code = languages.MC4_LANGUAGE_CODES.get(lang, lang)
     _register(f"{catalog.PREFIX}span_mc4_{lang}", lang, _mc4(lang),
-              f"tfds: c4/multilingual split {languages.MC4_LANGUAGE_CODES.get(lang, lang)}")
-    _register(f"{catalog.PREFIX}span_wiki_{lang}", lang, _wikipedia(lang),
-              f"tfds: wikipedia/{WIKIPEDIA_DUMP}.{lang}")
+              f"tfds: c4/multilingual split {code}", rates.tfds_counter(("c4/multilingual", code)))
+    wiki = f"wikipedia/{WIKIPEDIA_DUMP}.{lang}"
+    _register(f"{catalog.PREFIX}span_wiki_{lang}", lang, _wikipedia(lang), f"tfds: {wiki}",
+              rates.tfds_counter((wiki, "train")))
     register_text_corpus(lang)
   for lang in sample_text_languages():
     pattern = os.path.join(vocab.SAMPLE_TEXT_DIR, f"{lang}.txt")

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from xltransfer.data import paths, preprocessors, readers, sources
 from xltransfer.data.sources import INT, STRING, STRINGS
-from xltransfer.tasks import catalog, metrics
+from xltransfer.tasks import catalog, metrics, rates
 
 NAMES = ("anli_plus", "mnli", "qqp", "sst2", "squad_v2", "ccg", "commonsenseqa", "cosmosqa",
          "hellaswag", "squad_v1")
@@ -19,15 +19,6 @@ NAMES = ("anli_plus", "mnli", "qqp", "sst2", "squad_v2", "ccg", "commonsenseqa",
 COMMONSENSEQA_FILES = {"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl",
                        "test": "test_rand_split_no_answers.jsonl"}
 CCG_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-
-# Training-set sizes of the published datasets, for mixing rates when a source cannot count
-# its examples without downloading (TFDS metadata absent).
-TRAIN_SIZES = {
-    "anli_plus": 162865 + 45460 + 100459 + 392702 + 550152, "mnli": 392702, "qqp": 363846,
-    "sst2": 67349, "squad_v2": 130319, "squad_v1": 87599, "hellaswag": 39905,
-    "cosmosqa": 25262, "commonsenseqa": 9741, "ccg": 39604,
-}
-
 
 def task_name(name, lang=None):
   return f"{catalog.PREFIX}inter_{name}" + (f"_{lang}" if lang else "")
@@ -152,7 +143,20 @@ def english_sources():
   }
 
 
+# TFDS (name, split)s behind each TFDS-backed task's training split, for counting.
+TFDS_TRAIN = {
+    "anli_plus": [("anli/r1", "train"), ("anli/r2", "train"), ("anli/r3", "train"),
+                  ("glue/mnli", "train"), ("snli", "train")],
+    "mnli": [("glue/mnli", "train")], "qqp": [("glue/qqp", "train")],
+    "sst2": [("glue/sst2", "train")], "squad_v2": [("squad/v2.0", "train")],
+    "squad_v1": [("squad/v1.1", "train")], "hellaswag": [("hellaswag", "train")],
+    "cosmosqa": [("cosmos_qa", "train")],
+}
+
+
 def register():
+  for name, parts in TFDS_TRAIN.items():
+    rates.register_counter(task_name(name), rates.tfds_counter(*parts))
   for name, (source, location) in english_sources().items():
     fns, postprocess = metric_fns(name)
     catalog.register_task(

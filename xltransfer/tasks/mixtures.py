@@ -1,5 +1,6 @@
-"""The study's mixtures. Rates are example counts with a temperature, `count ** (1 / T)`
-(T = 1: proportional to size; large T: towards uniform), clipped at a maximum count first.
+"""The study's mixtures. Rates are example counts with a temperature (xltransfer.tasks.rates:
+counts from gin `example_counts.counts`, else counted from the data, else published sizes;
+`count ** (1 / T)` after clipping at gin `maximum_examples.value`).
 
   xlt_inter_all9                      the English intermediate tasks (list: gin ALL_NINE)
   xlt_inter_all9_plus_span_lowres     + span corruption on the low-resource languages
@@ -10,35 +11,29 @@
   xlt_inter_all9_plus_translated_lowres   English + translated intermediate tasks
   xlt_inter_all9_plus_translated_lowres_plus_span  all of the above
 
-Each English task alone is its task (`xlt_inter_{name}`). The span-corruption share of a
-combined mixture is `span_fraction` of its total rate (gin `span_fraction.value`).
+Each English task alone is its task (`xlt_inter_{name}`). Supervised tasks share rates by
+`mixing_temperature`; the span-corruption corpora share theirs by `corpus_temperature` over
+their document counts, and together get `span_fraction` of a combined mixture's total rate
+(gin `span_fraction.value`).
 """
 import gin
 import seqio
 
 from xltransfer.data import languages
-from xltransfer.tasks import catalog, intermediate
+from xltransfer.tasks import catalog, intermediate, rates
 
 ALL_NINE = ("anli_plus", "mnli", "qqp", "sst2", "squad_v2", "ccg", "commonsenseqa", "cosmosqa",
             "hellaswag")
-# mC4 is far larger than any supervised set, so corpus tasks count as this many examples.
-CORPUS_EXAMPLES = 100_000
+# Kept importable from here: the gin names (`mixing_temperature.value`, ...) are unchanged.
+mixing_temperature = rates.mixing_temperature
+maximum_examples = rates.maximum_examples
+corpus_temperature = rates.corpus_temperature
 
 
 @gin.configurable
 def all_nine_tasks(names=ALL_NINE):
   """The English intermediate tasks of the all-nine mixtures (gin: `all_nine_tasks.names`)."""
   return tuple(names)
-
-
-@gin.configurable
-def mixing_temperature(value=1.0):
-  return value
-
-
-@gin.configurable
-def maximum_examples(value=None):
-  return value
 
 
 @gin.configurable
@@ -54,30 +49,25 @@ def span_source(value="mc4"):
 
 
 def example_count(task) -> float:
-  """Training examples of a task: counted by its source, else the published size."""
+  """Training examples of a task (xltransfer.tasks.rates.example_count)."""
   entry = catalog.ENTRIES.get(task.name)
-  if entry is not None and entry.kind == "corpus":
-    return float(CORPUS_EXAMPLES)
-  try:
-    return float(task.source.num_input_examples("train"))
-  except Exception:  # TFDS metadata or files not present here; fall back to published sizes.
-    if entry is not None and entry.family in intermediate.TRAIN_SIZES:
-      return float(intermediate.TRAIN_SIZES[entry.family])
-    return float(CORPUS_EXAMPLES)
+  return rates.example_count(task, entry.family if entry is not None else None)
 
 
 def temperature_rate(task) -> float:
-  count = example_count(task)
-  if maximum_examples():
-    count = min(count, float(maximum_examples()))
-  return count ** (1.0 / mixing_temperature())
+  return rates.rate(example_count(task), rates.mixing_temperature())
+
+
+def corpus_rate(task) -> float:
+  return rates.rate(example_count(task), rates.corpus_temperature())
 
 
 class DeferredMixture(seqio.Mixture):
   """A mixture whose task groups are read from gin when first used, not at registration.
 
-  `groups_fn()` returns [(task names, is_span_corruption)]; span-corruption groups share
-  `span_fraction()` of the total rate, the rest get `temperature_rate`.
+  `groups_fn()` returns [(task names, is_span_corruption)]; supervised tasks get
+  `temperature_rate`; span-corruption corpora get `corpus_rate`, scaled in a combined mixture
+  so that together they have `span_fraction()` of the total rate.
   """
 
   def __init__(self, name, tasks, default_rate=None, groups_fn=None, **kwargs):
@@ -92,8 +82,10 @@ class DeferredMixture(seqio.Mixture):
     if self._resolving or self._groups_fn is None:
       return
     groups = self._groups_fn()
+    # Counts are not in the key: they change only with the data or gin `example_counts`.
     key = (tuple((tuple(names), span) for names, span in groups), span_fraction(),
-           mixing_temperature(), maximum_examples())
+           rates.mixing_temperature(), rates.corpus_temperature(), rates.maximum_examples(),
+           tuple(sorted(rates.example_counts().items())))
     if key == self._resolved_key:
       return
     self._resolving = True
@@ -106,15 +98,15 @@ class DeferredMixture(seqio.Mixture):
   def _rated(self, groups):
     supervised = [n for names, span in groups if not span for n in names]
     corpus = [n for names, span in groups if span for n in names]
-    rates = [(n, temperature_rate) for n in supervised]
+    rated = [(n, temperature_rate) for n in supervised]
     if corpus:
-      if supervised:
+      corpus_rates = [corpus_rate(seqio.get_mixture_or_task(n)) for n in corpus]
+      scale = 1.0
+      if supervised:  # The corpora together get span_fraction of the total.
         total = sum(temperature_rate(seqio.get_mixture_or_task(n)) for n in supervised)
-        share = span_fraction() / (1.0 - span_fraction()) * total / len(corpus)
-      else:
-        share = 1.0
-      rates += [(n, share) for n in corpus]
-    return rates
+        scale = span_fraction() / (1.0 - span_fraction()) * total / sum(corpus_rates)
+      rated += [(n, r * scale) for n, r in zip(corpus, corpus_rates)]
+    return rated
 
   @property
   def tasks(self):

@@ -4,6 +4,7 @@ Names (family = xnli, xcopa, udpos, panx, xquad, mlqa, tydiqa, tatoeba, mewslix,
   xlt_{family}_train          English training data (none for tatoeba)
   xlt_{family}_eval_{lang}    one per official language; splits where the data has them
   xlt_{family}_zeroshot       mixture: the train task + every eval task
+  xlt_xcopa_siqa_train        English SIQA in the XCOPA format (XTREME-R: SIQA, then COPA)
 Sources read the XTREME-R download layout under the XTREME-R data dir (gin
 `xtreme_data_dir.path` or $XTREME_DATA_DIR), resolved when a dataset is first built.
 """
@@ -24,14 +25,25 @@ PAIR = {"query": STRING, "candidate": STRING}
 
 
 def _loader(task, reader, *parts):
-  """A zero-argument loader that finds the file under the XTREME-R dir when called."""
+  """A zero-argument loader that finds the file under the XTREME-R dir when called.
+
+  The file name (last part) may be a tuple of alternatives: the first that exists is read,
+  and a missing file is reported under the first name.
+  """
   def load():
-    return reader(paths.require_file(paths.xtreme_path(task, *parts), task))
+    *directory, names = parts
+    names = names if isinstance(names, tuple) else (names,)
+    candidates = [paths.xtreme_path(task, *directory, n) for n in names]
+    path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
+    return reader(paths.require_file(path, task))
   return load
 
 
 def _location(*parts):
-  return os.path.join("$XTREME_DATA_DIR", *parts)
+  *directory, names = parts
+  if isinstance(names, tuple):
+    names = " or ".join(names)
+  return os.path.join("$XTREME_DATA_DIR", *directory, names)
 
 
 class Family:
@@ -59,10 +71,13 @@ class Family:
   def _register_train(self):
     name = f"{catalog.PREFIX}{self.name}_train"
     loaders = {s: _loader(name, self.train_reader, *p) for s, p in self.train_files.items()}
+    tfds_fn = tfds_targets.train_dataset_fn(self.name)
+    alternative = (lambda: paths.target_source() == "tfds", tfds_fn) if tfds_fn else None
+    data = ", ".join(_location(*p) for p in self.train_files.values())
     catalog.register_task(
         name, kind="target", family=self.name, language="en",
-        data=", ".join(_location(*p) for p in self.train_files.values()),
-        source=sources.FileDataSource(loaders, self.signature),
+        data=data + (" (or tfds with gin target_source.value='tfds')" if tfds_fn else ""),
+        source=sources.FileDataSource(loaders, self.signature, alternative),
         preprocessors=[self.preprocessor, *catalog.standard_tail()],
         metric_fns=self.metric_fns, postprocess_fn=self.postprocess_fn)
     return name
@@ -71,7 +86,7 @@ class Family:
     name = f"{catalog.PREFIX}{self.name}_eval_{lang}"
     loaders = {s: _loader(name, self.reader, *f(lang)) for s, f in self.eval_files.items()}
     tfds_fn = tfds_targets.dataset_fn(self.name, lang)
-    alternative = (lambda: tfds_targets.target_source() == "tfds", tfds_fn) if tfds_fn else None
+    alternative = (lambda: paths.target_source() == "tfds", tfds_fn) if tfds_fn else None
     data = ", ".join(_location(*f(lang)) for f in self.eval_files.values())
     catalog.register_task(
         name, kind="target", family=self.name, language=lang,
@@ -82,10 +97,21 @@ class Family:
     return name
 
 
-def _split_files(directory, extension, splits=("validation", "test")):
-  """{split}-{lang}.{ext} files as the download script names them (validation is `dev`)."""
-  file_split = {"validation": "dev", "test": "test", "train": "train"}
-  return {s: (lambda lang, s=s: (directory, f"{file_split[s]}-{lang}.{extension}")) for s in splits}
+def _split_files(directory, extension, splits=("validation", "test"), validation="dev"):
+  """{split}-{lang}.{ext} files as the download script names them (validation is `dev`, for
+  XCOPA `val`; a tuple of names takes the first that exists)."""
+  file_split = {"validation": validation, "test": "test", "train": "train"}
+
+  def name(split, lang):
+    prefixes = file_split[split] if isinstance(file_split[split], tuple) else (file_split[split],)
+    names = tuple(f"{p}-{lang}.{extension}" for p in prefixes)
+    return names if len(names) > 1 else names[0]
+  return {s: (lambda lang, s=s: (directory, name(s, lang))) for s in splits}
+
+
+# XTREME-R's download script writes XCOPA's validation files as val-{lang}.jsonl (COPA's own
+# split name); dev-{lang}.jsonl, the name the other tasks use, is read too.
+XCOPA_VALIDATION = ("val", "dev")
 
 
 SQUAD_TRAIN = {"train": ("squad", "train-v1.1.json"), "validation": ("squad", "dev-v1.1.json")}
@@ -125,19 +151,26 @@ class RetrievalFamily(Family):
   eval tasks carry no seqio metric; each example pairs a query with one gold candidate.
   """
 
-  def __init__(self, name, train_files, train_reader, load_set, splits, prefixes, location):
+  def __init__(self, name, train_files, train_reader, load_set, splits, location,
+               tfds_languages=frozenset()):
+    query_prefix, candidate_prefix = retrieval.PREFIXES[name]
     super().__init__(name, PAIR,
-                     preprocessors.retrieval_pair(prefixes[0], prefixes[1], "query", "candidate"),
+                     preprocessors.retrieval_pair(query_prefix, candidate_prefix, "query",
+                                                  "candidate"),
                      (), None, train_files, {}, None, train_reader=train_reader)
     self.load_set = load_set  # (lang, split) -> RetrievalSet
     self.splits = splits
     self.location = location
+    self.tfds_languages = tfds_languages  # read from TFDS by load_set when gin says so
 
   def _register_eval(self, lang):
     name = f"{catalog.PREFIX}{self.name}_eval_{lang}"
     loaders = {s: functools.partial(self._queries, lang, s) for s in self.splits}
+    data = self.location
+    if lang in self.tfds_languages:
+      data += f" (or tfds {self.name}/{self.name}_{lang} with gin target_source.value='tfds')"
     catalog.register_task(
-        name, kind="target", family=self.name, language=lang, data=self.location,
+        name, kind="target", family=self.name, language=lang, data=data,
         source=sources.FileDataSource(loaders, PAIR),
         preprocessors=[self.preprocessor, *catalog.standard_tail()])
     return name
@@ -156,8 +189,9 @@ def families():
       _split_files("xnli", "tsv"), readers.read_nli_tsv)
   xcopa = Family(
       "xcopa", COPA, preprocessors.xcopa, [metrics.accuracy], metrics.text,
-      {"train": ("xcopa", "train-en.jsonl"), "validation": ("xcopa", "dev-en.jsonl")},
-      _split_files("xcopa", "jsonl"), readers.read_xcopa)
+      {"train": ("xcopa", "train-en.jsonl"),
+       "validation": ("xcopa", tuple(f"{p}-en.jsonl" for p in XCOPA_VALIDATION))},
+      _split_files("xcopa", "jsonl", validation=XCOPA_VALIDATION), readers.read_xcopa)
   udpos = Family(
       "udpos", TAGS, preprocessors.tagging("udpos"), [metrics.seqeval], metrics.tag_sequence,
       {"train": ("udpos", "train-en.tsv"), "validation": ("udpos", "dev-en.tsv")},
@@ -183,18 +217,38 @@ def families():
       readers.read_squad_json)
   tatoeba = RetrievalFamily(
       "tatoeba", None, None, lambda lang, split: retrieval.load_tatoeba(None, lang), ("test",),
-      ("sentence: ", "sentence: "), _location("tatoeba", "{xx}-en.{xx}, {xx}-en.en"))
+      _location("tatoeba", "{xx}-en.{xx}, {xx}-en.en"), retrieval.TFDS_TATOEBA_LANGUAGES)
   mewslix = RetrievalFamily(
       "mewslix", {"train": ("mewslix", "wikipedia_pairs-train.jsonl"),
                   "validation": ("mewslix", "wikipedia_pairs-dev.jsonl")},
       retrieval.read_mewslix_pairs,
       lambda lang, split: retrieval.load_mewslix(None, lang, {"validation": "dev"}.get(split, split)),
-      ("validation", "test"), ("mention: ", "entity: "),
+      ("validation", "test"),
       _location("mewslix", "wikinews_mentions/{dev,test}-{lang}.jsonl, candidate_set_entities.jsonl"))
   lareqa = RetrievalFamily(
       "lareqa", SQUAD_TRAIN, _lareqa_pairs, lambda lang, split: retrieval.load_lareqa(None, lang),
-      ("test",), ("question: ", "answer: "), _location("lareqa", "xquad-r", "{lang}.json"))
+      ("test",), _location("lareqa", "xquad-r", "{lang}.json"))
   return [nli, xcopa, udpos, panx, xquad, mlqa, tydiqa, tatoeba, mewslix, lareqa]
+
+
+# Social IQa, which XTREME-R trains on before COPA (its XCOPA baseline), as XTREME-R's
+# download script writes it under the XTREME-R data dir.
+SIQA_FILES = {"train": ("siqa", "socialIQa_v1.4_trn.jsonl"),
+              "validation": ("siqa", "socialIQa_v1.4_dev.jsonl")}
+SIQA_TASK = f"{catalog.PREFIX}xcopa_siqa_train"
+
+
+def register_siqa():
+  """`xlt_xcopa_siqa_train`: English SIQA in the XCOPA format (three choices), the first of
+  XTREME-R's two XCOPA training stages; fine-tune on it, then on `xlt_xcopa_train` (COPA)."""
+  loaders = {s: _loader(SIQA_TASK, readers.read_siqa, *p) for s, p in SIQA_FILES.items()}
+  catalog.register_task(
+      SIQA_TASK, kind="target", family="xcopa", language="en",
+      data=", ".join(_location(*p) for p in SIQA_FILES.values()),
+      source=sources.FileDataSource(loaders, COPA),
+      preprocessors=[preprocessors.xcopa, *catalog.standard_tail()],
+      metric_fns=[metrics.accuracy], postprocess_fn=metrics.text)
+  return SIQA_TASK
 
 
 def eval_task(family: str, lang: str) -> str:
@@ -209,3 +263,4 @@ def eval_task(family: str, lang: str) -> str:
 def register():
   for family in families():
     family.register()
+  register_siqa()

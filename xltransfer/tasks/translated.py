@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from xltransfer.data import languages, paths, preprocessors, readers, sources
 from xltransfer.data.sources import INT, STRING
-from xltransfer.tasks import catalog, intermediate, metrics, targets
+from xltransfer.tasks import catalog, intermediate, metrics, rates, targets, tfds_targets
 
 NLI = {"premise": STRING, "hypothesis": STRING, "label": STRING}
 SCHEMAS = {  # name -> (file extension, reader, signature)
@@ -83,29 +83,36 @@ def _tfds_qa(name, split_name):
   return seqio.FunctionDataSource(fn, splits=("train",))
 
 
+def _register_tfds(name, family, lang, data, source, formatting, metric_fns, postprocess_fn,
+                   counted):
+  """A translate-train task; `counted` is the TFDS (name, split) that mixing rates count."""
+  catalog.register_task(name, kind="translated", family=family, language=lang, data=data,
+                        source=source, preprocessors=formatting, metric_fns=metric_fns,
+                        postprocess_fn=postprocess_fn)
+  rates.register_counter(name, rates.tfds_counter(counted))
+
+
 def register_translate_train():
   qa = [preprocessors.extractive_qa, *catalog.standard_tail()]
   for lang in languages.TARGET_LANGUAGES["xnli"]:
     if lang != "en":
-      catalog.register_task(
-          f"{catalog.PREFIX}translate_train_xnli_{lang}", kind="translated", family="xnli",
-          language=lang, data="tfds: xtreme_xnli", source=_xtreme_xnli(lang),
-          preprocessors=[preprocessors.nli("xnli"), *catalog.standard_tail()],
-          metric_fns=[metrics.accuracy], postprocess_fn=metrics.text)
-  for lang in languages.TARGET_LANGUAGES["xquad"]:
-    if lang != "en":
-      catalog.register_task(
-          f"{catalog.PREFIX}translate_train_xquad_{lang}", kind="translated", family="xquad",
-          language=lang, data=f"tfds: xquad/{lang} translate-train",
-          source=_tfds_qa(f"xquad/{lang}", "translate-train"), preprocessors=qa,
-          metric_fns=[metrics.squad], postprocess_fn=metrics.qa_answers)
+      _register_tfds(
+          f"{catalog.PREFIX}translate_train_xnli_{lang}", "xnli", lang, "tfds: xtreme_xnli",
+          _xtreme_xnli(lang), [preprocessors.nli("xnli"), *catalog.standard_tail()],
+          [metrics.accuracy], metrics.text, ("xtreme_xnli", "train"))
+  # TFDS xquad has translate-train for its ten non-English languages (no Romanian).
+  for lang in sorted(tfds_targets.XQUAD_LANGUAGES - {"en"}):
+    _register_tfds(
+        f"{catalog.PREFIX}translate_train_xquad_{lang}", "xquad", lang,
+        f"tfds: xquad/{lang} translate-train", _tfds_qa(f"xquad/{lang}", "translate-train"), qa,
+        [metrics.squad], metrics.qa_answers, (f"xquad/{lang}", "translate-train"))
   for lang in languages.TARGET_LANGUAGES["tydiqa"]:
     if lang != "en":
-      catalog.register_task(
-          f"{catalog.PREFIX}translate_train_tydiqa_{lang}", kind="translated", family="tydiqa",
-          language=lang, data=f"tfds: tydi_qa/goldp translate-train-{lang}",
-          source=_tfds_qa("tydi_qa/goldp", f"translate-train-{lang}"), preprocessors=qa,
-          metric_fns=[metrics.squad], postprocess_fn=metrics.qa_answers)
+      split = f"translate-train-{lang}"
+      _register_tfds(
+          f"{catalog.PREFIX}translate_train_tydiqa_{lang}", "tydiqa", lang,
+          f"tfds: tydi_qa/goldp {split}", _tfds_qa("tydi_qa/goldp", split), qa,
+          [metrics.squad], metrics.qa_answers, ("tydi_qa/goldp", split))
 
 
 def register():

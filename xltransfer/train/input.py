@@ -25,6 +25,7 @@ import seqio
 import tensorflow as tf
 
 from xltransfer.errors import ConfigError
+from xltransfer.train import feature_converters
 
 SHARDING_MODES = ("source", "host_slice")
 
@@ -43,13 +44,19 @@ def _require_registered(name: str):
 
 @gin.configurable(module="xltransfer.train")
 class DatasetConfig:
-  """What to read: T5X's `utils.DatasetConfig` fields that a training run needs."""
+  """What to read: T5X's `utils.DatasetConfig` fields that a training run needs.
+
+  `feature_converter` names the model's batch layout (`xltransfer.train.feature_converters`):
+  "enc_dec" for the seq2seq model, "dual_encoder" (unpacked query/candidate pairs) for the
+  dual encoder.
+  """
 
   def __init__(self, mixture_or_task_name: str = gin.REQUIRED,
                task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
                split: str = "train", batch_size: int = gin.REQUIRED, shuffle: bool = True,
                seed: Optional[int] = 0, pack: bool = True, use_cached: bool = False,
-               sharding: str = "source"):
+               sharding: str = "source",
+               feature_converter: str = feature_converters.ENC_DEC):
     if sharding not in SHARDING_MODES:
       raise ConfigError(f"DatasetConfig.sharding {sharding!r}: use one of {SHARDING_MODES}")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -57,6 +64,7 @@ class DatasetConfig:
     if shuffle and seed is None:
       raise ConfigError("DatasetConfig: a shuffled training set needs a fixed seed to be "
                         "resumable")
+    feature_converters.check(feature_converter, task_feature_lengths, pack)
     self.mixture_or_task_name = mixture_or_task_name
     self.task_feature_lengths = dict(task_feature_lengths)
     self.split = split
@@ -66,6 +74,7 @@ class DatasetConfig:
     self.pack = pack
     self.use_cached = use_cached
     self.sharding = sharding
+    self.feature_converter = feature_converter
 
   def replace(self, **changes) -> "DatasetConfig":
     fields = dict(vars(self), **changes)
@@ -74,14 +83,14 @@ class DatasetConfig:
 
 def host_dataset(config: DatasetConfig, shard_index: int, num_shards: int, per_host_batch: int,
                  num_epochs: Optional[int] = None) -> tf.data.Dataset:
-  """This host's batches (numpy-convertible dicts) of the encoder-decoder features."""
+  """This host's batches (numpy-convertible dicts) of the model's features."""
   _require_registered(config.mixture_or_task_name)
   options = dict(
       mixture_or_task_name=config.mixture_or_task_name,
       task_feature_lengths=config.task_feature_lengths,
       dataset_split=config.split, shuffle=config.shuffle, num_epochs=num_epochs,
       use_cached=config.use_cached, seed=config.seed,
-      feature_converter=seqio.EncDecFeatureConverter(pack=config.pack))
+      feature_converter=feature_converters.make(config.feature_converter, config.pack))
   try:
     if config.sharding == "source":
       ds = seqio.get_dataset(shard_info=seqio.ShardInfo(shard_index, num_shards), **options)

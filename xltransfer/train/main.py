@@ -3,12 +3,13 @@
   xltransfer train --gin_file=models/mt5_small.gin --gin_file=runs/finetune.gin \
       --gin.MODEL_DIR="'/tmp/run'" --gin.MIXTURE_OR_TASK_NAME="'xlt_xnli_train'" ...
 
-Gin files are looked up as given, then under the repository's gin/ directory and any
---gin_search_paths. Values of --gin.NAME=VALUE are gin literals (quote strings). The config
-is checked before anything expensive happens: an unknown configurable or parameter fails with
-gin's message and the file and line; a required macro left unset, a macro used but never
-defined, and a macro defined but used nowhere (a typo such as TRAIN_STEP) fail with the macro
-name and the file that mentions it.
+Gin files are looked up as given, then under any --gin_search_paths and the bundled configs
+(the checkout's gin/, or the copy installed with the package, so `models/mt5_small.gin` and
+`gin/models/mt5_small.gin` work from any directory). Values of --gin.NAME=VALUE are gin
+literals (quote strings). The config is checked before anything expensive happens: an
+unknown configurable or parameter fails with gin's message and the file and line; a required
+macro left unset, a macro used but never defined, and a macro defined but used nowhere (a
+typo such as TRAIN_STEP) fail with the macro name and the file that mentions it.
 """
 import argparse
 import difflib
@@ -16,14 +17,13 @@ import logging
 import os
 import re
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import gin
 
+from xltransfer import gin_paths
 from xltransfer.errors import ConfigError
 
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "gin")
 T5X_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
               "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH", "DROPOUT_RATE", "LEARNING_RATE",
               "EVAL_PERIOD", "LOSS_NORMALIZING_FACTOR")
@@ -51,8 +51,12 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _split_gin_flags(argv: Sequence[str]):
-  """Pulls `--gin.NAME=VALUE` (T5X's syntax) out of argv as gin bindings."""
+def split_gin_flags(argv: Sequence[str]):
+  """Pulls `--gin.NAME=VALUE` (T5X's syntax) out of argv: (other arguments, gin bindings).
+
+  Every command that reads a training config (train, eval, plan) splits its flags with this,
+  so `--gin.` means the same everywhere.
+  """
   rest, bindings = [], []
   args = list(argv)
   i = 0
@@ -71,17 +75,6 @@ def _split_gin_flags(argv: Sequence[str]):
       rest.append(arg)
     i += 1
   return rest, bindings
-
-
-def _resolve_gin_file(path: str, search_paths: List[str]) -> str:
-  candidates = [path] + [os.path.join(d, path) for d in search_paths]
-  if not path.endswith(".gin"):
-    candidates += [c + ".gin" for c in candidates]
-  for candidate in candidates:
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate)
-  raise ConfigError(f"--gin_file={path}: not found (looked in the current directory and "
-                    f"{', '.join(search_paths)})")
 
 
 def _where(pattern: str, files: Sequence[str], bindings: Sequence[str]) -> str:
@@ -125,10 +118,10 @@ def _macro_names_used_and_defined():
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
   """Parses the config; every mistake becomes a ConfigError that names the file."""
-  search = [p for entry in search_paths for p in entry.split(",") if p] + [REPO_GIN_DIR]
+  search = gin_paths.search_paths(search_paths)
   for path in search:
     gin.add_config_file_search_path(path)
-  files = [_resolve_gin_file(f, search) for f in gin_files]
+  files = [gin_paths.resolve(f, search) for f in gin_files]
   if not files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=models/mt5_small.gin "
                       "--gin_file=runs/finetune.gin")
@@ -189,7 +182,7 @@ def _drop_gin_include_probe(record: logging.LogRecord) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  rest, cli_bindings = _split_gin_flags(argv)
+  rest, cli_bindings = split_gin_flags(argv)
   args = _parser().parse_args(rest)
   logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s", force=True)

@@ -4,6 +4,7 @@ from typing import Any, Dict, Optional
 import gin
 
 from xltransfer.model.config import get_config
+from xltransfer.model.dual_encoder import DualEncoderModel
 from xltransfer.model.models import EncoderDecoderModel
 
 
@@ -22,3 +23,11 @@ def encoder_decoder_model(config=gin.REQUIRED, z_loss: float = 1e-4, label_smoot
                           loss_normalizing_factor=None) -> EncoderDecoderModel:
   return EncoderDecoderModel(config, z_loss=z_loss, label_smoothing=label_smoothing,
                              loss_normalizing_factor=loss_normalizing_factor)
+
+
+@gin.configurable(module="xltransfer.train")
+def dual_encoder_model(config=gin.REQUIRED, temperature: float = 0.05,
+                       symmetric: bool = False) -> DualEncoderModel:
+  """The contrastive dual encoder on the same network (gin/models/dual_encoder.gin picks it);
+  its batches come from DatasetConfig.feature_converter = 'dual_encoder'."""
+  return DualEncoderModel(config, temperature=temperature, symmetric=symmetric)

@@ -82,6 +82,21 @@ def _mark_done(model_dir: str, step: int):
   _write_config_files(model_dir, "DONE", f"step {step}\n")
 
 
+def build_trainer(model, partitioner=None, learning_rate: Optional[Callable] = None,
+                  optimizer: Optional[Adafactor] = None, num_microbatches: int = 1,
+                  random_seed: int = 0) -> Trainer:
+  """The Trainer of a run from `train`'s arguments (None: the default partitioner, schedule
+  and optimizer), before any data or checkpoint is touched. `xltransfer plan` compiles this
+  same trainer's step, so what it measures is what `train` runs."""
+  partitioner = partitioner if partitioner is not None else create_partitioner()
+  logging.info("mesh %s over %d devices in %d process(es)", dict(partitioner.mesh.shape),
+               partitioner.mesh.devices.size, jax.process_count())
+  schedule = learning_rate if learning_rate is not None else learning_rate_schedule()
+  optimizer_def = optimizer if optimizer is not None else Adafactor()
+  opt = optimizer_def.create(schedule, model.abstract_params(), model.param_logical_axes())
+  return Trainer(model, opt, partitioner, num_microbatches, dropout_seed=random_seed)
+
+
 @gin.configurable(module="xltransfer.train")
 def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
           train_dataset: input_lib.DatasetConfig = gin.REQUIRED,
@@ -119,13 +134,9 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
     raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: no such file or "
                           "directory")
 
-  partitioner = partitioner if partitioner is not None else create_partitioner()
-  logging.info("mesh %s over %d devices in %d process(es)", dict(partitioner.mesh.shape),
-               partitioner.mesh.devices.size, jax.process_count())
-  schedule = learning_rate if learning_rate is not None else learning_rate_schedule()
-  optimizer_def = optimizer if optimizer is not None else Adafactor()
-  opt = optimizer_def.create(schedule, model.abstract_params(), model.param_logical_axes())
-  trainer = Trainer(model, opt, partitioner, num_microbatches, dropout_seed=random_seed)
+  trainer = build_trainer(model, partitioner, learning_rate, optimizer, num_microbatches,
+                          random_seed)
+  partitioner = trainer.partitioner
   manager = (checkpoint_manager or checkpointing.CheckpointManager)(model_dir)
   identity = checkpointing.run_identity(model.config, train_dataset.mixture_or_task_name,
                                         initial_checkpoint_path)

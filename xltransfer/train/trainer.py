@@ -5,7 +5,7 @@ parameters and optimizer state are updated in place on every device. Gradients c
 accumulated over microbatches; each step draws its dropout rng from the step number, so a
 resumed run reproduces an uninterrupted one bit for bit.
 """
-from typing import Dict
+from typing import Dict, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,34 @@ class Trainer:
     step = jax.device_put(np.int32(0), self.state_shardings.step)
     return TrainState(step=step, params=params, opt_state=init_opt(params))
 
+  def sharded_abstract_state(self) -> TrainState:
+    """The state as `jax.ShapeDtypeStruct`s that carry their shardings (nothing allocated)."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_shardings)
+
+  def abstract_batch(self, batch_size: int,
+                     feature_lengths: Mapping[str, int]) -> Dict[str, jax.ShapeDtypeStruct]:
+    """A global int32 batch of the model's features (name -> length), sharded as `train_step`
+    expects it; the batch must split evenly over the data-parallel shards and microbatches."""
+    shards = self.partitioner.data_parallel_size()
+    if batch_size % (shards * self.num_microbatches):
+      raise ConfigError(f"BATCH_SIZE {batch_size} must be a multiple of the {shards} "
+                        f"data-parallel shards × {self.num_microbatches} microbatches")
+    sharding = self.partitioner.batch_sharding(2)
+    return {name: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=sharding)
+            for name, length in feature_lengths.items()}
+
   # ---- steps ----
+
+  def lower_train_step(self, abstract_state: Optional[TrainState],
+                       abstract_batch: Mapping[str, jax.ShapeDtypeStruct]) -> jax.stages.Lowered:
+    """Lowers the jitted `train_step` itself (its shardings, the state donated) for abstract
+    inputs, ahead of time: `.compile()` on the result gives XLA's memory and cost analyses
+    for the target devices without running anything. `abstract_state` None means this
+    trainer's own (`sharded_abstract_state()`)."""
+    state = self.sharded_abstract_state() if abstract_state is None else abstract_state
+    with self.partitioner.activation_context():
+      return self._train_step.lower(state, dict(abstract_batch))
 
   def train_step(self, state: TrainState, batch: Dict[str, jax.Array]):
     """One optimizer step on a global batch; `state` is donated (do not reuse it)."""
@@ -114,10 +141,8 @@ class Trainer:
     micro = {k: jax.lax.with_sharding_constraint(
         v, self.partitioner.sharding(jax.sharding.PartitionSpec(None, "batch")))
              for k, v in micro.items()}
-    weights = micro.get("decoder_loss_weights")
-    if weights is None:
-      weights = (micro["decoder_target_tokens"] > 0)
-    tokens = jnp.sum(weights.astype(jnp.float32), axis=tuple(range(1, weights.ndim)))
+    # What each microbatch's loss is normalised by: target tokens (pairs for a dual encoder).
+    tokens = jnp.sum(jax.vmap(self.model.row_loss_weights)(micro), axis=-1)
     scale = self._microbatch_weights(tokens)
 
     def body(carry, inputs):

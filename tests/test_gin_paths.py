@@ -1,0 +1,106 @@
+"""The bundled gin configs: found from any directory, in a checkout and in an installed package."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from xltransfer import gin_paths
+from xltransfer.errors import ConfigError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_GIN = os.path.join(REPO_ROOT, "gin")
+
+
+def test_checkout_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert gin_paths.config_dir() == REPO_GIN
+  search = gin_paths.search_paths()
+  expected = os.path.join(REPO_GIN, "models", "mt5_tiny.gin")
+  # Relative to the bundled configs, repository-style with gin/, and without the suffix.
+  for path in ("models/mt5_tiny.gin", "gin/models/mt5_tiny.gin", "models/mt5_tiny",
+               "gin/models/mt5_tiny"):
+    assert gin_paths.resolve(path, search) == expected, path
+
+
+def test_given_paths_and_search_paths_come_first(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "models").mkdir()
+  local = tmp_path / "models" / "mt5_tiny.gin"
+  local.write_text("# a local override\n")
+  assert gin_paths.resolve("models/mt5_tiny.gin", gin_paths.search_paths()) == str(local)
+  extra = tmp_path / "extra"
+  extra.mkdir()
+  (extra / "mine.gin").write_text("")
+  search = gin_paths.search_paths([f"{tmp_path / 'none'},{extra}"])
+  assert search == [str(tmp_path / "none"), str(extra), REPO_GIN]
+  assert gin_paths.resolve("mine", search) == str(extra / "mine.gin")
+  with pytest.raises(ConfigError, match=r"--gin_file=nope.gin: not found \(looked in the "
+                                        r"current directory and .*extra"):
+    gin_paths.resolve("nope.gin", search)
+
+
+def test_installed_copy_is_used_without_a_checkout(tmp_path, monkeypatch):
+  # site-packages: xltransfer/gin/ holds the configs; ../gin is the gin-config library.
+  site = tmp_path / "site-packages"
+  (site / "gin").mkdir(parents=True)
+  (site / "gin" / "__init__.py").write_text("")
+  installed = site / "xltransfer" / "gin"
+  (installed / "models").mkdir(parents=True)
+  (installed / "models" / "mt5_tiny.gin").write_text("")
+  monkeypatch.setattr(gin_paths, "CHECKOUT_GIN_DIR", str(site / "gin"))
+  monkeypatch.setattr(gin_paths, "INSTALLED_GIN_DIR", str(installed))
+  monkeypatch.chdir(tmp_path)
+  assert gin_paths.config_dir() == str(installed)
+  assert gin_paths.resolve("gin/models/mt5_tiny.gin", gin_paths.search_paths()) == str(
+      installed / "models" / "mt5_tiny.gin")
+  assert gin_paths.exists("models/mt5_tiny") and not gin_paths.exists("models/mt5_huge")
+
+
+@pytest.mark.slow
+def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
+  """Builds the package as pip would (build_py), then parses a training config with only the
+  built package importable, from a directory with no gin/ in sight."""
+  source = tmp_path / "source"
+  ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+  shutil.copytree(os.path.join(REPO_ROOT, "xltransfer"), source / "xltransfer", ignore=ignore)
+  shutil.copytree(REPO_GIN, source / "gin", ignore=ignore)
+  shutil.copy(os.path.join(REPO_ROOT, "setup.py"), source / "setup.py")
+  build = tmp_path / "build"
+  proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
+                        cwd=source, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  built = {os.path.relpath(os.path.join(d, f), build / "xltransfer" / "gin")
+           for d, _, files in os.walk(build / "xltransfer" / "gin") for f in files}
+  shipped = {os.path.relpath(os.path.join(d, f), REPO_GIN)
+             for d, _, files in os.walk(REPO_GIN) for f in files if f.endswith(".gin")}
+  assert shipped and built == shipped
+
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  script = textwrap.dedent("""
+      import gin
+      import xltransfer
+      from xltransfer import gin_paths
+      from xltransfer.planning import run_config
+      files = run_config.parse(["gin/models/mt5_tiny.gin", "runs/finetune.gin"], [], [])
+      print(xltransfer.__file__)
+      print(gin_paths.config_dir())
+      print("\\n".join(files))
+      print(gin.query_parameter("xltransfer.train.mt5_config.size"))
+      print(gin.query_parameter("xltransfer.partitioning.create_mesh.data"))
+  """)
+  env = dict(os.environ, PYTHONPATH=str(build), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  package, config_dir, *files, size, data = proc.stdout.split()
+  installed = str(build / "xltransfer" / "gin")
+  assert package == str(build / "xltransfer" / "__init__.py")
+  assert config_dir == installed
+  assert files == [os.path.join(installed, "models", "mt5_tiny.gin"),
+                   os.path.join(installed, "runs", "finetune.gin")]
+  # runs/finetune.gin's `include 'meshes/cpu.gin'` came from the installed copy too.
+  assert size == "tiny" and data == "-1"

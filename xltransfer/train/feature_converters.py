@@ -1,0 +1,73 @@
+"""Feature converters: how a task's `inputs`/`targets` tokens become a model's batch.
+
+  "enc_dec"       seqio's `EncDecFeatureConverter` (packing optional): the seq2seq model's
+                  encoder_input_tokens, decoder_{input,target}_tokens, decoder_loss_weights.
+  "dual_encoder"  `DualEncoderFeatureConverter`: one (query, positive candidate) pair per row,
+                  never packed: `query_tokens` from `inputs`, `candidate_tokens` from `targets`
+                  (the retrieval training tasks put the query in `inputs`).
+
+TASK_FEATURE_LENGTHS has the keys `inputs` and `targets` for both; for the dual encoder they
+are the query and candidate lengths.
+"""
+import numbers
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from xltransfer.errors import ConfigError
+from xltransfer.model.dual_encoder import CANDIDATE_FEATURE, QUERY_FEATURE
+
+ENC_DEC = "enc_dec"
+DUAL_ENCODER = "dual_encoder"
+NAMES = (ENC_DEC, DUAL_ENCODER)
+TASK_FEATURES = ("inputs", "targets")
+
+
+class DualEncoderFeatureConverter(seqio.FeatureConverter):
+  """(query, candidate) token pairs, trimmed and zero-padded to their lengths."""
+
+  TASK_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for k in TASK_FEATURES}
+  MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                    for k in (QUERY_FEATURE, CANDIDATE_FEATURE)}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack: bool = False, **kwargs):
+    if pack:
+      # Packing would put several pairs in a row; in-batch negatives need one pair per row.
+      raise ConfigError("the dual encoder's batches cannot be packed: set DatasetConfig.pack = "
+                        "False (gin/models/dual_encoder.gin does, when loaded after the run file)")
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    ds = self._pack_or_pad(ds, task_feature_lengths)
+    return ds.map(lambda ex: {QUERY_FEATURE: ex["inputs"], CANDIDATE_FEATURE: ex["targets"]},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    return {QUERY_FEATURE: task_feature_lengths["inputs"],
+            CANDIDATE_FEATURE: task_feature_lengths["targets"]}
+
+
+def check(name: str, task_feature_lengths: Mapping[str, int], pack: bool) -> None:
+  """ConfigError, naming the setting, for a converter name, lengths or packing that cannot work."""
+  if name not in NAMES:
+    raise ConfigError(f"DatasetConfig.feature_converter {name!r}: use one of {NAMES}")
+  keys = set(task_feature_lengths)
+  if keys != set(TASK_FEATURES):
+    meaning = ("'inputs' (query tokens) and 'targets' (candidate tokens)" if name == DUAL_ENCODER
+               else "'inputs' and 'targets'")
+    raise ConfigError(f"TASK_FEATURE_LENGTHS {dict(task_feature_lengths)}: the {name} feature "
+                      f"converter needs exactly the keys {meaning}")
+  for key, length in task_feature_lengths.items():
+    if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length <= 0:
+      raise ConfigError(f"TASK_FEATURE_LENGTHS[{key!r}] must be a positive integer, got {length!r}")
+  if name == DUAL_ENCODER and pack:
+    DualEncoderFeatureConverter(pack=True)  # raises with the explanation
+
+
+def make(name: str, pack: bool) -> seqio.FeatureConverter:
+  if name == DUAL_ENCODER:
+    return DualEncoderFeatureConverter(pack=pack)
+  return seqio.EncDecFeatureConverter(pack=pack)
