@@ -57,9 +57,9 @@ def test_abstract_batch_is_sharded_and_checked(trainer):
   assert all(v.dtype == jnp.int32 and v.sharding == trainer.partitioner.batch_sharding(2)
              for v in batch.values())
   accumulating = run.build_trainer(trainer.model, trainer.partitioner, num_microbatches=2)
-  with pytest.raises(ConfigError, match="BATCH_SIZE 6 must be a multiple of the 1 data-parallel "
+  with pytest.raises(ConfigError, match="BATCH_SIZE 7 must be a multiple of the 1 data-parallel "
                                         "shards × 2 microbatches"):
-    accumulating.abstract_batch(6, LENGTHS)
+    accumulating.abstract_batch(7, LENGTHS)
 
 
 def test_lowered_train_step_compiles_and_runs(trainer):
