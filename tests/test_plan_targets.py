@@ -97,6 +97,26 @@ def test_tpu_mesh_axes_map_onto_the_torus(path):
   assert target.num_devices % model == 0
 
 
+def _axis_sizes_on(target):
+  dims = [int(d) for d in target.topology_name.split(":")[1].split("x")]
+  return {math.prod(subset) for r in range(len(dims) + 1)
+          for subset in itertools.combinations(dims, r)}
+
+
+@pytest.mark.parametrize("size", ["small", "base", "large", "xl"])
+@pytest.mark.parametrize("mesh", sorted(
+    os.path.basename(p) for p in glob.glob(os.path.join(GIN_DIR, "meshes", "tpu_v[45]p*.gin"))
+    + glob.glob(os.path.join(GIN_DIR, "meshes", "tpu_v4_*.gin"))))
+def test_partitioning_files_fit_the_v4_and_v5p_meshes(size, mesh):
+  """`--mesh_file=meshes/tpu_v4_64.gin --mesh_file=meshes/partitioning_SIZE.gin` as the files
+  say to use them: the size's model axis must map onto the slice's torus. (XXL defers to the
+  hardware files; v5e's 2D tori take other sizes, see partitioning_xl.gin.)"""
+  target = targets.parse_target(_plan_topology(os.path.join(GIN_DIR, "meshes", mesh)))
+  model = int(_bindings(os.path.join(GIN_DIR, "meshes", f"partitioning_{size}.gin"))[
+      "create_mesh.model"])
+  assert model in _axis_sizes_on(target), f"partitioning_{size}.gin: model {model} on {mesh}"
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(GIN_DIR, "meshes", "gpu_*.gin"))))
 def test_gpu_meshes_keep_sharding_inside_a_node(path):
   values = _bindings(path)
