@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from hf_reference import timed, untied_hf_mt5
+from hf_reference import same_host_malloc_for_both, timed, untied_hf_mt5
 
 EOS_ID = 1
 
@@ -34,6 +34,7 @@ def _args():
 
 def main():
   args = _args()
+  malloc = same_host_malloc_for_both()
   import jax
   import jax.numpy as jnp
   import torch
@@ -71,6 +72,7 @@ def main():
   print(f"mT5-{args.size} greedy decoding, batch {args.batch}, inputs {args.inputs}, "
         f"{args.new_tokens} new tokens, vocab {config.vocab_size}, float32, "
         f"{args.threads} CPU threads, {args.steps} timed runs after {args.warmup} warm-up")
+  print(f"  host malloc (both sides): {malloc}")
   seconds_ours, out_ours = timed(ours, args.warmup, args.steps)
   seconds_theirs, out_theirs = timed(theirs, args.warmup, args.steps)
   for name, out in (("xltransfer", out_ours), ("HF", out_theirs)):

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from hf_reference import timed, untied_hf_mt5
+from hf_reference import same_host_malloc_for_both, timed, untied_hf_mt5
 
 
 def _args():
@@ -37,6 +37,7 @@ def _batch(args, vocab):
 
 def main():
   args = _args()
+  malloc = same_host_malloc_for_both()
   import jax
   import jax.numpy as jnp
   import torch
@@ -74,6 +75,7 @@ def main():
   print(f"mT5-{args.size} forward+backward, batch {args.batch}, inputs {args.inputs}, "
         f"targets {args.targets}, vocab {config.vocab_size}, float32, "
         f"{args.threads} CPU threads, {args.steps} timed steps after {args.warmup} warm-up")
+  print(f"  host malloc (both sides): {malloc}")
   seconds_ours, _ = timed(ours, args.warmup, args.steps)
   seconds_theirs, _ = timed(theirs, args.warmup, args.steps)
   print(f"  xltransfer (jax {jax.__version__}): {seconds_ours:8.3f} s/step "

@@ -3,7 +3,20 @@
 Scripts in this folder run as `python benchmarks/NAME.py`, so this module is importable as
 `hf_reference` from them.
 """
+import os
 import time
+
+
+def same_host_malloc_for_both():
+  """Restart under the host malloc settings `xltransfer` itself runs with; describe them.
+
+  The `xltransfer` command restarts itself with huge-page malloc (`xltransfer/host_memory.py`);
+  a benchmark of it must run under the same settings, and HF runs in the same process, so
+  both sides see them. XLTRANSFER_HUGEPAGE_MALLOC=0 compares with the system's defaults.
+  """
+  from xltransfer import host_memory
+  host_memory.restart_with_hugepage_malloc()
+  return f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
 
 
 def untied_hf_mt5(config, seed: int = 0, head_scale: float = 0.05, zero_head_rows=()):

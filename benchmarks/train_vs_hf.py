@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from hf_reference import untied_hf_mt5
+from hf_reference import same_host_malloc_for_both, untied_hf_mt5
 
 
 def _parse_args():
@@ -104,12 +104,14 @@ def bench_hf(args, config):
 
 def main():
   args = _parse_args()
+  malloc = same_host_malloc_for_both()
   from xltransfer.model.config import get_config  # pylint: disable=import-outside-toplevel
   config = get_config(args.size, dtype=args.dtype, dropout_rate=0.0)
   tokens = args.batch_size * (args.input_length + args.target_length)
   print(f"mT5-{args.size}: batch {args.batch_size}, inputs {args.input_length}, targets "
         f"{args.target_length}; {args.steps} timed steps after {args.warmup_steps} warm-up; "
         f"{os.cpu_count()} CPU threads")
+  print(f"  host malloc (both sides): {malloc}")
   results = {"xltransfer (JAX)": bench_jax(args, config), "HF PyTorch": bench_hf(args, config)}
   print(f"{'':20s} {'s/step':>9s} {'steps/s':>9s} {'tokens/s':>10s}")
   for name, seconds in results.items():

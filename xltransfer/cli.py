@@ -7,6 +7,7 @@ Modules are imported lazily: `xltransfer score` must not pay for importing tenso
 import importlib
 import sys
 
+from xltransfer import host_memory
 from xltransfer.errors import UserError
 
 COMMANDS = {
@@ -33,6 +34,8 @@ def _usage() -> str:
 
 
 def main(argv=None) -> int:
+  if argv is None:  # run as the program (not called from Python): tune this process's malloc
+    host_memory.restart_with_hugepage_malloc()
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())
