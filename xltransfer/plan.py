@@ -8,7 +8,9 @@
 Lowers and compiles the trainer's real train step and the greedy inference step on abstract,
 sharded inputs (nothing is allocated) for the target, and prints per-device argument, output,
 temp and peak bytes against the device's HBM, FLOPs per step and the tokens/s ceiling at
-100% MFU, the sharding of the largest arrays, compile times and a verdict.
+100% MFU, the sharding of the largest arrays, compile times and a verdict. A dual-encoder run
+(runs/dual_encoder_finetune.gin) has no decoder: its retrieval embedding step is compiled in
+place of greedy decoding, and the report says so.
 
 Targets (--topology): TPU topologies (v4:4x4x8, v5e:16x16, v5p:4x4x4, v6e:8x8) or gcloud
 accelerator types (v4-128, v5litepod-256, v5p-128), compiled by libtpu's TPU compiler (the
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--inference_batch_size", type=int, default=None,
                       help="rows per decoding call (default: the eval dataset's batch size)")
   parser.add_argument("--skip_inference", action="store_true",
-                      help="compile only the train step")
+                      help="compile only the train step (no decoding or embedding step)")
   parser.add_argument("--top", type=int, default=8, help="largest arrays to list")
   parser.add_argument("--json", action="store_true", help="print the plan as JSON")
   parser.add_argument("--output", default=None, help="also write the JSON plan to this file")
@@ -94,9 +96,17 @@ def compute_plan(args, target) -> Dict[str, Any]:
   state = compile_lib.state_report(trainer, args.top)
   logging.info("compiling the train step for %s", target.name)
   steps = {"train_step": compile_lib.plan_train_step(trainer, run).as_dict()}
+  decoder = compile_lib.has_decoder(run.model)
+  notes = [] if decoder else [
+      f"the {run.model.kind} model has no decoder: greedy decoding is not planned"
+      + ("" if args.skip_inference else "; its evaluation step, the retrieval evaluator's "
+         "mean-pooled encoder embedding, is planned instead (embed_step)")]
   if not args.skip_inference:
-    logging.info("compiling the inference step for %s", target.name)
-    steps["inference_step"] = compile_lib.plan_inference_step(trainer, run).as_dict()
+    name = "inference step" if decoder else "embedding step"
+    logging.info("compiling the %s for %s", name, target.name)
+    plan_step = compile_lib.plan_inference_step if decoder else compile_lib.plan_embed_step
+    step = plan_step(trainer, run).as_dict()
+    steps[step["name"]] = step
 
   config = run.model.config
   lengths = run.task_feature_lengths
@@ -112,7 +122,8 @@ def compute_plan(args, target) -> Dict[str, Any]:
                               "XLA:CPU on fake host devices" if target.compiles_on_host
                               else f"XLA:{devices[0].platform.upper()}")},
       "config": {"gin_files": list(gin_files), "bindings": list(args.gin_bindings),
-                 "model_size": _size_name(config), "scan_layers": config.scan_layers,
+                 "model_size": _size_name(config), "model_kind": run.model.kind,
+                 "feature_converter": run.feature_converter, "scan_layers": config.scan_layers,
                  "remat_policy": config.remat_policy, "batch_size": run.batch_size,
                  "task_feature_lengths": lengths, "pack": run.pack,
                  "num_microbatches": run.num_microbatches,
@@ -121,6 +132,7 @@ def compute_plan(args, target) -> Dict[str, Any]:
                  "rules": _rules_summary(partitioner.rules)},
       "state": state,
       "steps": steps,
+      "notes": notes,
       "flops": flops,
       "fits": fits,
       "verdict": verdict,
@@ -131,8 +143,7 @@ def _flops(run, compiler_flops_per_device, peak_flops_per_device, num_devices):
   """Model FLOPs per step and the throughput they allow at the chips' peak (100% MFU)."""
   from xltransfer.planning import flops as flops_lib  # pylint: disable=import-outside-toplevel
   lengths = run.task_feature_lengths
-  model_flops = flops_lib.train_flops_per_step(run.model.config, run.batch_size,
-                                               lengths["inputs"], lengths["targets"])
+  model_flops = flops_lib.model_train_flops_per_step(run.model, run.batch_size, lengths)
   peak_total = peak_flops_per_device * num_devices
   tokens = run.batch_size * (lengths["inputs"] + lengths["targets"])
   return {

@@ -10,7 +10,7 @@ large checkpoint never sits in memory twice.
 """
 import json
 import os
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
@@ -119,23 +119,28 @@ def _get(tree: dict, path: str):
   return tree
 
 
-def state_dict_to_params(tensors, config: MT5Config) -> dict:
+def state_dict_to_params(tensors, config: MT5Config, drop_subtrees: Sequence[str] = ()) -> dict:
   """Maps an HF state dict (name -> array-like, read lazily) to unscanned T5X-named params.
 
   Every name the config needs must be present with the right shape; all problems are
-  reported together so a user can see at once which config field is off.
+  reported together so a user can see at once which config field is off. Parameters under
+  the top-level `drop_subtrees` (e.g. "decoder" for a dual encoder) are neither read nor
+  required.
   """
   from xltransfer.checkpoints.layout import expected_param_shapes, stack_layers
 
   expected = expected_param_shapes(config.replace(scan_layers=False))
   params, problems = {}, []
   available = set(tensors.keys())
-  if not config.logits_via_embedding and "lm_head.weight" not in available:
+  keeps_head = "decoder" not in drop_subtrees
+  if keeps_head and not config.logits_via_embedding and "lm_head.weight" not in available:
     raise CheckpointError("the HF checkpoint has no lm_head.weight: its output layer is tied to "
                           "the embedding, which mT5 never is; xltransfer imports untied mT5 heads")
   used = set(_TIED_ALIASES)
   for hf_name, ours, transpose in _layer_pairs(config):
     used.add(hf_name)
+    if ours.split("/")[0] in drop_subtrees:
+      continue
     if hf_name not in available:
       problems.append(f"missing {hf_name} (for {ours}, shape {expected[ours]})")
       continue
@@ -225,11 +230,13 @@ def _load_torch(path):
     raise CheckpointError(f"{path}: not a readable PyTorch state dict ({e})") from e
 
 
-def load_hf_checkpoint(directory: str, config: MT5Config = None):
+def load_hf_checkpoint(directory: str, config: MT5Config = None,
+                       drop_subtrees: Sequence[str] = ()):
   """Reads a HF MT5 checkpoint directory: returns (params, config).
 
   Without `config`, it is built from the directory's `config.json` (activation dtype and the
-  scan/remat choices stay at their defaults; pass a config to control them).
+  scan/remat choices stay at their defaults; pass a config to control them). Top-level
+  subtrees in `drop_subtrees` are left unread (see `state_dict_to_params`).
   """
   if not os.path.isdir(directory):
     raise CheckpointError(f"{directory}: no such HF checkpoint directory")
@@ -248,7 +255,7 @@ def load_hf_checkpoint(directory: str, config: MT5Config = None):
     raise
   except Exception as e:
     raise CheckpointError(f"{directory}: unreadable HF checkpoint ({e})") from e
-  return state_dict_to_params(tensors, config), config
+  return state_dict_to_params(tensors, config, drop_subtrees), config
 
 
 def save_hf_checkpoint(params: dict, config: MT5Config, directory: str):

@@ -37,6 +37,8 @@ def stack_layers(params: dict, config: MT5Config) -> dict:
   out = {}
   for stack, count in (("encoder", config.num_encoder_layers),
                        ("decoder", config.num_decoder_layers)):
+    if stack not in params:
+      continue  # A dual encoder's tree has no decoder.
     sub = dict(params[stack])
     layers = [flatten(sub.pop(f"layers_{i}")) for i in range(count)]
     stacked = {name: np.stack([np.asarray(layer[name]) for layer in layers], axis=SCAN_AXIS)
@@ -54,6 +56,8 @@ def unstack_layers(params: dict, config: MT5Config) -> dict:
   params = _to_dict(params)
   out = {}
   for stack in ("encoder", "decoder"):
+    if stack not in params:
+      continue
     sub = dict(params[stack])
     stacked = flatten(sub.pop("layers"))
     count = next(iter(stacked.values())).shape[SCAN_AXIS]

@@ -20,7 +20,7 @@ import logging
 import os
 import posixpath
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -344,7 +344,7 @@ class T5XCheckpoint:
       return None
     return int(np.asarray(self._arrays[name].read()).reshape(()))
 
-  def load_params(self, target=None, shardings=None):
+  def load_params(self, target=None, shardings=None, drop_subtrees: Sequence[str] = ()):
     """Reads the parameters, array by array, into device arrays.
 
     Args:
@@ -354,6 +354,8 @@ class T5XCheckpoint:
         cast to its dtypes. None loads the checkpoint as it is, floats as float32.
       shardings: a tree like `target` of `jax.sharding.Sharding` (or one for all arrays);
         overrides the target's own shardings. Arrays without one go to the first local device.
+      drop_subtrees: top-level names (e.g. "decoder", for a dual encoder) whose arrays are
+        neither read nor expected in `target`.
 
     Returns:
       A nested dict of `jax.Array`s shaped like `target` (or like the checkpoint).
@@ -363,6 +365,11 @@ class T5XCheckpoint:
       raise CheckpointError(
           f"T5X checkpoint {self.path} has no parameters (nothing under "
           f"{' or '.join(_PARAM_PREFIXES)}); its arrays: {', '.join(self.array_names()[:10])}")
+    dropped = [n for n in available if n.split("/")[0] in drop_subtrees]
+    if dropped:
+      logger.info("Not reading %d arrays under %s of T5X checkpoint %s: the model has no use "
+                  "for them.", len(dropped), ", ".join(drop_subtrees), self.path)
+      available = {n: a for n, a in available.items() if n not in dropped}
     if target is None:
       sources = available
       dtypes = {name: (np.float32 if jax.numpy.issubdtype(a.dtype, jax.numpy.floating)
@@ -435,10 +442,10 @@ def read_t5x_checkpoint(path) -> T5XCheckpoint:
   return T5XCheckpoint(str(path), "legacy", arrays, version)
 
 
-def load_t5x_params(path, target=None, shardings=None):
+def load_t5x_params(path, target=None, shardings=None, drop_subtrees: Sequence[str] = ()):
   """Reads a T5X checkpoint's parameters into `target`'s layout, dtypes and shardings.
 
   See `T5XCheckpoint.load_params`; raises `CheckpointError` naming every parameter that does
   not fit and any path that cannot be read.
   """
-  return read_t5x_checkpoint(path).load_params(target, shardings)
+  return read_t5x_checkpoint(path).load_params(target, shardings, drop_subtrees)

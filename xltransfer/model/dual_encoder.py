@@ -12,11 +12,12 @@ query text, `targets` = candidate text): `query_tokens` [b, inputs length] and
 `candidate_tokens` [b, targets length], one (query, positive candidate) pair per row, never
 packed. All-zero rows (padding of the last eval batch) are neither examples nor negatives.
 
-The parameter tree is the encoder-decoder's, so an mT5 checkpoint loads as it is and a
-trained dual encoder is evaluated by `xltransfer eval` with the plain model gin file
-(retrieval reads the encoder only). The decoder's parameters receive zero gradients and stay
-as loaded; the shared token embedding is trained. With microbatches the negatives come from
-the microbatch.
+The model holds only what it uses: the shared token embedding and the encoder, under the
+encoder-decoder's (T5X) names; mean pooling has no parameters. An mT5 checkpoint (ours, T5X or
+HF) loads with its decoder dropped (`dropped_subtrees`), so neither the parameters nor the
+optimizer state carry a decoder. A trained dual encoder is evaluated by `xltransfer eval` with
+models/dual_encoder.gin after the model file (retrieval reads the encoder only); it cannot
+decode. With microbatches the negatives come from the microbatch.
 """
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,9 @@ class DualEncoderModel(EncoderDecoderModel):
     symmetric: also score each candidate against the batch's queries, averaging both losses.
   """
 
+  kind = "dual_encoder"
+  dropped_subtrees = ("decoder",)
+
   def __init__(self, config: MT5Config, temperature: float = 0.05, symmetric: bool = False):
     if not temperature > 0:
       raise ConfigError(f"dual encoder temperature must be positive, got {temperature!r}")
@@ -78,6 +82,32 @@ class DualEncoderModel(EncoderDecoderModel):
     super().__init__(config, z_loss=0.0, loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS)
     self.temperature = float(temperature)
     self.symmetric = bool(symmetric)
+
+  # ---- parameters: the token embedding and the encoder ----
+
+  def _init_boxed(self, rng, input_length=8, target_length=8):
+    del target_length  # No decoder.
+    tokens = jnp.ones((1, input_length), jnp.int32)
+    return self.module.init(rng, tokens, method=Transformer.encode)["params"]
+
+  # ---- what needs a decoder ----
+
+  def _no_decoder(self, what: str):
+    raise ConfigError(f"the dual encoder has no decoder, so it cannot {what}: it embeds "
+                      "(retrieval targets: mewslix, lareqa, tatoeba); evaluate generation and "
+                      "classification tasks with a seq2seq model (without models/dual_encoder.gin)")
+
+  def logits(self, params, batch, dropout_rng=None):
+    self._no_decoder("compute decoder logits or score targets")
+
+  def greedy_decode(self, params, encoder_input_tokens, max_decode_length: int):
+    self._no_decoder("decode")
+
+  def beam_search(self, params, encoder_input_tokens, max_decode_length: int, beam_size: int,
+                  alpha: float = 0.6):
+    self._no_decoder("decode")
+
+  # ---- training ----
 
   def embed(self, params, tokens, dropout_rng=None):
     """L2-normalised mean-pooled encoder output: [b, embed] float32."""

@@ -23,6 +23,12 @@ EOS_ID = 1
 
 class EncoderDecoderModel:
 
+  # What a run's checkpoints record (train/checkpointing.py): resuming one kind as another is
+  # refused.
+  kind = "seq2seq"
+  # Top-level subtrees of an mT5 checkpoint that this model does not hold (dropped on load).
+  dropped_subtrees = ()
+
   def __init__(self, config: MT5Config, z_loss: float = 1e-4, label_smoothing: float = 0.0,
                loss_normalizing_factor: losses.LossNormalizingFactor = None):
     if isinstance(loss_normalizing_factor, str) and (

@@ -3,9 +3,12 @@
 Nothing is allocated. The trainer is the one `xltransfer.train.train` builds
 (`run.build_trainer`), and its train step is lowered through `Trainer.lower_train_step`: the
 same jitted program, with its in/out shardings and the state donated, on `ShapeDtypeStruct`s
-carrying the shardings derived from the logical axis rules. Greedy decoding is jitted as
-`evaluation.inference.Inference` jits it. A TPU compile that does not fit in HBM fails inside
-XLA with RESOURCE_EXHAUSTED; that is a verdict, not an error.
+carrying the shardings derived from the logical axis rules; its batch has the features of the
+run's own feature converter (`DatasetConfig.feature_converter`), as training reads them.
+Greedy decoding is jitted as `evaluation.inference.Inference` jits it. A model without a
+decoder (the dual encoder) has no decoding step: its evaluation step, the pooled retrieval
+embedding, is compiled instead. A TPU compile that does not fit in HBM fails inside XLA with
+RESOURCE_EXHAUSTED; that is a verdict, not an error.
 """
 import dataclasses
 import re
@@ -15,11 +18,12 @@ from typing import Any, Callable, Dict, List, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 from jax.sharding import PartitionSpec
 
 from xltransfer.errors import ConfigError
+from xltransfer.evaluation import retrieval
 from xltransfer.partitioning import create_partitioner
+from xltransfer.train import feature_converters
 from xltransfer.train import state as state_lib
 from xltransfer.train.trainer import Trainer
 
@@ -58,9 +62,13 @@ def partitioner_for(run, devices):
 def abstract_batch(run, trainer: Trainer) -> Dict[str, jax.ShapeDtypeStruct]:
   """The feature converter's batch (packed or not), sharded as the trainer expects."""
   # The same converter as the trainer's input pipeline (train/input.py), so the same features.
-  lengths = seqio.EncDecFeatureConverter(pack=run.pack).get_model_feature_lengths(
-      run.task_feature_lengths)
+  converter = feature_converters.make(run.feature_converter, run.pack)
+  lengths = converter.get_model_feature_lengths(run.task_feature_lengths)
   return trainer.abstract_batch(run.batch_size, lengths)
+
+
+def has_decoder(model) -> bool:
+  return "decoder" not in model.dropped_subtrees
 
 
 def _measure(name: str, lower: Callable[[], Any]) -> StepPlan:
@@ -101,26 +109,43 @@ def plan_train_step(trainer: Trainer, run) -> StepPlan:
   return _measure("train_step", lambda: trainer.lower_train_step(None, batch))
 
 
-def plan_inference_step(trainer: Trainer, run) -> StepPlan:
-  """Greedy decoding of TASK_FEATURE_LENGTHS['targets'] tokens, as the evaluator runs it."""
-  partitioner, model = trainer.partitioner, trainer.model
+def _plan_inference(name: str, fn: Callable, trainer: Trainer, run) -> StepPlan:
+  """`fn(params, tokens [inference batch, inputs length])` jitted as `Inference` jits it."""
+  partitioner = trainer.partitioner
   batch_size = run.inference_batch_size
   shards = partitioner.data_parallel_size()
   if batch_size % shards:
     raise ConfigError(f"inference batch size {batch_size} must be a multiple of the {shards} "
                       "data-parallel shards")
-  decode_length = run.task_feature_lengths["targets"]
   params = trainer.sharded_abstract_state().params
   tokens = jax.ShapeDtypeStruct((batch_size, run.task_feature_lengths["inputs"]), jnp.int32,
                                 sharding=partitioner.batch_sharding(2))
-  decode = jax.jit(lambda p, t: model.greedy_decode(p, t, decode_length),
-                   out_shardings=partitioner.replicated())
+  jitted = jax.jit(fn, out_shardings=partitioner.replicated())
 
   def lower():
     with partitioner.activation_context():
-      return decode.lower(params, tokens)
+      return jitted.lower(params, tokens)
 
-  return _measure("inference_step", lower)
+  return _measure(name, lower)
+
+
+def plan_inference_step(trainer: Trainer, run) -> StepPlan:
+  """Greedy decoding of TASK_FEATURE_LENGTHS['targets'] tokens, as the evaluator runs it."""
+  model = trainer.model
+  if not has_decoder(model):
+    raise ConfigError(f"the {model.kind} model has no decoder to plan decoding for; plan its "
+                      "embedding step (plan_embed_step)")
+  decode_length = run.task_feature_lengths["targets"]
+  return _plan_inference("inference_step",
+                         lambda p, t: model.greedy_decode(p, t, decode_length), trainer, run)
+
+
+def plan_embed_step(trainer: Trainer, run) -> StepPlan:
+  """The mean-pooled encoder embedding of TASK_FEATURE_LENGTHS['inputs'] tokens, as the
+  retrieval evaluator runs it (`evaluation.retrieval.embed`): a dual encoder's inference."""
+  model = trainer.model
+  return _plan_inference("embed_step",
+                         lambda p, t: retrieval.pooled_embeddings(model, p, t), trainer, run)
 
 
 def _nbytes(shape, dtype) -> int:

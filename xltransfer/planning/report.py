@@ -31,18 +31,24 @@ def _step_lines(step: Dict[str, Any], hbm: int) -> List[str]:
 def format_text(plan: Dict[str, Any]) -> str:
   target, config, state, flops = plan["target"], plan["config"], plan["state"], plan["flops"]
   hbm = target["hbm_bytes"]
+  lengths = config["task_feature_lengths"]
+  # A dual encoder's rows are (query, candidate) pairs, its model the encoder alone.
+  dual = config.get("model_kind") == "dual_encoder"
+  kind = " dual encoder (token embedding + encoder)" if dual else ""
+  rows = (f"queries {lengths['inputs']} / candidates {lengths['targets']}" if dual
+          else f"inputs {lengths['inputs']} / targets {lengths['targets']}")
   lines = [
       f"plan for {', '.join(config['gin_files'])}",
       f"target: {target['name']} ({target['num_devices']} × {target['device']}, "
       f"{target['hbm_bytes'] / GIB:.2f} GiB HBM each, {target['peak_flops'] / 1e12:.0f} "
       f"TFLOP/s bf16 peak); compiled with {target['compiler']}",
       f"mesh: {config['mesh']}  rules: {config['rules']}",
-      f"model: mT5 {config['model_size']} ({state['num_parameters'] / 1e9:.3f}B parameters), "
-      f"scan_layers={config['scan_layers']} remat={config['remat_policy']}",
-      f"batch: {config['batch_size']} × inputs {config['task_feature_lengths']['inputs']} / "
-      f"targets {config['task_feature_lengths']['targets']} (pack={config['pack']}, "
+      f"model: mT5 {config['model_size']}{kind} ({state['num_parameters'] / 1e9:.3f}B "
+      f"parameters), scan_layers={config['scan_layers']} remat={config['remat_policy']}",
+      f"batch: {config['batch_size']} × {rows} (pack={config['pack']}, "
       f"microbatches={config['num_microbatches']}); inference batch "
       f"{config['inference_batch_size']}",
+      *(f"note: {note}" for note in plan.get("notes", [])),
       "",
       "state (params + optimizer):      total        per device",
   ]
@@ -65,7 +71,8 @@ def format_text(plan: Dict[str, Any]) -> str:
       + (" (a scanned layer body counts once)" if config["scan_layers"] else ""),
       f"ceiling at 100% MFU: {flops['ceiling_steps_per_second']:.3f} steps/s = "
       f"{flops['ceiling_tokens_per_second']:,.0f} tokens/s "
-      f"({flops['tokens_per_step']:,} input+target tokens per step)",
+      f"({flops['tokens_per_step']:,} {'query+candidate' if dual else 'input+target'} tokens "
+      "per step)",
       "",
       f"verdict: {plan['verdict']}",
   ]

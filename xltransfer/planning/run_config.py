@@ -33,6 +33,8 @@ class RunConfig:
   batch_size: int
   task_feature_lengths: Dict[str, int]
   pack: bool
+  # DatasetConfig.feature_converter: the batch layout the trainer reads ("enc_dec", ...).
+  feature_converter: str
   num_microbatches: int
   random_seed: int
   learning_rate: Optional[Any]
@@ -114,13 +116,12 @@ def load(gin_files: Sequence[str], inference_batch_size: Optional[int] = None) -
                         "a model file (models/*.gin) and a run file (runs/finetune.gin, "
                         "scale/*.gin)")
   dataset = values["train_dataset"]
-  if set(dataset.task_feature_lengths) != {"inputs", "targets"}:
-    raise ConfigError(f"TASK_FEATURE_LENGTHS {dataset.task_feature_lengths}: an encoder-decoder "
-                      "run needs exactly 'inputs' and 'targets'")
+  # DatasetConfig has checked the lengths against its feature converter (inputs, targets).
   eval_dataset = values.get("eval_dataset")
   return RunConfig(
       model=values["model"], batch_size=dataset.batch_size,
       task_feature_lengths=dict(dataset.task_feature_lengths), pack=dataset.pack,
+      feature_converter=dataset.feature_converter,
       num_microbatches=int(values["num_microbatches"]),
       random_seed=int(values["random_seed"]), learning_rate=values.get("learning_rate"),
       optimizer=values.get("optimizer"), partitioner=values.get("partitioner"),

@@ -5,8 +5,10 @@ A run directory (MODEL_DIR) holds `checkpoint_<step>/` with four items:
   progress   JSON: step, input position            run        JSON: the run's identity
 At start the run resumes from MODEL_DIR's latest checkpoint; only when there is none does it
 load INITIAL_CHECKPOINT_PATH (ours, a native params checkpoint, T5X or HF). A MODEL_DIR whose
-checkpoints come from a different model config, task or initial checkpoint is refused, so a
-stale directory can never silently shadow the intended starting point.
+checkpoints come from a different model kind (seq2seq, dual_encoder), model config, task or
+initial checkpoint is refused, so a stale directory can never silently shadow the intended
+starting point. A model that holds part of the mT5 tree (the dual encoder: no decoder) loads
+a full initial checkpoint with the rest left unread.
 """
 import dataclasses
 import glob
@@ -27,13 +29,21 @@ STEP_PREFIX = "checkpoint"
 ITEMS = ("params", "opt_state", "progress", "run")
 
 
+# Run identities written before the model kind was recorded are all seq2seq runs.
+MODEL_KIND_KEY = "model_kind"
+UNRECORDED_MODEL_KIND = "seq2seq"
+
+
 def run_identity(model_config, mixture_or_task_name: str,
-                 initial_checkpoint_path: Optional[str]) -> Dict[str, Any]:
-  """What must not change between a run and a resumption of it (JSON-serialisable)."""
+                 initial_checkpoint_path: Optional[str],
+                 model_kind: str = UNRECORDED_MODEL_KIND) -> Dict[str, Any]:
+  """What must not change between a run and a resumption of it (JSON-serialisable);
+  `model_kind` is the model's `kind` ("seq2seq", "dual_encoder")."""
   config = {k: v for k, v in dataclasses.asdict(model_config).items()
             # Dropout and how layers are executed may change on resume; the network may not.
             if k not in ("dropout_rate", "remat_policy", "dtype")}
-  return {"model_config": config, "mixture_or_task_name": mixture_or_task_name,
+  return {MODEL_KIND_KEY: model_kind, "model_config": config,
+          "mixture_or_task_name": mixture_or_task_name,
           "initial_checkpoint_path": initial_checkpoint_path}
 
 
@@ -95,6 +105,9 @@ class CheckpointManager:
 
   def check_identity(self, step: int, identity: Dict[str, Any]):
     stored = self.read_identity(step)
+    stored.setdefault(MODEL_KIND_KEY, UNRECORDED_MODEL_KIND)
+    identity = dict(identity)
+    identity.setdefault(MODEL_KIND_KEY, UNRECORDED_MODEL_KIND)
     differences = []
     for key in sorted(set(stored) | set(identity)):
       if stored.get(key) != identity.get(key):
@@ -106,12 +119,21 @@ class CheckpointManager:
         else:
           differences.append(f"{key}: checkpoint has {stored.get(key)!r}, this run has "
                              f"{identity.get(key)!r}")
-    if differences:
+    if not differences:
+      return
+    kinds = stored[MODEL_KIND_KEY], identity[MODEL_KIND_KEY]
+    if kinds[0] != kinds[1]:
       raise CheckpointError(
-          f"MODEL_DIR {self.model_dir} holds a checkpoint (step {step}) from a different run:\n  "
-          + "\n  ".join(differences) +
-          "\nResuming would silently ignore this run's settings. Use a fresh MODEL_DIR, or "
-          "delete the old checkpoints if they are no longer needed.")
+          f"MODEL_DIR {self.model_dir} holds a {kinds[0]} model's checkpoint (step {step}), but "
+          f"this run trains a {kinds[1]} model; the parameter trees differ, so it cannot resume "
+          "there:\n  " + "\n  ".join(differences) +
+          f"\nUse a fresh MODEL_DIR; to start the {kinds[1]} model from that checkpoint, set "
+          f"INITIAL_CHECKPOINT_PATH to {self.model_dir}.")
+    raise CheckpointError(
+        f"MODEL_DIR {self.model_dir} holds a checkpoint (step {step}) from a different run:\n  "
+        + "\n  ".join(differences) +
+        "\nResuming would silently ignore this run's settings. Use a fresh MODEL_DIR, or "
+        "delete the old checkpoints if they are no longer needed.")
 
   def restore(self, step: int, abstract_state: TrainState, shardings: TrainState,
               batch_size: Optional[int] = None) -> Tuple[TrainState, int]:
@@ -201,38 +223,44 @@ def load_initial_params(path: str, model, param_shardings) -> Tuple[Any, str]:
 
   Accepted: a trainer checkpoint step (`.../checkpoint_N`) or a run directory (its latest
   step), a native params checkpoint (`xltransfer convert`), a HF MT5 directory, a T5X
-  checkpoint. Only the parameters are loaded: the optimizer starts fresh at step 0.
+  checkpoint. Only the parameters are loaded: the optimizer starts fresh at step 0. The
+  checkpoint's subtrees in `model.dropped_subtrees` (a dual encoder's: the decoder) are not
+  read; anything else that does not fit the model is a CheckpointError.
   """
   if not path.startswith("gs://") and not os.path.exists(path):
     raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {path}: no such file or directory")
   abstract = model.abstract_params()
+  # Subtrees of the checkpoint that the model does not hold (a dual encoder's: the decoder).
+  drop = tuple(model.dropped_subtrees)
+  if drop:
+    logging.info("the %s model holds no %s: not read from %s", model.kind, " or ".join(drop),
+                 path)
   if path.startswith("gs://"):
     load = _importer("xltransfer.checkpoints.t5x", "load_t5x_params", path, "T5X")
-    return load(path, abstract, param_shardings), f"T5X checkpoint {path}"
+    return load(path, abstract, param_shardings, drop_subtrees=drop), f"T5X checkpoint {path}"
   target = _with_shardings(abstract, param_shardings)
   step_dir = None
   if os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "progress")):
     step_dir = path
   elif _latest_trainer_step_dir(path):
     step_dir = _latest_trainer_step_dir(path)
+  from xltransfer.checkpoints import native  # pylint: disable=import-outside-toplevel
   if step_dir is not None:
     try:
-      params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "params"), target)
-    except Exception as e:  # mismatched trees raise several error types.
-      raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {step_dir}: parameters do not fit the "
-                            f"model config ({type(e).__name__}: {e})") from e
+      params = native.restore_tree(os.path.join(step_dir, "params"), target, drop)
+    except CheckpointError as e:
+      raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {step_dir}: {e}") from e
     return params, f"xltransfer trainer checkpoint {step_dir}"
-  from xltransfer.checkpoints import native  # pylint: disable=import-outside-toplevel
   if native.is_native_checkpoint(path):
-    params, _ = native.load_params(path, abstract, param_shardings)
+    params, _ = native.load_params(path, abstract, param_shardings, drop_subtrees=drop)
     return params, f"xltransfer params checkpoint {path}"
   if _is_hf_checkpoint(path):
     load = _importer("xltransfer.checkpoints.hf", "load_hf_checkpoint", path, "HF")
-    params, kind = load(path, model.config)[0], f"HF checkpoint {path}"
+    params, kind = load(path, model.config, drop_subtrees=drop)[0], f"HF checkpoint {path}"
   elif _is_t5x_checkpoint(path):
     load = _importer("xltransfer.checkpoints.t5x", "load_t5x_params", path, "T5X")
     # The importer reads each array straight into its sharding and checks every shape.
-    return load(path, abstract, param_shardings), f"T5X checkpoint {path}"
+    return load(path, abstract, param_shardings, drop_subtrees=drop), f"T5X checkpoint {path}"
   else:
     raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {path}: not a recognised checkpoint (expected "
                           "an xltransfer run directory or checkpoint_N, an `xltransfer convert` "

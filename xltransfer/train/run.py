@@ -139,7 +139,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
   partitioner = trainer.partitioner
   manager = (checkpoint_manager or checkpointing.CheckpointManager)(model_dir)
   identity = checkpointing.run_identity(model.config, train_dataset.mixture_or_task_name,
-                                        initial_checkpoint_path)
+                                        initial_checkpoint_path, model.kind)
 
   latest = manager.latest_step()
   if latest is not None:
