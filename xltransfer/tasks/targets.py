@@ -84,10 +84,11 @@ class Family:
 
   def _register_eval(self, lang):
     name = f"{catalog.PREFIX}{self.name}_eval_{lang}"
-    loaders = {s: _loader(name, self.reader, *f(lang)) for s, f in self.eval_files.items()}
+    files = {s: f(lang) for s, f in self.eval_files.items() if f(lang) is not None}
+    loaders = {s: _loader(name, self.reader, *p) for s, p in files.items()}
     tfds_fn = tfds_targets.dataset_fn(self.name, lang)
     alternative = (lambda: paths.target_source() == "tfds", tfds_fn) if tfds_fn else None
-    data = ", ".join(_location(*f(lang)) for f in self.eval_files.values())
+    data = ", ".join(_location(*p) for p in files.values())
     catalog.register_task(
         name, kind="target", family=self.name, language=lang,
         data=data + (" (or tfds with gin target_source.value='tfds')" if tfds_fn else ""),
@@ -97,16 +98,28 @@ class Family:
     return name
 
 
-def _split_files(directory, extension, splits=("validation", "test"), validation="dev"):
+def _split_files(directory, extension, splits=("validation", "test"), validation="dev",
+                 test_only=frozenset()):
   """{split}-{lang}.{ext} files as the download script names them (validation is `dev`, for
-  XCOPA `val`; a tuple of names takes the first that exists)."""
+  XCOPA `val`; a tuple of names takes the first that exists). Languages in `test_only` have
+  no validation data (the function returns None for them)."""
   file_split = {"validation": validation, "test": "test", "train": "train"}
 
   def name(split, lang):
     prefixes = file_split[split] if isinstance(file_split[split], tuple) else (file_split[split],)
     names = tuple(f"{p}-{lang}.{extension}" for p in prefixes)
     return names if len(names) > 1 else names[0]
-  return {s: (lambda lang, s=s: (directory, name(s, lang))) for s in splits}
+
+  def parts(split, lang):
+    if split != "test" and lang in test_only:
+      return None
+    return directory, name(split, lang)
+  return {s: functools.partial(parts, s) for s in splits}
+
+
+# Universal Dependencies 2.5 has only test treebanks for these UD-POS languages (Kazakh's
+# small training set is not used by XTREME-R), so their eval tasks have only a test split.
+UDPOS_TEST_ONLY = frozenset({"kk", "th", "tl", "yo"})
 
 
 # XTREME-R's download script writes XCOPA's validation files as val-{lang}.jsonl (COPA's own
@@ -195,7 +208,7 @@ def families():
   udpos = Family(
       "udpos", TAGS, preprocessors.tagging("udpos"), [metrics.seqeval], metrics.tag_sequence,
       {"train": ("udpos", "train-en.tsv"), "validation": ("udpos", "dev-en.tsv")},
-      _split_files("udpos", "tsv"), readers.read_udpos)
+      _split_files("udpos", "tsv", test_only=UDPOS_TEST_ONLY), readers.read_udpos)
   panx = Family(
       "panx", TAGS, preprocessors.tagging("panx"), [metrics.seqeval], metrics.tag_sequence,
       {"train": ("panx", "train-en.tsv"), "validation": ("panx", "dev-en.tsv")},
