@@ -42,6 +42,9 @@ def test_the_xxl_study_has_every_condition_target_and_seed():
   conditions, seeds = len(spec.conditions), len(spec.seeds)
   assert roles.count("intermediate") == (conditions - 1) * seeds
   assert roles.count("finetune") == roles.count("eval") == conditions * seeds * 9
+  # XCOPA fine-tunes on Social IQa first, once per condition and seed.
+  assert roles.count("prefinetune") == conditions * seeds and spec.siqa_steps > 0
+  assert len(stages) == 1233  # the count the spec's header states
   assert roles.count("direct") == (conditions - 1) * seeds * 3 + 3
   spec_lib.check_gin_files(spec, "xxl")  # the gin files it names exist
   finetune = next(s for s in stages if s.role == "finetune")
@@ -100,6 +103,8 @@ def test_grid_shapes_for_the_baseline_and_retrieval(tmp_path):
     ("StudySpec.model_size = 'huge'", "StudySpec.model_size"),
     ("StudySpec.languages = ['xx']", "unknown language 'xx'"),
     ("StudySpec.train_bindings = ['NO_EQUALS']", "StudySpec.train_bindings"),
+    ("StudySpec.siqa_steps = -1", "StudySpec.siqa_steps"),
+    ("StudySpec.siqa_steps = 2.5", "StudySpec.siqa_steps"),
     ("StudySpec.stepz = 3", "cannot parse"),
 ])
 def test_spec_mistakes_name_the_file_and_key(tmp_path, binding, message):

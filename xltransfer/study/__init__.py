@@ -1,7 +1,8 @@
 """The intermediate-task study: spec -> stage grid -> resumable runner -> report.
 
   spec.py       StudySpec, bound in a gin file (gin/study/*.gin), validated on load
-  grid.py       the stages (intermediate training, fine-tuning, zero-shot and direct evals)
+  grid.py       the stages (intermediate training, fine-tuning -- SIQA then COPA for XCOPA --,
+                zero-shot and direct evals)
   runner.py     stage command lines, sequential resumable execution, --emit for pods
   collect.py    reads the eval stages' metrics.json and prediction files
   bootstrap.py  paired bootstrap CIs over examples (and seeds)

@@ -2,7 +2,10 @@
 
 Per seed and condition:
   train/COND/seedS                  intermediate training from the initial checkpoint
-  finetune/COND/seedS/TARGET        English fine-tuning from that checkpoint (per target)
+  prefinetune/COND/seedS/xcopa      XCOPA only: Social IQa fine-tuning from that checkpoint
+                                    (XTREME-R's baseline; StudySpec.siqa_steps, 0 = none)
+  finetune/COND/seedS/TARGET        English fine-tuning from that checkpoint (per target;
+                                    XCOPA's COPA run starts from the prefinetune checkpoint)
   eval/COND/seedS/TARGET            zero-shot eval of the fine-tuned model on every language
   direct/COND/seedS/TARGET          retrieval targets only: eval of the intermediate checkpoint
 The baseline ("none") has no intermediate stage: it fine-tunes from the initial checkpoint,
@@ -12,6 +15,7 @@ A stage's directory is STUDY_DIR/ID; training stages use it as MODEL_DIR, eval s
 eval output directory. Stages carry gin files and (macro, value) bindings, so the same stage
 renders as command-line overrides or as a per-stage gin file (see runner.py).
 """
+import ast
 import dataclasses
 import json
 import os
@@ -35,8 +39,15 @@ CHECKPOINT_PATH = "CHECKPOINT_PATH"
 EVAL_OUTPUT_DIR = "EVAL_OUTPUT_DIR"
 SPLIT = "SPLIT"
 
-ROLES = ("intermediate", "finetune", "eval", "direct")
+ROLES = ("intermediate", "prefinetune", "finetune", "eval", "direct")
 STUDY_FILE = "study.json"
+
+# What the prefinetune stage trains on, and the file that task reads under the XTREME-R data
+# dir (xltransfer/tasks/targets.py, SIQA_FILES["train"]): `study run` checks it up front.
+SIQA_MIXTURE = "xlt_xcopa_siqa_train"
+SIQA_TRAIN_FILE = ("siqa", "socialIQa_v1.4_trn.jsonl")
+XTREME_DATA_BINDING = "xtreme_data_dir.path"
+XTREME_DATA_ENV_VAR = "XTREME_DATA_DIR"
 
 
 def train_mixture(target: str) -> str:
@@ -89,7 +100,7 @@ def _freeze(value):
 def _common_bindings(spec) -> list:
   bindings = []
   if spec.xtreme_data_dir:
-    bindings.append(("xtreme_data_dir.path", spec.xtreme_data_dir))
+    bindings.append((XTREME_DATA_BINDING, spec.xtreme_data_dir))
   if spec.user_data_dir:
     bindings.append(("user_data_dir.path", spec.user_data_dir))
   return bindings
@@ -153,16 +164,41 @@ def build_stages(spec: spec_lib.StudySpec, study_dir: Optional[str] = None) -> l
       for target in spec.targets:
         if not spec.has_finetuning(target):
           continue
+        finetune_gin = (tuple(spec.finetune_gin_files)
+                        + tuple(spec.target_gin_files.get(target, ())))
+        init, init_deps = start, start_deps
+        if spec.has_siqa_stage(target):
+          siqa_id = f"prefinetune/{condition}/seed{seed}/{target}"
+          init = train_stage(siqa_id, "prefinetune", condition, seed, target, SIQA_MIXTURE,
+                             start, spec.siqa_steps, spec.finetune_batch_size, finetune_gin,
+                             start_deps)
+          init_deps = (siqa_id,)
         finetune_id = f"finetune/{condition}/seed{seed}/{target}"
-        steps = spec.steps_for(target)
         checkpoint = train_stage(
-            finetune_id, "finetune", condition, seed, target, train_mixture(target), start,
-            steps, spec.finetune_batch_size,
-            tuple(spec.finetune_gin_files) + tuple(spec.target_gin_files.get(target, ())),
-            start_deps)
+            finetune_id, "finetune", condition, seed, target, train_mixture(target), init,
+            spec.steps_for(target), spec.finetune_batch_size, finetune_gin, init_deps)
         eval_stage(f"eval/{condition}/seed{seed}/{target}", "eval", condition, seed, target,
                    checkpoint, (finetune_id,))
   return stages
+
+
+def xtreme_data_dir(stage, environ=None):
+  """The XTREME-R data dir a training stage reads: the last `xtreme_data_dir.path` binding
+  (the spec's, then its train_bindings), else $XTREME_DATA_DIR in the runner's environment
+  (the stages inherit it). "" when none is set; None when a binding is not a plain string
+  (a macro), which only gin can resolve."""
+  environ = os.environ if environ is None else environ
+  value = dict(stage.bindings).get(XTREME_DATA_BINDING)
+  for binding in stage.raw_bindings:
+    name, raw = binding.split("=", 1)
+    if name.strip() == XTREME_DATA_BINDING:
+      try:
+        value = ast.literal_eval(raw.strip())
+      except (ValueError, SyntaxError):
+        return None
+      if value is not None and not isinstance(value, str):
+        return None
+  return value or environ.get(XTREME_DATA_ENV_VAR, "")
 
 
 def dependents(stages, stage_id: str) -> set:

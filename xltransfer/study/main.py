@@ -8,9 +8,10 @@ SPEC is a gin file binding StudySpec (gin/study/*.gin). `--gin.seeds=[0]` and
 `--gin.StudySpec.seeds=[0]` both override a field; `--gin.MACRO=...` sets a spec macro. `run` executes every stage in dependency
 order as an `xltransfer train`/`eval` subprocess, logging to STAGE_DIR/stage.log; rerunning
 skips stages whose DONE exists, retries failed or interrupted ones, and a failed stage blocks
-only the stages that need its output. `--emit DIR` writes the stages instead (stages.json,
-one gin file per stage, run_stages.sh) for a pod launcher. DIR for status/report is the
-study's output directory (or an --emit directory for status).
+only the stages that need its output. Before any stage runs, `run` checks that the Social IQa
+file of XCOPA's first fine-tuning stage (SIQA, then COPA) exists. `--emit DIR` writes the
+stages instead (stages.json, one gin file per stage, run_stages.sh) for a pod launcher. DIR
+for status/report is the study's output directory (or an --emit directory for status).
 """
 import argparse
 import dataclasses
@@ -105,6 +106,31 @@ def check_names(stages, where, known=None) -> None:
                       + "; `xltransfer tasks list` shows the registered names")
 
 
+def check_data(stages, where, environ=None) -> None:
+  """Raises ConfigError naming the Social IQa file when a prefinetune stage still to run would
+  not find it: the stage runs only after its intermediate stage, so check before any stage."""
+  relative = os.path.join(*grid.SIQA_TRAIN_FILE)
+  fix = "or set StudySpec.siqa_steps = 0 to fine-tune XCOPA on COPA alone"
+  for stage in stages:
+    if stage.role != "prefinetune" or runner.own_state(stage) == "done":
+      continue
+    data_dir = grid.xtreme_data_dir(stage, environ)
+    if data_dir is None or "://" in data_dir:
+      continue  # a gin macro or a remote dir: the stage itself reports a missing file
+    if not data_dir:
+      raise ConfigError(
+          f"{where}: stage {stage.id} fine-tunes on Social IQa ({grid.SIQA_MIXTURE}), which "
+          f"reads ${grid.XTREME_DATA_ENV_VAR}/{relative}, but no XTREME-R data directory is "
+          f"set: set StudySpec.xtreme_data_dir or ${grid.XTREME_DATA_ENV_VAR}, {fix}")
+    path = os.path.join(data_dir, relative)
+    if not os.path.isfile(path):
+      raise ConfigError(
+          f"{where}: stage {stage.id} fine-tunes on Social IQa ({grid.SIQA_MIXTURE}) before "
+          f"COPA and needs {path}, which does not exist: put Social IQa's "
+          f"socialIQa_v1.4_{{trn,dev}}.jsonl in {os.path.dirname(path)} (the XTREME-R "
+          f"download layout), {fix}")
+
+
 def _run(args, bindings) -> int:
   spec = spec_lib.load_spec(args.spec, bindings)
   if args.output_dir:
@@ -130,6 +156,7 @@ def _run(args, bindings) -> int:
     raise UserError(f"StudySpec.output_dir {study_dir} is remote: `study run` keeps stage "
                     "state in local directories; use --emit DIR to launch the stages elsewhere")
   _check_compatible(study_dir, stages)
+  check_data(stages, args.spec)
   grid.write_study_file(os.path.join(study_dir, grid.STUDY_FILE), spec, stages, study_dir)
   print(f"[study] {spec.name}: {len(stages)} stages in {study_dir}")
   summary = runner.run_stages(stages, study_dir, program or runner.DEFAULT_PROGRAM)

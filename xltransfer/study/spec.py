@@ -33,6 +33,8 @@ TARGETS = tuple(language_sets.TARGET_LANGUAGES)
 RETRIEVAL_TARGETS = ("tatoeba", "mewslix", "lareqa")
 # Targets without English training data: evaluated only from the intermediate checkpoint.
 EVAL_ONLY_TARGETS = ("tatoeba",)
+# XTREME-R's XCOPA baseline fine-tunes on Social IQa first, then on COPA from that checkpoint.
+SIQA_TARGET = "xcopa"
 MODEL_SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -62,6 +64,9 @@ class StudySpec:
   finetune_batch_size: int = 128
   # Per-target overrides of finetune_steps (e.g. fewer steps for small training sets).
   finetune_steps_per_target: dict = dataclasses.field(default_factory=dict)
+  # XCOPA's first fine-tuning stage, on Social IQa (batch finetune_batch_size); COPA then
+  # fine-tunes from its checkpoint. 0 leaves it out: COPA alone, not the XTREME-R recipe.
+  siqa_steps: int = 1000
   # Evaluation languages; empty means every official language of each target.
   languages: tuple = ()
   # Passed to every eval stage as SPLIT when set ("test" or "validation"; gin/eval/zeroshot.gin
@@ -117,6 +122,9 @@ class StudySpec:
 
   def has_finetuning(self, target: str) -> bool:
     return target not in EVAL_ONLY_TARGETS
+
+  def has_siqa_stage(self, target: str) -> bool:
+    return target == SIQA_TARGET and int(self.siqa_steps) > 0
 
   def study_dir(self) -> str:
     """output_dir made absolute (remote URLs such as gs://... stay as they are)."""
@@ -192,6 +200,10 @@ def validate(spec: StudySpec, where: str) -> None:
               "finetune_batch_size"):
     if int(getattr(spec, key)) <= 0:
       fail(key, "must be a positive integer")
+  if (not isinstance(spec.siqa_steps, int) or isinstance(spec.siqa_steps, bool)
+      or spec.siqa_steps < 0):
+    fail("siqa_steps", f"{spec.siqa_steps!r} must be a positive integer, or 0 to fine-tune "
+                       "XCOPA on COPA alone")
   for key in ("train_bindings", "eval_bindings"):
     for binding in getattr(spec, key):
       if "=" not in binding:
