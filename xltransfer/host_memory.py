@@ -40,6 +40,8 @@ def wanted(environ=os.environ) -> bool:
   """Whether restarting with huge-page malloc would change anything here."""
   if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
     return False
+  if not sys.executable:  # embedded interpreter: nothing to restart
+    return False
   if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
     return False
   if tunables_with_hugepages(environ.get("GLIBC_TUNABLES", "")) is None:
