@@ -4,7 +4,6 @@ left unread, and a MODEL_DIR of the other model kind is refused with both kinds 
 import os
 import sys
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,11 +27,7 @@ from xltransfer.train.state import TrainState  # noqa: E402
 from xltransfer.train.trainer import fetch  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,7 @@ LENGTHS = {"inputs": 48, "targets": 32}
 STEPS = 30
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture

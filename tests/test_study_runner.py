@@ -16,9 +16,9 @@ from xltransfer.errors import UserError
 from xltransfer.study import grid, main as study_main, runner
 from xltransfer.study import spec as spec_lib
 
+from study_fakes import PROGRAM, executions as _executions, run_study as _run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKE = os.path.join(REPO, "tests", "test_study_fake_stage.py")
-PROGRAM = f"{shlex.quote(sys.executable)} {shlex.quote(FAKE)}"
 
 SPEC = """
 StudySpec.name = "small_study"
@@ -49,17 +49,6 @@ def study(tmp_path, monkeypatch):
   monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   return {"spec": str(spec_path), "dir": str(tmp_path / "out"), "log": log,
           "emit": str(tmp_path / "emit")}
-
-
-def _executions(log):
-  if not log.exists():
-    return []
-  return [line.split(" ", 1)[1].strip() for line in log.read_text().splitlines()]
-
-
-def _run(study, *extra):
-  return study_main.main(["run", study["spec"], "--output_dir", study["dir"],
-                          "--program", PROGRAM, *extra])
 
 
 def _stages(study):

@@ -3,8 +3,6 @@ eval (XTREME-R's baseline). The grid, the runner with tests/test_study_fake_stag
 in for `xltransfer train/eval`, the up-front data check, and once with the real trainer."""
 import json
 import os
-import shlex
-import sys
 
 import pytest
 
@@ -12,9 +10,9 @@ from xltransfer.errors import ConfigError
 from xltransfer.study import grid, main as study_main, runner
 from xltransfer.study import spec as spec_lib
 
+from study_fakes import executions as _executions, run_study as _run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAKE = os.path.join(REPO, "tests", "test_study_fake_stage.py")
-PROGRAM = f"{shlex.quote(sys.executable)} {shlex.quote(FAKE)}"
 
 SPEC = """
 StudySpec.name = "xcopa_study"
@@ -61,17 +59,6 @@ def study(tmp_path, monkeypatch):
   monkeypatch.delenv(grid.XTREME_DATA_ENV_VAR, raising=False)
   return {"spec": str(spec_path), "dir": str(tmp_path / "out"), "log": log, "init": str(init),
           "siqa": siqa, "tmp": tmp_path}
-
-
-def _executions(log):
-  if not log.exists():
-    return []
-  return [line.split(" ", 1)[1].strip() for line in log.read_text().splitlines()]
-
-
-def _run(study, *extra):
-  return study_main.main(["run", study["spec"], "--output_dir", study["dir"],
-                          "--program", PROGRAM, *extra])
 
 
 def _stages(study, *bindings):

@@ -37,6 +37,21 @@ def test_text_corpora_count_documents_once_and_again_when_a_file_changes(registr
   assert rates.count_documents(str(corpus)) == 1
 
 
+def test_a_cache_that_cannot_be_written_leaves_no_partial_file(registry, tmp_path, monkeypatch):
+  """A full disk mid-write (or a read-only home) costs a recount next time: the count is still
+  returned, and neither a half-written cache nor its temporary file is left behind."""
+  rates = registry
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("one\ntwo\n", encoding="utf-8")
+
+  def disk_full(cache, f):
+    f.write("{\"partial")
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(rates.json, "dump", disk_full)
+  assert rates.count_documents(str(corpus)) == 2
+  assert os.listdir(tmp_path / "cache") == []
+
+
 def test_counts_come_from_gin_then_the_data_then_published_sizes(registry):
   from xltransfer.tasks import mixtures  # pylint: disable=g-import-not-at-top
   def count(name):

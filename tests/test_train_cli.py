@@ -20,11 +20,7 @@ from xltransfer.train import checkpointing  # noqa: E402
 from xltransfer.train.state import TrainState  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _train(capsys, model_dir, *extra, base=True):

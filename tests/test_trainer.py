@@ -4,7 +4,6 @@ import json
 import os
 import sys
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,11 +27,7 @@ from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
 LENGTHS = {"inputs": 32, "targets": 32}
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def _read_jsonl(path):

@@ -1,6 +1,5 @@
 """The trainer as `xltransfer plan` uses it: built by `run.build_trainer`, its own train step
 lowered ahead of time on abstract inputs, and the split of `--gin.` flags it shares with train."""
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,11 +27,7 @@ def _batch(batch_size, seed=0):
   return batch
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import logging
 import os
 import sys
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -24,11 +23,7 @@ from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
 from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 @pytest.fixture(scope="module")

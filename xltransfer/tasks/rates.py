@@ -141,14 +141,18 @@ def _read_cache() -> dict:
 
 def _write_cache(cache: dict) -> None:
   path = _cache_path()
+  tmp = f"{path}.{os.getpid()}.tmp"
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(cache, f)
     os.replace(tmp, path)  # Atomic: concurrent processes never read half a file.
   except OSError:
-    pass  # A read-only home only costs a recount next time.
+    # A read-only home or a full disk only costs a recount next time; leave no partial file.
+    try:
+      os.remove(tmp)
+    except OSError:
+      pass
 
 
 def _counted(task):
