@@ -78,6 +78,7 @@ def _parse_args(argv: Sequence[str]):
 def compute_plan(args, target) -> Dict[str, Any]:
   """Compiles and measures (in the process whose jax can make the target's devices)."""
   # pylint: disable=import-outside-toplevel
+  from xltransfer.data import vocab_check
   from xltransfer.planning import compile as compile_lib
   from xltransfer.planning import run_config
   from xltransfer.train import run as run_lib
@@ -89,6 +90,7 @@ def compute_plan(args, target) -> Dict[str, Any]:
     target = _local_target(target, devices)
   run_config.bind_devices(devices)
   run = run_config.load(gin_files, args.inference_batch_size)
+  vocab_check.check_gin_train_datasets(run.model)  # Before compiling anything.
   partitioner = compile_lib.partitioner_for(run, devices)
   # The trainer `xltransfer train` builds from the same bindings.
   trainer = run_lib.build_trainer(run.model, partitioner, run.learning_rate, run.optimizer,

@@ -1,8 +1,9 @@
 """T5's span-corruption objective (noise density 0.15, mean span length 3), in tf.data.
 
 A token sequence is cut into alternating non-noise and noise spans, starting with non-noise.
-Noise span i is replaced in `inputs` by sentinel i (the vocabulary's i-th extra id, counting
-down from the top id), and `targets` lists each noise span after its sentinel:
+Noise span i is replaced in `inputs` by sentinel i, id `vocab_size - 1 - i` (<extra_id_i>: an
+extra id seqio added, or the model's own piece in the released mT5 vocabulary), and `targets`
+lists each noise span after its sentinel:
 
   tokens   a b c d e f g h          noise: c d, g
   inputs   a b <S0> e f <S1> h

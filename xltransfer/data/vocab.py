@@ -1,13 +1,26 @@
 """Vocabularies: the released mT5 SentencePiece model, a small bundled one, bytes, or a file.
 
 `get_vocabulary(spec)` turns a spec into a `seqio.Vocabulary`:
-  "mt5"      the released mT5 model (250000 pieces + 100 extra ids = 250100; mT5 pads the
-             embedding to 250112). Loaded lazily from gs://, so naming it needs no network.
+  "mt5"      the released mT5 model, used as it is (extra_ids=0, as multilingual-t5's tasks
+             and T5X's mT5 gin files use it): 250000 pieces plus its own 100 sentinel pieces
+             `<extra_id_99>`..`<extra_id_0>` at ids 250000..250099, 250100 ids in all; the
+             model pads its embedding to 250112 rows. Loaded lazily from gs://, so naming it
+             needs no network.
   "builtin"  a 924-piece SentencePiece model trained on the bundled sample text in 15
              languages and 10 scripts (+100 extra ids = 1024, the tiny config's vocab_size).
              For tests, the demo and CPU experiments; `build_builtin_vocab.py` regenerates it.
   "byte"     seqio.ByteVocabulary (ByT5-style, 256 bytes + 3 specials + 100 extra ids).
-  a path     any SentencePiece .model file (local or gs://), with 100 extra ids.
+  a path     any SentencePiece .model file (local or gs://, read once here). A model that
+             defines <extra_id_0>..<extra_id_99> itself as its top 100 ids, counting down as
+             the released one does, is used as it is; a model without them gets 100 extra ids;
+             anything in between is a ConfigError naming the file.
+
+Sentinel <extra_id_N> is id `vocab_size - 1 - N` in every case, the convention of seqio and
+of span corruption (`sentinel_id`).
+
+Decoding ids the vocabulary does not have (a model's padding rows, 250100..250111 for mt5, or
+any id >= vocab_size) never fails: seqio's `Vocabulary.decode` maps them to the unknown piece,
+which SentencePiece renders as " ⁇ " (as T5X's predictions do); the byte vocabulary drops them.
 
 Registered tasks use `task_vocabulary()`, a vocabulary that resolves its spec when first used,
 so the choice can be made after `import xltransfer.tasks`: by
@@ -17,9 +30,13 @@ so the choice can be made after `import xltransfer.tasks`: by
 """
 import functools
 import os
+import re
 
 import gin
+from google.protobuf import message as protobuf_message
 import seqio
+from sentencepiece import sentencepiece_model_pb2
+import tensorflow as tf
 
 from xltransfer.errors import ConfigError
 
@@ -28,6 +45,10 @@ ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 BUILTIN_MODEL_PATH = os.path.join(ASSETS_DIR, "builtin_spm.model")
 SAMPLE_TEXT_DIR = os.path.join(ASSETS_DIR, "sample_text")
 EXTRA_IDS = 100
+# The released model's size, published with it (its last 100 pieces are its sentinels): used
+# by `vocabulary_size` so that checking a config against it needs no download.
+MT5_NUM_IDS = 250100
+_SENTINEL_PIECE = re.compile(r"^\u2581?<extra_id_(\d+)>$")
 NAMED_SPECS = ("mt5", "builtin", "byte")
 ENV_VAR = "XLTRANSFER_VOCAB"
 
@@ -36,16 +57,78 @@ ENV_VAR = "XLTRANSFER_VOCAB"
 def get_vocabulary(spec: str = "mt5") -> seqio.Vocabulary:
   """Returns the vocabulary for "mt5", "builtin", "byte" or a SentencePiece model path."""
   if spec == "mt5":
-    return seqio.SentencePieceVocabulary(MT5_MODEL_PATH, extra_ids=EXTRA_IDS)
+    return seqio.SentencePieceVocabulary(MT5_MODEL_PATH, extra_ids=0)
   if spec == "builtin":
     return seqio.SentencePieceVocabulary(BUILTIN_MODEL_PATH, extra_ids=EXTRA_IDS)
   if spec == "byte":
     return seqio.ByteVocabulary(extra_ids=EXTRA_IDS)
   if spec.endswith(".model") and (spec.startswith("gs://") or os.path.isfile(spec)):
-    return seqio.SentencePieceVocabulary(spec, extra_ids=EXTRA_IDS)
+    extra_ids = 0 if defines_own_sentinels(spec) else EXTRA_IDS
+    return seqio.SentencePieceVocabulary(spec, extra_ids=extra_ids)
   raise ConfigError(
       f"unknown vocabulary {spec!r}: use one of {', '.join(NAMED_SPECS)} or the path of an "
       "existing SentencePiece .model file")
+
+
+def defines_own_sentinels(model_file: str) -> bool:
+  """Whether a SentencePiece model holds the 100 sentinel pieces itself.
+
+  True when its pieces include <extra_id_0>..<extra_id_99> (with or without the leading "▁")
+  at the ids span corruption uses, <extra_id_N> at `size - 1 - N`, as in the released mT5
+  model; False when it has none. A partial or misplaced set raises ConfigError.
+  """
+  try:
+    with tf.io.gfile.GFile(model_file, "rb") as f:
+      model = sentencepiece_model_pb2.ModelProto.FromString(f.read())
+  except (tf.errors.OpError, protobuf_message.DecodeError) as e:
+    raise ConfigError(f"{model_file}: cannot read it as a SentencePiece model ({e})") from e
+  if not model.pieces:
+    raise ConfigError(f"{model_file}: not a SentencePiece model (it has no pieces)")
+  found = {}
+  for piece_id, piece in enumerate(model.pieces):
+    match = _SENTINEL_PIECE.match(piece.piece)
+    if match:
+      found[int(match.group(1))] = piece_id
+  if not found:
+    return False
+  size = len(model.pieces)
+  missing = sorted(set(range(EXTRA_IDS)) - set(found))
+  unexpected = sorted(set(found) - set(range(EXTRA_IDS)))
+  if missing or unexpected:
+    details = "; ".join(
+        part for part in (
+            f"missing {_sentinel_names(missing)}" if missing else "",
+            f"unexpected {_sentinel_names(unexpected)}" if unexpected else "") if part)
+    raise ConfigError(
+        f"{model_file}: defines {len(found)} of the {EXTRA_IDS} sentinel pieces "
+        f"<extra_id_0>..<extra_id_{EXTRA_IDS - 1}> ({details}); define all of them as the "
+        f"model's top {EXTRA_IDS} ids, or none (then {EXTRA_IDS} extra ids are added)")
+  misplaced = [n for n in range(EXTRA_IDS) if found[n] != size - 1 - n]
+  if misplaced:
+    n = misplaced[0]
+    raise ConfigError(
+        f"{model_file}: <extra_id_{n}> is piece {found[n]}, but span corruption uses id "
+        f"{size - 1 - n} (size - 1 - {n}) for it; the sentinels must be the model's top "
+        f"{EXTRA_IDS} pieces counting down, <extra_id_0> last, as in the released mT5 model")
+  return True
+
+
+def _sentinel_names(indices) -> str:
+  shown = ", ".join(f"<extra_id_{n}>" for n in indices[:5])
+  return shown + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
+
+
+def vocabulary_size(vocabulary: seqio.Vocabulary) -> int:
+  """`vocabulary.vocab_size`, without downloading the released mT5 model (its size is known).
+
+  Lets `xltransfer plan` and the start-of-run checks size the default vocabulary offline.
+  """
+  if isinstance(vocabulary, DeferredVocabulary):
+    vocabulary = vocabulary.resolved
+  if (isinstance(vocabulary, seqio.SentencePieceVocabulary)
+      and vocabulary.sentencepiece_model_file == MT5_MODEL_PATH):
+    return MT5_NUM_IDS + vocabulary.extra_ids
+  return vocabulary.vocab_size
 
 
 _OVERRIDE = {"spec": None}
@@ -79,15 +162,19 @@ class DeferredVocabulary(seqio.Vocabulary):
   def __init__(self):
     super().__init__(extra_ids=0)
     self._resolved = None
+    self.spec = None  # The spec it resolved to.
 
   def reset(self):
     """Forgets the resolved vocabulary; the next use resolves the spec again."""
     self._resolved = None
+    self.spec = None
 
   @property
   def resolved(self) -> seqio.Vocabulary:
     if self._resolved is None:
-      self._resolved = get_vocabulary(task_vocabulary_spec())
+      spec = task_vocabulary_spec()
+      self._resolved = get_vocabulary(spec)
+      self.spec = spec
     return self._resolved
 
   # The public methods delegate whole, so the resolved vocabulary handles its own extra ids.
@@ -164,5 +251,6 @@ def task_vocabulary() -> DeferredVocabulary:
 
 
 def sentinel_id(vocabulary: seqio.Vocabulary, index: int) -> int:
-  """Id of the index-th sentinel (<extra_id_index>): extra ids count down from the top."""
+  """Id of the index-th sentinel (<extra_id_index>): sentinels count down from the top id,
+  whether they are seqio's extra ids or the model's own pieces (mt5)."""
   return vocabulary.vocab_size - 1 - index
