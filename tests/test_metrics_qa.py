@@ -57,6 +57,8 @@ def test_squad_rejects_misaligned_or_empty_input():
     metrics.squad_f1_em([["a"], ["b"]], ["a"])
   with pytest.raises(ValueError, match="no gold answer"):
     metrics.squad_f1_em([[]], ["a"])
+  # Unanswered, such a question scores 0 like any other (the official order of checks).
+  assert metrics.squad_f1_em([[], ["x"]], [None, "x"]) == {"exact_match": 50.0, "f1": 50.0}
 
 
 def test_mlqa_hindi_strips_unicode_punctuation_and_has_no_articles():

@@ -48,6 +48,27 @@ def test_mewslix_reads_the_first_stripped_gold_and_ignores_extra_ids():
   assert metrics.mewslix_map_at_k(gold, predictions) == {"map@20": 50.0}
 
 
+def test_mewslix_compares_candidates_with_equality_like_the_official_code():
+  gold = {"m1": ["Q1"], "m2": ["Q2"]}
+  # A list candidate is a miss, not an error; a string ranking is read as its characters.
+  assert metrics.mewslix_map_at_k(gold, {"m1": [["Q1"], "Q1"], "m2": "xQ"}) == {"map@20": 25.0}
+  assert metrics.mewslix_map_at_k({"m1": ["Q"]}, {"m1": "xQ"}) == {"map@20": 50.0}
+
+
+@pytest.mark.parametrize("ranking", [None, 3, {"Q1": 1}])
+def test_mewslix_ranking_that_is_not_a_list_is_an_error(ranking):
+  with pytest.raises(ValueError, match="the ranking of 'm1' is .*, not a list of ids"):
+    metrics.mewslix_map_at_k({"m1": ["Q1"]}, {"m1": ranking})
+
+
+def test_lareqa_gold_and_rankings_must_be_lists():
+  assert metrics.lareqa_map_at_k({"q": ["a", "b"]}, {"q": [["a"], "b"]}) == {"map@20": 25.0}
+  with pytest.raises(ValueError, match="the gold of 'q' is an object"):
+    metrics.lareqa_map_at_k({"q": {"a": 1}}, {})
+  with pytest.raises(ValueError, match="the ranking of 'q' is a string"):
+    metrics.lareqa_map_at_k({"q": ["a"]}, {"q": "a"})
+
+
 def test_map_rejects_empty_gold():
   with pytest.raises(ValueError, match="no gold id"):
     metrics.map_at_k([set()], [["a"]])

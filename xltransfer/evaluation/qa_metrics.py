@@ -117,12 +117,14 @@ def _f1_em(targets, predictions, normalize) -> dict:
     raise ValueError("no questions to score")
   exact_match = f1 = 0
   for answers, prediction in zip(targets, predictions):
+    if prediction is None:  # unanswered: counts in the total with score 0
+      continue
     if isinstance(answers, str):
       answers = [answers]
     if not answers:
-      raise ValueError("a question has no gold answer; the official scorer cannot score it")
-    if prediction is None:  # unanswered: counts in the total with score 0
-      continue
+      # The official scripts take max() over no answers and crash; unanswered, it scores 0.
+      raise ValueError("a question with a prediction has no gold answer; the official scorer "
+                       "cannot score it")
     normalized_prediction = normalize(prediction)
     normalized_answers = [normalize(a) for a in answers]
     exact_match += max(normalized_prediction == a for a in normalized_answers)
@@ -159,21 +161,74 @@ def mlqa_metric_fn(lang: str):
   return metric_fn
 
 
-def squad_dataset_targets(articles, predictions: dict):
+def _json_type(value) -> str:
+  return {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+          str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _official_answer(predictions, question_id: str):
+  """The prediction of one question as the official `evaluate(dataset, predictions)` reads it.
+
+  Returns None for an unanswered question. The official code tests `qa["id"] in predictions`
+  and then indexes `predictions[qa["id"]]`. For the usual {id: text} object that is a key
+  lookup. A prediction file whose top-level object has a "data" key is read as that key's
+  value only (the official reader treats it as a SQuAD dataset): a string then answers no
+  question unless an id is a substring of it, a list none unless an id is an element of it;
+  where the official code would go on to index such a value, or meets any other value, it
+  crashes, and this raises ValueError.
+  """
+  if isinstance(predictions, dict):
+    if question_id not in predictions:
+      return None
+    answer = predictions[question_id]
+    if not isinstance(answer, str):
+      raise ValueError(f"the answer of question {question_id!r} is {_json_type(answer)}, not a "
+                       "string")
+    return answer
+  if isinstance(predictions, (str, list)) and question_id not in predictions:
+    return None
+  raise ValueError(f"the predictions are {_json_type(predictions)}, not an object {{question id: "
+                   f"answer text}}, and the official scorer cannot look up question "
+                   f"{question_id!r} in it")
+
+
+def squad_dataset_targets(articles, predictions):
   """Flattens SQuAD-format articles and an id->answer dict into (targets, predictions) lists.
 
   Question order and the "missing id scores 0" rule follow the official `evaluate(dataset,
-  predictions)`; ids in `predictions` that are not questions are ignored. Returns also the ids
-  of unanswered questions, which the official script reports on stderr.
+  predictions)`; ids in `predictions` that are not questions are ignored whatever their value.
+  Returns also the ids of unanswered questions, which the official script reports on stderr.
+  Raises ValueError, naming the question, where the official script would crash: a question
+  without a string id, an answer without a string "text", a non-string prediction.
   """
   targets, flat_predictions, unanswered = [], [], []
-  for article in articles:
-    for paragraph in article["paragraphs"]:
-      for qa in paragraph["qas"]:
-        targets.append([answer["text"] for answer in qa["answers"]])
-        if qa["id"] in predictions:
-          flat_predictions.append(predictions[qa["id"]])
-        else:
-          flat_predictions.append(None)
-          unanswered.append(qa["id"])
+  if not isinstance(articles, list):
+    raise ValueError(f'the dataset is {_json_type(articles)}, not a list of articles '
+                     '({"data": [articles]})')
+  for a, article in enumerate(articles):
+    paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+    if not isinstance(paragraphs, list):
+      raise ValueError(f'article {a} has no list of "paragraphs"')
+    for p, paragraph in enumerate(paragraphs):
+      questions = paragraph.get("qas") if isinstance(paragraph, dict) else None
+      if not isinstance(questions, list):
+        raise ValueError(f'article {a}, paragraph {p} has no list of "qas"')
+      for qa in questions:
+        question_id = qa.get("id") if isinstance(qa, dict) else None
+        answers = qa.get("answers") if isinstance(qa, dict) else None
+        if not isinstance(question_id, str) or not isinstance(answers, list):
+          raise ValueError(f'article {a}, paragraph {p}: a question without a string "id" '
+                           f'and a list of "answers" ({str(qa)[:80]})')
+        texts = [answer.get("text") if isinstance(answer, dict) else None for answer in answers]
+        if not all(isinstance(text, str) for text in texts):
+          raise ValueError(f'question {question_id!r} has an answer without a string "text"')
+        targets.append(texts)
+        answer = _official_answer(predictions, question_id)
+        if answer is not None and not texts:
+          # Unanswered, such a question scores 0; answered, the official max() crashes.
+          raise ValueError(f'question {question_id!r} has a prediction but no gold answer '
+                           '("answers": []), which the official scorer cannot score')
+        flat_predictions.append(answer)
+        if answer is None:
+          unanswered.append(question_id)
   return targets, flat_predictions, unanswered

@@ -16,20 +16,39 @@ candidates' margin scores is the one that maximises F1 on dev gold pairs (LASER/
 """
 
 
+def _unique(items) -> list:
+  """Items in order without repeats, compared with == (ids may be unhashable JSON lists)."""
+  out, seen = [], set()
+  for item in items:
+    try:
+      if item in seen:
+        continue
+      seen.add(item)
+    except TypeError:  # unhashable: fall back to ==
+      if item in out:
+        continue
+    out.append(item)
+  return out
+
+
 def average_precision_at_k(gold_ids, ranked_ids, k=20) -> float:
-  """AP@k in [0, 1] for one query; `gold_ids` must not be empty."""
-  gold = set(gold_ids)
+  """AP@k in [0, 1] for one query; `gold_ids` must not be empty.
+
+  Ids are compared with ==, like the official code, so any JSON value may stand in a ranking
+  (a list never equals a string id and simply scores nothing).
+  """
+  gold = _unique(gold_ids)
   if not gold:
     raise ValueError("a query has no gold id; average precision is undefined")
   top = list(ranked_ids)[:k] if k else list(ranked_ids)
-  seen = set()
   hits = 0.0
   score = 0.0
+  found = []  # gold ids already hit: a repeated id counts once, at its first rank
   for rank, candidate in enumerate(top, start=1):
-    if candidate in gold and candidate not in seen:
+    if candidate in gold and candidate not in found:
+      found.append(candidate)
       hits += 1.0
       score += hits / rank
-    seen.add(candidate)
   divisor = min(len(gold), k) if k else len(gold)
   return score / divisor
 
@@ -54,30 +73,62 @@ def map_at_k(gold_ids, ranked_ids, k=20) -> dict:
   return {f"map@{k}": mean * 100}
 
 
+def _json_type(value) -> str:
+  return {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+          str: "a string", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _ranking(predictions: dict, example_id, k, strings_as_sequences: bool) -> list:
+  """The top k of an example's ranking; a missing id has none. Non-list rankings raise."""
+  ranked = predictions.get(example_id, [])
+  if isinstance(ranked, str) and strings_as_sequences:
+    return list(ranked)[:k]  # The official code slices a string: its characters are the ids.
+  if not isinstance(ranked, list):
+    raise ValueError(f"the ranking of {example_id!r} is {_json_type(ranked)}, not a list of ids")
+  return ranked[:k]
+
+
 def mewslix_map_at_k(gold: dict, predictions: dict, k=20) -> dict:
   """Scores Mewsli-X submission dicts exactly as XTREME-R's `utils_mewslix.evaluate`.
 
+  That is the mean reciprocal rank of the gold id within the top k: a prediction counts when
+  it equals (==) the gold string, so a candidate that is itself a list is simply a miss.
+
   Args:
-    gold: example id -> singleton list with the gold entity id (only its first element is
+    gold: example id -> list whose first element is the gold entity id (only that element is
       read, stripped of whitespace).
     predictions: example id -> ranked entity ids. Missing ids score 0; extra ids are ignored.
+      A ranking that is null, a number or an object crashes the official code; here it raises
+      ValueError naming the id. A string ranking is sliced into characters, as officially.
   """
-  example_ids = list(gold)
-  gold_ids = []
-  for example_id in example_ids:
-    labels = gold[example_id]
-    if not labels:
-      raise ValueError(f"example {example_id!r} has an empty gold list")
-    gold_ids.append({labels[0].strip()})
-  ranked = [predictions.get(example_id, []) for example_id in example_ids]
-  return map_at_k(gold_ids, ranked, k)
+  reciprocal_ranks = []
+  for example_id, labels in gold.items():
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+      raise ValueError(f"the gold of {example_id!r} is {_json_type(labels)}; expected a list "
+                       "whose first element is the gold entity id")
+    target = labels[0].strip()
+    top = _ranking(predictions, example_id, k, strings_as_sequences=True)
+    rank = next((r for r, p in enumerate(top, start=1) if p == target), None)
+    reciprocal_ranks.append(1.0 / rank if rank else 0.0)
+  mean = sum(reciprocal_ranks) / len(reciprocal_ranks) if reciprocal_ranks else 0.0
+  return {f"map@{k}": mean * 100}
 
 
 def lareqa_map_at_k(gold: dict, predictions: dict, k=20) -> dict:
-  """Scores LAReQA dicts (question id -> gold candidate ids / ranked candidate ids)."""
-  question_ids = list(gold)
-  return map_at_k([set(gold[q]) for q in question_ids],
-                  [predictions.get(q, []) for q in question_ids], k)
+  """Scores LAReQA dicts (question id -> gold candidate ids / ranked candidate ids).
+
+  AP@k as XTREME-R's `utils_lareqa.average_precision_at_k`, which divides by min(number of
+  gold ids, k). XTREME-R ships no file scorer for LAReQA, so the file shapes are strict: gold
+  must be a non-empty list and a ranking a list (a missing id scores 0).
+  """
+  gold_lists, rankings = [], []
+  for question_id, labels in gold.items():
+    if not isinstance(labels, list) or not labels:
+      raise ValueError(f"the gold of {question_id!r} is {_json_type(labels)}; expected a "
+                       "non-empty list of candidate ids")
+    gold_lists.append(labels)
+    rankings.append(_ranking(predictions, question_id, k, strings_as_sequences=False))
+  return map_at_k(gold_lists, rankings, k)
 
 
 def _pair(item) -> tuple:

@@ -1,23 +1,31 @@
 """XTREME-R aggregation: per-task averages over languages, categories, overall, tables.
 
-Mirrors the official `evaluate.py`: for each task every metric is averaged over its languages
-(`avg_f1`, `avg_exact_match`, ...), and the task's `avg_metric` is (avg_exact_match + avg_f1)/2
-for QA, else avg_f1, avg_accuracy or avg_map@20. A category score is the mean avg_metric of its
-tasks, reported only when all of them were scored; the overall score likewise needs every task.
+Mirrors the official `evaluate.py` (github.com/google-research/xtreme): for each task every
+metric is averaged over its languages (`avg_f1`, `avg_exact_match`, ...), and the task's
+`avg_metric` is (avg_exact_match + avg_f1)/2 for QA, else avg_f1, avg_accuracy or avg_map@20.
+A category score is the mean avg_metric of its tasks, reported only when all of them were
+scored; the categories are evaluate.py's own (XTREME_R_GROUP2TASK), so XTREME-R's retrieval
+category is Tatoeba and Mewsli-X.
+
+The overall score is evaluate.py's `all_task`: the mean avg_metric over every task of the
+benchmark, reported only when all were scored. For XTREME-R that list holds LAReQA, which
+evaluate.py cannot score (it lists LAReQA with no languages: without a lareqa folder it reports
+no overall, with one it stops with KeyError 'avg_metric'), so the XTREME-R overall here, which
+scores LAReQA with mAP@20, is a number the official script never prints. LAReQA is in no
+official category (`OUTSIDE_CATEGORIES`).
 Input everywhere is `{task: {lang: {metric: value}}}` with values on the 0-100 scale.
 """
 import dataclasses
 
 QA_TASKS = ("xquad", "mlqa", "tydiqa")
 
-# Category -> tasks, with the official group names. XTREME-R's retrieval category holds
-# LAReQA too (the official script leaves it out because it cannot score LAReQA files).
+# Category -> tasks: evaluate.py's XTREME_R_GROUP2TASK and XTREME_GROUP2TASK, names included.
 CATEGORIES = {
     "xtreme-r": {
         "classification": ("xnli", "xcopa"),
         "tagging": ("udpos", "panx"),
         "qa": QA_TASKS,
-        "retrieval": ("tatoeba", "mewslix", "lareqa"),
+        "retrieval": ("tatoeba", "mewslix"),
         "multi_choice": ("xcopa",),
     },
     "xtreme": {
@@ -34,6 +42,10 @@ CATEGORY_TITLES = {
     "retrieval": "retrieval",
     "multi_choice": "multiple choice",
 }
+# Benchmark tasks in no official category: evaluate.py has no reader for LAReQA.
+OUTSIDE_CATEGORIES = {"xtreme-r": ("lareqa",), "xtreme": ()}
+# evaluate.py's task lists (XTREME_R_TASK2LANGS, XTREME_TASK2LANGS), whose every task the
+# overall score needs.
 BENCHMARK_TASK_NAMES = {
     "xtreme-r": ("xnli", "panx", "udpos", "tatoeba", "xcopa", "lareqa", "mewslix", "xquad",
                  "mlqa", "tydiqa"),
@@ -76,9 +88,15 @@ def language_metric(task: str, language_metrics: dict) -> float:
 @dataclasses.dataclass
 class Summary:
   tasks: dict            # task -> official per-task record (see task_summary)
-  categories: dict       # category -> mean avg_metric, for categories with every task scored
+  categories: dict       # official category -> mean avg_metric, when every task was scored
   overall: float | None  # mean avg_metric over all tasks, None unless every task was scored
   missing_tasks: tuple   # benchmark tasks that were not scored, in benchmark order
+  benchmark: str = "xtreme-r"
+
+  @property
+  def overall_is_official(self) -> bool:
+    """Whether evaluate.py prints this overall itself (never for XTREME-R: see the module)."""
+    return not OUTSIDE_CATEGORIES[self.benchmark]
 
 
 def summarize(per_language: dict, benchmark: str = "xtreme-r") -> Summary:
@@ -92,7 +110,7 @@ def summarize(per_language: dict, benchmark: str = "xtreme-r") -> Summary:
   overall = None
   if not missing:
     overall = sum(tasks[t]["avg_metric"] for t in all_tasks) / len(all_tasks)
-  return Summary(tasks, categories, overall, missing)
+  return Summary(tasks, categories, overall, missing, benchmark)
 
 
 def language_table(per_language: dict) -> dict:
@@ -116,14 +134,23 @@ def format_report(per_language: dict, summary: Summary) -> str:
     lines.append("avg   " + "".join(f"{record['avg_' + m]:>14.2f}" for m in metric_names))
     lines.append(f"avg_metric: {record['avg_metric']:.2f}")
     lines.append("")
-  lines.append("====== categories ======")
+  lines.append("====== categories (as evaluate.py) ======")
   for category, value in summary.categories.items():
     lines.append(f"{CATEGORY_TITLES[category]:<24}{value:>8.2f}")
-  if summary.overall is not None:
-    lines.append(f"{'overall (all tasks)':<24}{summary.overall:>8.2f}")
-  else:
+  outside = [t for t in OUTSIDE_CATEGORIES[summary.benchmark] if t in summary.tasks]
+  for task in outside:
+    lines.append(f"{task + ' (in no category)':<24}{summary.tasks[task]['avg_metric']:>8.2f}"
+                 "   not scored by evaluate.py")
+  count = len(BENCHMARK_TASK_NAMES[summary.benchmark])
+  if summary.overall is None:
     # Like the official scorer, a partial submission gets no overall score.
     lines.append(f"overall: not reported, tasks not scored: {', '.join(summary.missing_tasks)}")
+  elif summary.overall_is_official:
+    lines.append(f"{'overall (all tasks)':<24}{summary.overall:>8.2f}")
+  else:
+    lines.append(f"{f'overall ({count} tasks)':<24}{summary.overall:>8.2f}   mean avg_metric "
+                 f"incl. {', '.join(OUTSIDE_CATEGORIES[summary.benchmark])}; evaluate.py "
+                 "prints no XTREME-R overall")
   lines.append("")
   table = language_table(per_language)
   if table:

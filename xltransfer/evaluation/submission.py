@@ -2,7 +2,8 @@
 
 File formats, as the official `evaluate.py` reads them (predictions and labels alike):
 
-  xnli, tatoeba (pawsx)  .tsv    one label per line (compared after stripping whitespace)
+  xnli, tatoeba (pawsx)  .tsv    one label per line (compared after stripping whitespace;
+                                 Tatoeba: the index of the retrieved English sentence)
   udpos, panx            .tsv    one tag per line, a blank line after each sentence
   xcopa                  .jsonl  one JSON object per line; its "label" is compared
   xquad, mlqa, tydiqa    .json   labels: SQuAD v1.1 dataset; predictions: {question id: text}
@@ -10,6 +11,9 @@ File formats, as the official `evaluate.py` reads them (predictions and labels a
                                  predictions: {example id: [entity ids, best first]}
   lareqa                 .json   like mewslix, with every gold candidate id in the label list
   bucc2018 (XTREME v1)   .tsv    one "source-id<TAB>target-id" pair per line
+
+The official reader splits tsv files on "\n", "\r" and "\r\n", so `write_submission_file`
+writes every line break inside a prediction as a space (see there).
 
 `score_folders` scores two such folders like the official scorer: a task is scored when its
 folder exists in both; then every one of its languages must have both files.
@@ -43,8 +47,10 @@ def _langs(text):
   return tuple(text.split(","))
 
 
-# Task order and language lists are those of the official evaluate.py (XTREME_R_TASK2LANGS),
-# except LAReQA, which it lists without languages; here it has its XTREME-R test languages.
+# Task order and language lists are those of XTREME-R's official scorer, evaluate.py in
+# github.com/google-research/xtreme (XTREME_R_TASK2LANGS), so a submission holds exactly the
+# files it opens. LAReQA is the exception: evaluate.py lists it with no languages (it has no
+# LAReQA reader); here it has its XTREME-R test languages, those of XQuAD-R.
 XTREME_R_TASKS = (
     TaskFormat("xnli", _langs("ar,bg,de,el,en,es,fr,hi,ru,sw,th,tr,ur,vi,zh"), "tsv", "lines",
                "accuracy"),
@@ -87,6 +93,16 @@ XTREME_TASKS = (
 )
 
 BENCHMARK_TASKS = {"xtreme-r": XTREME_R_TASKS, "xtreme": XTREME_TASKS}
+
+# The split a task's submission files hold. XTREME-R scores TyDiQA-GoldP on its dev set (the
+# only gold-passage evaluation data; the repository's scripts/predict_qa.sh predicts
+# tydiqa-goldp-v1.1-dev and renames the output to the test-{lang}.json pattern); every other
+# task submits its test split.
+SUBMISSION_SPLITS = {"tydiqa": "validation"}
+
+
+def submission_split(task: str) -> str:
+  return SUBMISSION_SPLITS.get(task, "test")
 
 
 def task_format(task: str, benchmark: str = "xtreme-r") -> TaskFormat:
@@ -165,29 +181,50 @@ def read_submission_file(path: str, spec: TaskFormat):
 # Writers, for the evaluator that produces a submission.
 
 
+def one_line(value) -> str:
+  """A prediction as one tsv line: "\r\n", "\r" and "\n" become a space each.
+
+  The official reader opens tsv files in text mode, which ends a line at any of them, so a
+  raw line break would split one prediction into several lines and the file would fail the
+  official line-count check.
+  """
+  return str(value).replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+
+
 def write_submission_file(root: str, task: str, lang: str, predictions,
                           benchmark: str = "xtreme-r") -> str:
   """Writes one language's predictions in the task's format; returns the path.
 
   predictions: labels (xnli, tatoeba, pawsx, xcopa), tag sentences (udpos, panx),
   {question id: answer text} (QA), {id: ranked ids} (mewslix, lareqa), or pairs (bucc2018).
+  tsv files get one prediction per line with line breaks inside it written as spaces
+  (`one_line`); a tag that is then blank is an error, since a blank line ends a sentence.
   """
   spec = task_format(task, benchmark)
   path = submission_path(root, task, lang, benchmark)
+  lines = None
+  if spec.reader == "tags":
+    lines = []
+    for number, sentence in enumerate(predictions):
+      for tag in sentence:
+        line = one_line(tag)
+        if not line.strip():
+          raise UserError(f"{task}/{lang}: sentence {number} has a blank tag {tag!r}; it would "
+                          "end the sentence in the tsv file")
+        lines.append(line)
+      lines.append("")
+  elif spec.metric == "bucc":
+    lines = ["\t".join(one_line(part) for part in pair) for pair in predictions]
+  elif spec.suffix == "tsv":
+    lines = [one_line(label) for label in predictions]
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    if spec.reader == "tags":
-      for sentence in predictions:
-        f.writelines(f"{tag}\n" for tag in sentence)
-        f.write("\n")
+  with open(path, "w", encoding="utf-8", newline="\n") as f:
+    if lines is not None:
+      f.writelines(line + "\n" for line in lines)
     elif spec.reader == "xcopa":
       f.writelines(json.dumps({"label": label}) + "\n" for label in predictions)
-    elif spec.reader == "json":
-      json.dump(predictions, f, ensure_ascii=False)
-    elif spec.metric == "bucc":
-      f.writelines("\t".join(pair) + "\n" for pair in predictions)
     else:
-      f.writelines(f"{label}\n" for label in predictions)
+      json.dump(predictions, f, ensure_ascii=False)
   return path
 
 
@@ -206,19 +243,20 @@ def _expect(condition, path, message):
     raise DataFormatError(path, None, message)
 
 
-def _qa_targets(spec, labels, predictions, label_file, prediction_file):
+def _qa_targets(spec, labels, predictions, label_file, prediction_file, lang, notes):
   _expect(isinstance(labels, list), label_file,
           'expected a SQuAD v1.1 dataset ({"data": [articles]})')
-  _expect(isinstance(predictions, dict), prediction_file,
-          "expected a JSON object {question id: answer text}")
+  if not isinstance(predictions, dict):
+    # The official reader keeps only the value of a top-level "data" key (a SQuAD dataset's
+    # articles), so such a file, or one that is not an object, answers no question there.
+    notes.append(f'{spec.name}/{lang}: {prediction_file} read as the official reader reads it '
+                 '(a top-level "data" key replaces the whole file) is not an object {question '
+                 'id: answer text}: no question is answered')
   try:
-    targets, flat, unanswered = qa_metrics.squad_dataset_targets(labels, predictions)
-  except (KeyError, TypeError) as e:
-    raise DataFormatError(label_file, None, f"not a SQuAD v1.1 dataset (missing {e})") from e
-  for question_id in predictions:
-    _expect(isinstance(predictions[question_id], str), prediction_file,
-            f"the answer of question {question_id!r} is not a string")
-  return targets, flat, unanswered
+    return qa_metrics.squad_dataset_targets(labels, predictions)
+  except ValueError as e:
+    raise UserError(f"cannot score {prediction_file} against {label_file}: {e} (the official "
+                    "scorer crashes here)") from e
 
 
 def score_language(spec: TaskFormat, prediction_file: str, label_file: str, lang: str):
@@ -240,17 +278,19 @@ def score_language(spec: TaskFormat, prediction_file: str, label_file: str, lang
       return metrics.bucc_f1(labels, predictions), notes
     if spec.metric in ("squad", "mlqa"):
       targets, flat, unanswered = _qa_targets(spec, labels, predictions, label_file,
-                                              prediction_file)
+                                              prediction_file, lang, notes)
       if unanswered:
         notes.append(f"{spec.name}/{lang}: {len(unanswered)} unanswered question(s) scored 0, "
                      f"e.g. {unanswered[0]}")
       if spec.metric == "mlqa":
         return metrics.mlqa_f1_em(targets, flat, lang), notes
       return metrics.squad_f1_em(targets, flat), notes
-    # mewslix, lareqa: id -> list dicts.
-    _expect(isinstance(labels, dict), label_file, "expected a JSON object {id: [gold ids]}")
+    # mewslix, lareqa: id -> list dicts (the official reader, like for QA, reads only the value
+    # of a top-level "data" key when there is one).
+    _expect(isinstance(labels, dict), label_file,
+            'expected a JSON object {id: [gold ids]} (with a "data" key, its value)')
     _expect(isinstance(predictions, dict), prediction_file,
-            "expected a JSON object {id: [ranked ids]}")
+            'expected a JSON object {id: [ranked ids]} (with a "data" key, its value)')
     missing = [example_id for example_id in labels if example_id not in predictions]
     if missing:
       notes.append(f"{spec.name}/{lang}: {len(missing)} id(s) without predictions scored 0, "
@@ -259,7 +299,9 @@ def score_language(spec: TaskFormat, prediction_file: str, label_file: str, lang
       return metrics.mewslix_map_at_k(labels, predictions, k=20), notes
     return metrics.lareqa_map_at_k(labels, predictions, k=20), notes
   except ValueError as e:
-    raise UserError(f"cannot score {prediction_file} against {label_file}: {e}") from e
+    # LAReQA has no official file scorer; on every other task these inputs crash evaluate.py.
+    crash = "" if spec.metric == "lareqa" else " (the official scorer crashes here)"
+    raise UserError(f"cannot score {prediction_file} against {label_file}: {e}{crash}") from e
   except (AttributeError, TypeError) as e:
     # e.g. a number where the format has a string: the official scorer crashes on these.
     raise UserError(
