@@ -1,4 +1,8 @@
-"""`xltransfer convert` between HF and xltransfer checkpoints, through the real CLI entry."""
+"""`xltransfer convert` between HF and xltransfer checkpoints, through the real CLI entry.
+
+Exports from trainer runs (and to T5X) are tested in test_checkpoint_export.py."""
+import os
+
 import numpy as np
 import pytest
 
@@ -42,15 +46,34 @@ def test_bad_paths_exit_nonzero_with_the_path_named(hf_dir, tmp_path, capsys):
   # An existing destination is never clobbered without --overwrite.
   assert cli.main(["convert", "hf-to-xl", str(src), str(tmp_path / "xl")]) == 2
   assert "already exists" in capsys.readouterr().err
+  # An HF directory is not an xltransfer checkpoint: the message says what is accepted.
   assert cli.main(["convert", "xl-to-hf", str(src), str(tmp_path / "o2")]) == 2
-  assert "config.json" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert f"{src}: no checkpoint to read" in err
+  assert "config.json + params/" in err and "trainer MODEL_DIR" in err
+  assert not (tmp_path / "o2").exists()
+
+
+def test_xl_to_hf_refuses_a_non_empty_destination(hf_dir, tmp_path, capsys):
+  src, state = hf_dir
+  assert cli.main(["convert", "hf-to-xl", str(src), str(tmp_path / "xl")]) == 0
+  out = tmp_path / "back"
+  out.mkdir()
+  (out / "notes.txt").write_text("keep me")
+  assert cli.main(["convert", "xl-to-hf", str(tmp_path / "xl"), str(out)]) == 2
+  assert f"{out}: already exists and is not empty" in capsys.readouterr().err
+  assert os.listdir(out) == ["notes.txt"]
+  assert cli.main(["convert", "xl-to-hf", str(tmp_path / "xl"), str(out), "--overwrite"]) == 0
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+  reloaded = transformers.MT5ForConditionalGeneration.from_pretrained(out)
+  np.testing.assert_array_equal(reloaded.lm_head.weight.detach().numpy(), state["lm_head.weight"])
 
 
 def test_help_lists_the_directions(capsys):
   with pytest.raises(SystemExit):
     cli.main(["convert", "--help"])
   out = capsys.readouterr().out
-  for direction in ("hf-to-xl", "xl-to-hf", "t5x-to-xl"):
+  for direction in ("hf-to-xl", "xl-to-hf", "xl-to-t5x", "t5x-to-xl"):
     assert direction in out
 
 

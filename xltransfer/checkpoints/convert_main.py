@@ -2,16 +2,21 @@
 
   xltransfer convert hf-to-xl  HF_DIR   DST      HF MT5 (safetensors or .bin) -> xltransfer
   xltransfer convert xl-to-hf  SRC      HF_DIR   xltransfer -> HF MT5ForConditionalGeneration
+  xltransfer convert xl-to-t5x SRC      T5X_DIR  xltransfer -> T5X checkpoint (legacy msgpack +
+      tensorstore, version 3; unscanned layers unless --scanned)
+  SRC for xl-to-*: an `xltransfer convert` output, a trainer MODEL_DIR (its latest step) or one
+      of its checkpoint_N directories; the model config is the one the run recorded.
   xltransfer convert t5x-to-xl T5X_CKPT DST --size small   T5X checkpoint -> xltransfer
       (T5X checkpoints carry no config: name the size, and --set FIELD=VALUE for any change)
 """
 import argparse
 import ast
 import logging
+import os
 
 import numpy as np
 
-from xltransfer.checkpoints import hf, native
+from xltransfer.checkpoints import hf, native, run_dir, staging
 from xltransfer.errors import ConfigError
 from xltransfer.model.config import MODEL_SIZES, get_config
 
@@ -25,6 +30,13 @@ def _parser():
   p.add_argument("src"), p.add_argument("dst")
   p = sub.add_parser("xl-to-hf", help="xltransfer checkpoint -> HF MT5 directory (safetensors)")
   p.add_argument("src"), p.add_argument("dst")
+  p = sub.add_parser("xl-to-t5x", help="xltransfer checkpoint -> T5X checkpoint directory")
+  p.add_argument("src"), p.add_argument("dst")
+  p.add_argument("--scanned", action="store_true",
+                 help="write the scanned layer layout (`layers` axis 1, e.g. scalable_t5) "
+                      "instead of T5X mT5's layers_0..N-1")
+  p.add_argument("--no_optimizer_state", action="store_true",
+                 help="write parameters and step only, without the zero Adafactor state")
   p = sub.add_parser("t5x-to-xl", help="T5X checkpoint (msgpack, tensorstore or orbax) -> xltransfer")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--size", required=True, choices=sorted(MODEL_SIZES),
@@ -44,8 +56,16 @@ def main(argv) -> int:
     params, config = hf.load_hf_checkpoint(args.src)
     native.save_params(params, config, args.dst, overwrite=args.overwrite)
   elif args.direction == "xl-to-hf":
-    params, config = native.load_params(args.src)
-    hf.save_hf_checkpoint(_to_numpy(params), config, args.dst)
+    staging.check_destination(os.path.abspath(args.dst), args.overwrite)  # before reading SRC
+    params, config, _ = load_exportable(args.src)
+    hf.save_hf_checkpoint(_to_numpy(params), config, args.dst, overwrite=args.overwrite)
+  elif args.direction == "xl-to-t5x":
+    from xltransfer.checkpoints import t5x_export
+    staging.check_destination(os.path.abspath(args.dst), args.overwrite)
+    params, config, step = load_exportable(args.src)
+    t5x_export.save_t5x_checkpoint(params, config, args.dst, step, scanned=args.scanned,
+                                   optimizer_state=not args.no_optimizer_state,
+                                   overwrite=args.overwrite)
   else:
     from xltransfer.checkpoints import t5x
     from xltransfer.model.models import EncoderDecoderModel
@@ -56,6 +76,16 @@ def main(argv) -> int:
   count = sum(int(np.prod(x.shape)) for x in _leaves(params))
   print(f"wrote {args.dst} ({count / 1e6:.1f}M parameters)")
   return 0
+
+
+def load_exportable(path: str):
+  """(params, config, step) of an `xltransfer convert` output (step 0) or a trainer run's
+  MODEL_DIR / checkpoint_N (its step; the config the run recorded)."""
+  if native.is_native_checkpoint(path):
+    params, config = native.load_params(path)
+    return params, config, 0
+  trained = run_dir.load_trained_params(path)
+  return trained.params, trained.config, trained.step
 
 
 def _parse_overrides(items):

@@ -14,6 +14,7 @@ from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
+from xltransfer.checkpoints import staging
 from xltransfer.errors import CheckpointError
 from xltransfer.model.config import MT5Config
 
@@ -258,22 +259,19 @@ def load_hf_checkpoint(directory: str, config: MT5Config = None,
   return state_dict_to_params(tensors, config, drop_subtrees), config
 
 
-def save_hf_checkpoint(params: dict, config: MT5Config, directory: str):
+def save_hf_checkpoint(params: dict, config: MT5Config, directory: str, overwrite: bool = False):
   """Writes `config.json` and `model.safetensors` that `from_pretrained` loads.
 
-  Files are written under temporary names and renamed, so a failure never leaves a
-  half-written checkpoint that looks complete.
+  An existing non-empty `directory` is refused unless `overwrite`; the files are written to a
+  staging directory that replaces `directory` only when complete (see `staging`), so a failure
+  never leaves a half-written checkpoint that looks complete.
   """
   from safetensors.numpy import save_file
 
-  os.makedirs(directory, exist_ok=True)
   state = params_to_state_dict(params, config)
   for alias in _TIED_ALIASES:  # safetensors refuses aliases; HF re-ties them on load.
     state.pop(alias)
-  weights = os.path.join(directory, "model.safetensors")
-  config_path = os.path.join(directory, "config.json")
-  save_file(state, weights + ".tmp", metadata={"format": "pt"})
-  with open(config_path + ".tmp", "w") as f:
-    json.dump(hf_config_dict(config), f, indent=2)
-  os.replace(weights + ".tmp", weights)
-  os.replace(config_path + ".tmp", config_path)
+  with staging.staged_directory(directory, overwrite) as staged:
+    save_file(state, os.path.join(staged, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(staged, "config.json"), "w") as f:
+      json.dump(hf_config_dict(config), f, indent=2)

@@ -11,14 +11,13 @@ optionally leaving out whole subtrees (a dual encoder does not read a seq2seq de
 import dataclasses
 import json
 import os
-import shutil
 from typing import Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from xltransfer.checkpoints import tree_utils
+from xltransfer.checkpoints import staging, tree_utils
 from xltransfer.errors import CheckpointError
 from xltransfer.model.config import MT5Config
 
@@ -48,21 +47,16 @@ def read_config(path: str) -> MT5Config:
 
 
 def save_params(params, config: MT5Config, path: str, overwrite: bool = False):
-  """Writes params and config; the destination appears only once both are complete."""
-  path = os.path.abspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise CheckpointError(f"{path}: already exists (refusing to overwrite)")
-  staging = path + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  with open(os.path.join(staging, CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(staging, PARAMS_DIR), params)
-  checkpointer.wait_until_finished()
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  os.replace(staging, path)
+  """Writes params and config; the destination appears only once both are complete.
+
+  An existing non-empty `path` is refused unless `overwrite` (see `staging`).
+  """
+  with staging.staged_directory(path, overwrite) as staged:
+    with open(os.path.join(staged, CONFIG_FILE), "w") as f:
+      json.dump(dataclasses.asdict(config), f, indent=2)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(staged, PARAMS_DIR), params)
+    checkpointer.wait_until_finished()
 
 
 def _key_name(key) -> str:
