@@ -62,18 +62,74 @@ def test_matches_reference_update(factored):
   np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_factoring_follows_logical_axes():
+def test_factoring_is_t5x_s():
+  """T5X `adafactor.py` with standard_logical_factor_rules (its mT5 configs): rank <= 2 without
+  a batch axis -> the size heuristic `_factored_dims` (logical axes ignored), else the rule.
+  Expected shapes are those of T5X's own adafactor_test.py where it has the case."""
   rules = opt_lib.STANDARD_LOGICAL_FACTOR_RULES
-  f = opt_lib.factoring_for((256, 512), ("vocab", "embed"), rules, 128)
-  assert (f.row_dims, f.col_dims, f.batch_dims) == ((1,), (0,), ())
-  scanned = opt_lib.factoring_for((512, 4, 1024), ("embed", "layers", "mlp"), rules, 128)
+  rule = lambda shape, axes, min_dim=128, **kw: opt_lib.factoring_for(shape, axes, rules,
+                                                                     min_dim, **kw)
+  # The smaller dim is the row whatever its logical name: mT5-small's q and o kernels.
+  q = rule((512, 384), ("embed", "joined_kv"))
+  assert (q.row_dims, q.col_dims, q.batch_dims) == ((1,), (0,), ())
+  assert q.slot_shapes((512, 384)) == {"v_row": (384,), "v_col": (512,), "v": (1,)}
+  o = rule((384, 512), ("joined_kv", "embed"))
+  assert (o.row_dims, o.col_dims) == ((0,), (1,))
+  assert (rule((256, 512), ("vocab", "embed")).row_dims) == (0,)
+  assert (rule((250112, 512), ("vocab", "embed")).row_dims) == (1,)
+  # adafactor_test.test_2D_simple / test_2D_ignore_specified_factor_rule: v_row (16,), v_col (24,).
+  assert rule((24, 16), ("embed", "mlp"), 8).slot_shapes((24, 16)) == {
+      "v_row": (16,), "v_col": (24,), "v": (1,)}
+  # test_2D_simple_nofactor and test_factorizes: the smaller dim decides; ties keep dim 0 as row.
+  assert not rule((24, 16), ("embed", "mlp"), 32).factored
+  assert not rule((31, 64), ("embed", "mlp"), 32).factored
+  square = rule((64, 64), ("mlp", "embed"), 32)
+  assert (square.row_dims, square.col_dims) == ((0,), (1,))
+  assert not rule((512,), ("embed",)).factored
+  # Even an axis the rules leave unfactored: rank 2 goes by size alone.
+  assert not rule((6, 32), ("heads", "relpos_buckets")).factored
+  assert rule((6, 32), ("heads", "relpos_buckets"), 4).factored
+  # test_3D_simple: rule (COL, BATCH, ROW) on (24, 4, 16): v_col (24, 4), v_row (4, 16).
+  three = rule((24, 4, 16), ("mlp", "layers", "embed"), 8)
+  assert three.slot_shapes((24, 4, 16)) == {"v_row": (4, 16), "v_col": (24, 4), "v": (1,)}
+  scanned = rule((512, 4, 1024), ("embed", "layers", "mlp"))
   assert (scanned.row_dims, scanned.col_dims, scanned.batch_dims) == ((0,), (2,), (1,))
   assert scanned.averaging_dims == (0, 2)
-  small = opt_lib.factoring_for((64, 128), ("embed", "mlp"), rules, 128)
-  assert not small.factored
-  assert not opt_lib.factoring_for((512,), ("embed",), rules, 128).factored
+  # The rule path has no size threshold: a scanned tiny kernel is factored (T5X _parse_rule).
+  assert rule((8, 2, 16), ("embed", "layers", "mlp")).factored
+  norm = rule((512, 4), ("embed", "layers"))
+  assert not norm.factored and norm.batch_dims == (1,)
+  assert not rule((512, 4, 1024), ("embed", "layers", "mlp"), factored=False).factored
+  with pytest.raises(ConfigError, match="rows, columns and an unfactored axis"):
+    rule((8, 32, 16), ("embed", "relpos_buckets", "mlp"), path="['x']")
   with pytest.raises(ConfigError, match="no Adafactor factor rule for logical axis 'bogus'"):
-    opt_lib.factoring_for((4, 4), ("bogus", "embed"), rules, 1, path="['x']")
+    rule((4, 4), ("bogus", "embed"), 1, path="['x']")
+
+
+def test_legacy_factoring_is_the_logical_one():
+  """Checkpoints written before the T5X layout: rows from the logical axes, size threshold on
+  every rank (kept to recognise them, see checkpointing.check_optimizer_layout)."""
+  rules = opt_lib.STANDARD_LOGICAL_FACTOR_RULES
+  old = opt_lib.factoring_before_t5x_layout((512, 384), ("embed", "joined_kv"), rules, 128)
+  assert (old.row_dims, old.col_dims) == ((0,), (1,))
+  assert not opt_lib.factoring_before_t5x_layout((8, 2, 16), ("embed", "layers", "mlp"),
+                                                 rules, 128).factored
+
+
+def test_convert_second_moment_between_layouts():
+  rng = np.random.default_rng(3)
+  v = rng.random((6, 4)).astype(np.float32) + 0.1
+  rows0 = opt_lib.Factoring((0,), (1,), (), 2)
+  rows1 = opt_lib.Factoring((1,), (0,), (), 2)
+  full = opt_lib.Factoring((), (), (), 2)
+  from_full = opt_lib.convert_second_moment({"v": v}, full, rows0, (6, 4))
+  np.testing.assert_allclose(from_full["v_row"], v.mean(axis=1))
+  np.testing.assert_allclose(from_full["v_col"], v.mean(axis=0))
+  swapped = opt_lib.convert_second_moment(from_full, rows0, rows1, (6, 4))
+  np.testing.assert_array_equal(swapped["v_row"], from_full["v_col"])
+  np.testing.assert_array_equal(swapped["v_col"], from_full["v_row"])
+  with pytest.raises(ValueError, match="cannot be recovered"):
+    opt_lib.convert_second_moment(from_full, rows0, full, (6, 4), "w")
 
 
 def test_scanned_parameter_updates_like_its_layers():

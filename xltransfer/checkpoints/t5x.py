@@ -12,7 +12,10 @@ Three on-disk formats are read, detected from the files present:
 
 Parameters are read array by array straight into their target sharding: each device's shard is
 read from storage on its own (`jax.make_array_from_callback`), so a 13B checkpoint never needs
-a full host copy. The optimizer state is not imported: fine-tuning starts a fresh optimizer.
+a full host copy. `load_params` reads the parameters only; the Adafactor state
+(`param_states/<param>/{v_row,v_col,v,m}`) and the step are exposed by `param_slots`,
+`locate_param` and `step` for the trainer, which restores them (xltransfer/train/checkpointing.py
+`load_initial_state`), as T5X's fine-tuning does.
 """
 import dataclasses
 import functools
@@ -39,6 +42,10 @@ _ORBAX_STATE_ITEM = "state"
 # Where the parameters and the optimizer state sit, per format (legacy first).
 _PARAM_PREFIXES = ("optimizer/target/", "target/")
 _STATE_PREFIXES = ("optimizer/state/", "state/")
+# T5X `adafactor._AdafactorParamState`: the per-parameter slots under `param_states/<param>/`.
+ADAFACTOR_SLOTS = ("v_row", "v_col", "v", "m")
+_UNSCANNED_LAYER = re.compile(r"layers_(\d+)")
+_SCANNED_LAYER = "layers"
 # T5X before version 3 wrote bfloat16 arrays to tensorstore as their uint16 bit patterns.
 _NATIVE_BFLOAT16_VERSION = 3
 
@@ -336,6 +343,18 @@ class T5XCheckpoint:
     step = self._state_prefix + "step"
     return sorted(n for n in self._arrays if n.startswith(self._state_prefix) and n != step)
 
+  def param_slots(self) -> Dict[str, Dict[str, Any]]:
+    """The Adafactor state per parameter: {param name: {slot: array source}}, slots from
+    `ADAFACTOR_SLOTS`, in the checkpoint's own layout (T5X stores (1,) for an unused slot)."""
+    prefix = self._state_prefix + "param_states/"
+    slots: Dict[str, Dict[str, Any]] = {}
+    for name, array in self._arrays.items():
+      if name.startswith(prefix):
+        param, _, slot = name[len(prefix):].rpartition("/")
+        if param and slot in ADAFACTOR_SLOTS:
+          slots.setdefault(param, {})[slot] = array
+    return slots
+
   @functools.cached_property
   def step(self) -> Optional[int]:
     """The training step the checkpoint was written at, or None if it does not say."""
@@ -398,28 +417,56 @@ class T5XCheckpoint:
       raise CheckpointError(
           f"shardings given for names that the model does not have: {', '.join(unknown)}")
 
-    self._log_dropped_optimizer_state()
+    self._log_unread_optimizer_state()
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     loaded = {}
     for name, source in sources.items():
       sharding = given.get(name) or own_shardings.get(name) or default
-      loaded[name] = _to_device(source, dtypes[name], sharding)
+      loaded[name] = to_device(source, dtypes[name], sharding)
     logger.info("Loaded %d parameters from T5X checkpoint %s (%s format, step %s).",
                 len(loaded), self.path, self.format, self.step)
     return tree_utils.unflatten_tree(loaded)
 
-  def _log_dropped_optimizer_state(self):
-    dropped = self.optimizer_state_names()
-    if dropped:
+  def _log_unread_optimizer_state(self):
+    unread = self.optimizer_state_names()
+    if unread:
       logger.info(
-          "Dropping the optimizer state in T5X checkpoint %s (%d arrays under %s, e.g. %s): "
-          "xltransfer initialises a fresh optimizer for fine-tuning, as T5X does when it "
-          "restores only the parameters.", self.path, len(dropped), self._state_prefix,
-          dropped[0])
+          "Reading the parameters only of T5X checkpoint %s: its optimizer state (%d arrays "
+          "under %s, e.g. %s) is left for the trainer, which restores it with the step when it "
+          "fine-tunes from the checkpoint (unless xltransfer.train.train."
+          "restore_optimizer_state = False).", self.path, len(unread), self._state_prefix,
+          unread[0])
 
 
-def _to_device(source, dtype, sharding) -> jax.Array:
-  """Builds the global array shard by shard; each callback reads only its own slice."""
+def locate_param(name: str, available) -> Optional[Tuple[str, Any, Optional[int]]]:
+  """Where a model parameter's data lies among the checkpoint's parameter names.
+
+  Returns ("same", name, None), ("stacked", [layers_0 name, layers_1 name, ...], None) for a
+  scanned model parameter stored as unscanned layers, ("layer", scanned name, i) for layer i
+  of an unscanned model parameter stored scanned, or None.
+  """
+  if name in available:
+    return "same", name, None
+  parts = name.split("/")
+  for position, part in enumerate(parts):
+    found = _UNSCANNED_LAYER.fullmatch(part)
+    if part == _SCANNED_LAYER:
+      layers = []
+      while True:
+        candidate = "/".join(parts[:position] + [f"layers_{len(layers)}"] + parts[position + 1:])
+        if candidate not in available:
+          break
+        layers.append(candidate)
+      return ("stacked", layers, None) if layers else None
+    if found:
+      scanned = "/".join(parts[:position] + [_SCANNED_LAYER] + parts[position + 1:])
+      return ("layer", scanned, int(found.group(1))) if scanned in available else None
+  return None
+
+
+def to_device(source, dtype, sharding) -> jax.Array:
+  """Builds the global array from an array source (`.shape`, `.read(index)`) shard by shard;
+  each callback reads only its own slice."""
   dtype = np.dtype(dtype)
   # Local devices that hold the same slice (replicas) share one read from storage.
   slices_read = {}

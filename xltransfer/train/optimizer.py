@@ -1,11 +1,22 @@
 """Adafactor as T5X configures it, as an optax `GradientTransformation`.
 
-Second moments are factored along *logical* axes (`embed` rows × `vocab`/`mlp`/`joined_kv`
-columns, `layers` kept as a batch dimension), so a scanned parameter [embed, layers, mlp]
-gets per-layer statistics, clipping and parameter scale exactly like its unscanned layers:
-the result does not depend on `scan_layers`. optax covers the rest of the chain: the learning
-rate schedule, momentum (an EMA of the scaled update, as T5X's beta1) and optional global-norm
-clipping.
+Second moments are factored exactly as T5X's `adafactor.Adafactor` with
+`logical_factor_rules = standard_logical_factor_rules()` (its mT5/T5.1.1 configs), so the
+stored `v_row`/`v_col` of a T5X checkpoint map 1:1 onto ours (`factoring_for`):
+  * a parameter of rank <= 2 without a batch axis (every unscanned kernel) ignores its logical
+    axes, as T5X's `_parse_rule` falls back to `_factored_dims`: the smaller dimension is the
+    row (v_row keeps it), the larger the column (ties: dimension 0 is the row), and it is
+    factored only if the smaller one has at least `min_dim_size_to_factor` entries;
+  * any other parameter (scanned [embed, layers, mlp] ...) is factored along its logical axes
+    (`embed` rows, `vocab`/`mlp`/`joined_kv`/`heads`/`kv` columns, `layers` a batch axis),
+    whatever its sizes: T5X applies no `min_dim_size_to_factor` on this path.
+Row and column means are the same statistics whichever dim is called the row, so where a
+scanned layer and its unscanned twin are both factored (every mT5 size) their updates are
+equal up to float rounding and only where v_row/v_col are stored differs, as in T5X. A scanned
+kernel under `min_dim_size_to_factor` is factored while its unscanned twin keeps a full v (as in
+T5X), so for such small models scanning changes the update. optax covers the rest of the
+chain: the learning rate schedule, momentum (an EMA of the scaled update, as T5X's beta1, with
+the opposite sign: optax's updates are negative) and optional global-norm clipping.
 
 Per parameter (T5X `adafactor.Adafactor.apply_param_gradient`):
   decay      = 1 - (count - step_offset + 1) ** -decay_rate
@@ -14,7 +25,7 @@ Per parameter (T5X `adafactor.Adafactor.apply_param_gradient`):
   update     = -lr * max(ε2, RMS(param)) * y                 (multiply_by_parameter_scale)
 """
 import dataclasses
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import gin
 import jax
@@ -28,20 +39,28 @@ from xltransfer.errors import ConfigError
 ROW, COLUMN, BATCH, NONE = "row", "column", "batch", "none"
 
 # T5X `adafactor.standard_logical_factor_rules`: which logical axes are rows, columns or
-# batch dimensions of the factored second moment.
+# batch dimensions of the factored second moment (plus axes of ours T5X's list lacks).
 STANDARD_LOGICAL_FACTOR_RULES = {
     "vocab": COLUMN, "embed": ROW, "mlp": COLUMN, "heads": COLUMN, "kv": COLUMN,
-    "joined_kv": COLUMN, "relpos_buckets": NONE, "abspos_buckets": NONE, "layers": BATCH,
-    "stack": BATCH, "batch": BATCH, "length": NONE, "mlp_activations": NONE,
+    "joined_kv": COLUMN, "relpos_buckets": NONE, "layers": BATCH, "stack": BATCH,
+    "q_wi_fused": COLUMN, "o_wo_fused": COLUMN, "multiquery_heads": COLUMN,
+    "kv_fused": COLUMN, "layer_norm_scale": NONE, "mlp_activations": COLUMN,
+    # Not in T5X's list (they never name a T5X parameter axis).
+    "abspos_buckets": NONE, "batch": BATCH, "length": NONE,
 }
+
+# How `progress` of our own checkpoints names the layout of their factored second moments;
+# checkpoints without it were written with `factoring_before_t5x_layout`.
+STATE_LAYOUT = "t5x"
 
 
 @dataclasses.dataclass(frozen=True)
 class Factoring:
   """How one parameter's second moment is stored.
 
-  `row_dims`/`col_dims` empty means unfactored. Statistics (parameter scale, update RMS) are
-  averaged over every dimension except `batch_dims`.
+  `row_dims`/`col_dims` empty means unfactored. v_row keeps every dimension but the column
+  dims (it is the mean over them), v_col every dimension but the row dims. Statistics
+  (parameter scale, update RMS) are averaged over every dimension except `batch_dims`.
   """
   row_dims: Tuple[int, ...]
   col_dims: Tuple[int, ...]
@@ -56,15 +75,44 @@ class Factoring:
   def averaging_dims(self) -> Tuple[int, ...]:
     return tuple(d for d in range(self.ndim) if d not in self.batch_dims)
 
+  def slot_shapes(self, shape) -> Dict[str, Tuple[int, ...]]:
+    """Shapes of the stored v_row, v_col and v (T5X stores (1,) for an unused slot)."""
+    shape = tuple(int(n) for n in shape)
+    if self.factored:
+      return {"v_row": _drop_dims(shape, self.col_dims),
+              "v_col": _drop_dims(shape, self.row_dims), "v": (1,)}
+    return {"v_row": (1,), "v_col": (1,), "v": shape}
 
-def factoring_for(shape, logical_axes, rules: Dict[str, str], min_dim_size_to_factor: int,
-                  factored: bool = True, path: str = "") -> Factoring:
-  """The factoring of a parameter from its logical axes.
+  def slot_axis(self, slot: str, dim: int) -> int:
+    """Where parameter dimension `dim` sits in `slot` (which must keep it)."""
+    dropped = {"v_row": self.col_dims, "v_col": self.row_dims, "v": ()}[slot]
+    if dim in dropped:
+      raise ValueError(f"{slot} of {self} does not keep dimension {dim}")
+    return dim - sum(d < dim for d in dropped)
 
-  As in T5X, a parameter is factored only if it has both a ROW and a COLUMN axis, and (as the
-  T5X heuristic for rank-2 parameters) only if the smallest factored dimension has at least
-  `min_dim_size_to_factor` entries; small matrices keep a full second moment.
-  """
+  def without_dim(self, dim: int) -> "Factoring":
+    """The factoring of one slice along `dim` (a scanned parameter's layer)."""
+    def shift(dims):
+      return tuple(d - (d > dim) for d in dims if d != dim)
+    return Factoring(shift(self.row_dims), shift(self.col_dims), shift(self.batch_dims),
+                     self.ndim - 1)
+
+
+UNFACTORED = ()
+
+
+def _heuristic_factoring(shape, min_dim_size_to_factor: int) -> Tuple[Tuple[int, ...], ...]:
+  """T5X `Adafactor._factored_dims`: the two largest dims, the smaller as the row."""
+  if len(shape) < 2:
+    return UNFACTORED
+  # A stable sort, as numpy's for T5X's two dims: equal sizes keep dim 0 as the row.
+  order = np.argsort(np.asarray(shape), kind="stable")
+  if shape[order[-2]] < min_dim_size_to_factor:
+    return UNFACTORED
+  return (int(order[-2]),), (int(order[-1]),)
+
+
+def _axis_kinds(shape, logical_axes, rules, path):
   ndim = len(shape)
   if logical_axes is None or len(logical_axes) != ndim:
     raise ConfigError(f"parameter {path} of shape {tuple(shape)} has logical axes "
@@ -75,6 +123,46 @@ def factoring_for(shape, logical_axes, rules: Dict[str, str], min_dim_size_to_fa
       raise ConfigError(f"no Adafactor factor rule for logical axis {name!r} of parameter "
                         f"{path}; add it to adafactor.logical_factor_rules")
     kinds.append(rules[name])
+  return kinds
+
+
+def factoring_for(shape, logical_axes, rules: Dict[str, str], min_dim_size_to_factor: int,
+                  factored: bool = True, path: str = "") -> Factoring:
+  """The factoring T5X's Adafactor (with logical factor rules) gives a parameter.
+
+  T5X `Adafactor.set_param_axes` turns the logical axes into a rule (a rule with rows and
+  columns and an unfactored axis is an error; one lacking rows or columns factors nothing),
+  then `_parse_rule` ignores the rule for rank <= 2 parameters without a batch axis and uses
+  the size heuristic `_factored_dims`. Otherwise the rule decides, with no size threshold.
+  `factored=False` stores a full second moment for every parameter; unlike T5X we still
+  keep the batch (layer) axes out of the averages, so scanning never changes the update.
+  """
+  kinds = _axis_kinds(shape, logical_axes, rules, path)
+  ndim = len(shape)
+  batch_dims = tuple(i for i, k in enumerate(kinds) if k == BATCH)
+  if not factored:
+    return Factoring((), (), batch_dims, ndim)
+  if ROW in kinds and COLUMN in kinds and NONE in kinds:
+    raise ConfigError(
+        f"parameter {path}: logical axes {tuple(logical_axes)} give Adafactor rows, columns "
+        f"and an unfactored axis ({tuple(kinds)}); T5X rejects this incomplete factor rule. "
+        "Fix adafactor.logical_factor_rules")
+  if ndim <= 2 and not batch_dims:
+    dims = _heuristic_factoring(tuple(int(n) for n in shape), min_dim_size_to_factor)
+    return Factoring(*(dims or ((), ())), (), ndim)
+  if ROW not in kinds or COLUMN not in kinds:
+    return Factoring((), (), batch_dims, ndim)
+  return Factoring(tuple(i for i, k in enumerate(kinds) if k == ROW),
+                   tuple(i for i, k in enumerate(kinds) if k == COLUMN), batch_dims, ndim)
+
+
+def factoring_before_t5x_layout(shape, logical_axes, rules: Dict[str, str],
+                                min_dim_size_to_factor: int, factored: bool = True,
+                                path: str = "") -> Factoring:
+  """How xltransfer factored before it followed T5X's layout (checkpoints whose `progress`
+  has no `optimizer_state_layout`): rows and columns from the logical axes for every rank,
+  factored when the smaller of the two has at least `min_dim_size_to_factor` entries."""
+  kinds = _axis_kinds(shape, logical_axes, rules, path)
   batch_dims = tuple(i for i, k in enumerate(kinds) if k == BATCH)
   row_dims = tuple(i for i, k in enumerate(kinds) if k == ROW)
   col_dims = tuple(i for i, k in enumerate(kinds) if k == COLUMN)
@@ -83,7 +171,39 @@ def factoring_for(shape, logical_axes, rules: Dict[str, str], min_dim_size_to_fa
       int(np.prod([shape[d] for d in col_dims]))) >= min_dim_size_to_factor
   if not (factored and big_enough):
     row_dims, col_dims = (), ()
-  return Factoring(row_dims, col_dims, batch_dims, ndim)
+  return Factoring(row_dims, col_dims, batch_dims, len(shape))
+
+
+def convert_second_moment(stored: Dict[str, np.ndarray], stored_factoring: Factoring,
+                          factoring: Factoring, shape, name: str = "") -> Dict[str, np.ndarray]:
+  """Re-expresses one parameter's stored second moment (v_row, v_col, v) in `factoring`.
+
+  Exact whenever possible: the same or swapped row/column dims map slot to slot, and a full
+  v gives any factoring's row/column means (v is a linear EMA of g² + ε1, so its means are
+  the EMAs of the means). A factored moment cannot become a full one: that raises ValueError.
+  """
+  placeholder = np.zeros((1,), np.float32)
+  if not stored_factoring.factored:
+    v = np.asarray(stored["v"], np.float32)
+    if not factoring.factored:
+      return {"v_row": placeholder, "v_col": placeholder, "v": v}
+    return {"v_row": v.mean(axis=factoring.col_dims), "v_col": v.mean(axis=factoring.row_dims),
+            "v": placeholder}
+  if not factoring.factored:
+    raise ValueError(f"{name}: the stored second moment of shape {tuple(shape)} is factored "
+                     f"(v_row {np.shape(stored['v_row'])}, v_col {np.shape(stored['v_col'])}) "
+                     "but this optimizer keeps it whole; a full v cannot be recovered")
+  # Each stored factor is the mean over one set of dims.
+  means_over = {frozenset(stored_factoring.col_dims): stored["v_row"],
+                frozenset(stored_factoring.row_dims): stored["v_col"]}
+  out = {"v": placeholder}
+  for slot, over in (("v_row", factoring.col_dims), ("v_col", factoring.row_dims)):
+    if frozenset(over) not in means_over:
+      raise ValueError(f"{name}: the stored second moment is factored over rows "
+                       f"{stored_factoring.row_dims} / columns {stored_factoring.col_dims}; "
+                       f"this optimizer's {slot} needs the mean over dims {over}")
+    out[slot] = np.asarray(means_over[frozenset(over)], np.float32)
+  return out
 
 
 class FactoredRmsState(NamedTuple):
@@ -183,7 +303,10 @@ class Adafactor:
   """T5X's Adafactor hyper-parameters; `create` builds the optax transformation for a model.
 
   Defaults are those of T5X's mT5/T5.1.1 configs: factored, decay_rate 0.8, update clipping
-  1.0, parameter scaling, no momentum.
+  1.0, parameter scaling, no momentum. The second-moment decay counts steps as T5X does: the
+  update from a state at step t (T5X's `state.step`, our counter; restored from a T5X
+  checkpoint it is the checkpoint's step) uses 1 - (t - step_offset + 1) ** -decay_rate, so
+  `step_offset` = the checkpoint's step restarts the estimates for fine-tuning (T5X's meaning).
   """
   decay_rate: float = 0.8
   step_offset: int = 0
@@ -198,12 +321,19 @@ class Adafactor:
   global_norm_clip_threshold: Optional[float] = None
   logical_factor_rules: Optional[Dict[str, str]] = None
 
-  def factorings(self, abstract_params, param_axes):
+  def factor_rule(self, legacy: bool = False):
+    """`(shape, logical_axes, path) -> Factoring` with these hyper-parameters; `legacy` gives
+    the layout of checkpoints written before xltransfer followed T5X's."""
     rules = dict(STANDARD_LOGICAL_FACTOR_RULES, **(self.logical_factor_rules or {}))
+    rule = factoring_before_t5x_layout if legacy else factoring_for
+    return lambda shape, axes, path="": rule(tuple(shape), tuple(axes), rules,
+                                             self.min_dim_size_to_factor, self.factored, path)
+
+  def factorings(self, abstract_params, param_axes, legacy: bool = False):
+    rule = self.factor_rule(legacy)
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
     axes = treedef.flatten_up_to(param_axes)
-    out = [factoring_for(p.shape, tuple(a), rules, self.min_dim_size_to_factor, self.factored,
-                         jax.tree_util.keystr(path)) for (path, p), a in zip(flat, axes)]
+    out = [rule(p.shape, a, jax.tree_util.keystr(path)) for (path, p), a in zip(flat, axes)]
     return jax.tree.unflatten(treedef, out)
 
   def create(self, learning_rate, abstract_params, param_axes) -> "Optimizer":
@@ -219,7 +349,9 @@ class Adafactor:
       # T5X's beta1: m = beta1 * m + (1 - beta1) * (lr-scaled update), no bias correction.
       parts.append(optax.ema(self.momentum, debias=False,
                              accumulator_dtype=jnp.dtype(self.dtype_momentum)))
-    return Optimizer(optax.chain(*parts), factorings, learning_rate)
+    return Optimizer(optax.chain(*parts), factorings, learning_rate, self.factor_rule(),
+                     self.factorings(abstract_params, param_axes, legacy=True),
+                     self.momentum is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +360,12 @@ class Optimizer:
   transform: optax.GradientTransformation
   factorings: Any
   learning_rate: Any
+  # `(shape, logical_axes, path) -> Factoring`: how T5X would factor a parameter of that shape
+  # with these hyper-parameters (for reading a T5X checkpoint's per-layer state).
+  factor_rule: Optional[Callable] = None
+  # The factorings of checkpoints written before xltransfer followed T5X's layout.
+  legacy_factorings: Any = None
+  has_momentum: bool = False
 
   def init(self, params):
     return self.transform.init(params)
@@ -254,6 +392,39 @@ class Optimizer:
       if isinstance(node, (dict, list)):
         raise TypeError(f"unexpected optimizer state container {type(node)}")
       return jax.tree.map(lambda _: PartitionSpec(), node)
+
+    return visit(abstract_state)
+
+  def legacy_layout_changes(self):
+    """Parameters whose second moment an old (pre-T5X-layout) checkpoint stores differently:
+    [(name, old Factoring, current Factoring)]."""
+    if self.legacy_factorings is None:
+      return []
+    is_factoring = lambda x: isinstance(x, Factoring)
+    flat, _ = jax.tree_util.tree_flatten_with_path(self.factorings, is_leaf=is_factoring)
+    old = jax.tree.leaves(self.legacy_factorings, is_leaf=is_factoring)
+    name = lambda path: "/".join(str(getattr(k, "key", k)) for k in path)
+    return [(name(path), o, f) for (path, f), o in zip(flat, old)
+            if (o.row_dims, o.col_dims) != (f.row_dims, f.col_dims)]
+
+  def state_with(self, abstract_state, step: int, v_row, v_col, v, momentum=None):
+    """An optimizer state like `abstract_state` (from `jax.eval_shape(init)`) holding the given
+    second moments and momentum (trees like the params; momentum None: the abstract leaves
+    stay, meaning zeros), every counter at `step`. Leaves are kept as given (host arrays or
+    lazy sources): placing them on devices is the caller's."""
+    def visit(node):
+      if isinstance(node, FactoredRmsState):
+        return FactoredRmsState(np.asarray(step, node.count.dtype), v_row, v_col, v)
+      if isinstance(node, optax.EmaState):
+        ema = momentum if momentum is not None else node.ema
+        return optax.EmaState(count=np.asarray(step, node.count.dtype), ema=ema)
+      if isinstance(node, optax.ScaleByScheduleState):
+        return optax.ScaleByScheduleState(count=np.asarray(step, node.count.dtype))
+      if isinstance(node, optax.EmptyState):
+        return node
+      if isinstance(node, tuple) and not hasattr(node, "_fields"):
+        return tuple(visit(child) for child in node)
+      raise TypeError(f"no rule to restore optimizer state {type(node).__name__}")
 
     return visit(abstract_state)
 

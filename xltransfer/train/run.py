@@ -1,10 +1,13 @@
 """`train()`: one training run from its gin configuration to its last checkpoint.
 
-Start-up decides where the parameters come from (MODEL_DIR's latest checkpoint, else
-INITIAL_CHECKPOINT_PATH, else random) and says why. The loop trains, logs, evaluates every
-`eval_period` steps, checkpoints every `CheckpointManager.period` steps, writes a checkpoint
-and stops cleanly on SIGTERM, and stops on a non-finite loss without overwriting the last
-good checkpoint.
+Start-up decides where the state comes from (MODEL_DIR's latest checkpoint, else
+INITIAL_CHECKPOINT_PATH, else random) and says why. From a T5X INITIAL_CHECKPOINT_PATH the
+run restores the parameters, the Adafactor state and the step, as T5X's fine-tuning does, so
+TRAIN_STEPS counts the checkpoint's steps too (1,000,000 + N for N fine-tuning steps from the
+released mT5); `restore_optimizer_state=False` loads only the parameters and starts a fresh
+optimizer at step 0. The loop trains, logs, evaluates every `eval_period` steps, checkpoints
+every `CheckpointManager.period` steps, writes a checkpoint and stops cleanly on SIGTERM, and
+stops on a non-finite loss without overwriting the last good checkpoint.
 """
 import hashlib
 import json
@@ -18,6 +21,7 @@ import gin
 import jax
 import numpy as np
 
+from xltransfer.data import vocab_check
 from xltransfer.errors import CheckpointError, ConfigError, UserError
 from xltransfer.partitioning import create_partitioner
 from xltransfer.train import checkpointing
@@ -108,13 +112,18 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
           partitioner=None, checkpoint_manager: Optional[Callable] = None,
           num_microbatches: int = 1, log_period: int = 100, random_seed: int = 0,
           inference_evaluator: Optional[Callable] = None,
-          record_input_digests: bool = False) -> Dict[str, Any]:
+          record_input_digests: bool = False,
+          restore_optimizer_state: bool = True) -> Dict[str, Any]:
   """Trains `model` on `train_dataset` for `total_steps` steps (T5X's `train.train`).
 
   `inference_evaluator(step=, params=, model=) -> {name: value}` is called after each
   teacher-forced evaluation (decoding-based metrics plug in here). With
   `record_input_digests` every process appends a hash of each of its batches to
   MODEL_DIR/input_digests-<process>.jsonl (to audit which data a run saw).
+  `restore_optimizer_state` (T5X INITIAL_CHECKPOINT_PATH only, and only when MODEL_DIR has no
+  checkpoint): True restores the checkpoint's Adafactor state and step with its parameters
+  and the run trains from that step up to `total_steps` (which must exceed it); False loads
+  its parameters only, a fresh optimizer at step 0, `total_steps` counting fine-tuning steps.
   Returns {"status": "completed" | "preempted", "step": last step, "metrics": last logged}.
   """
   if not isinstance(total_steps, int) or total_steps <= 0:
@@ -129,6 +138,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
   input_lib._require_registered(train_dataset.mixture_or_task_name)  # pylint: disable=protected-access
   if eval_dataset is not None:
     input_lib._require_registered(eval_dataset.mixture_or_task_name)  # pylint: disable=protected-access
+  vocab_check.check_model_vocabulary(model, train_dataset, eval_dataset, inference_evaluator)
   if initial_checkpoint_path and not initial_checkpoint_path.startswith("gs://") and (
       not os.path.exists(initial_checkpoint_path)):
     raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: no such file or "
@@ -145,17 +155,18 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
   if latest is not None:
     manager.check_identity(latest, identity)
     state, position = manager.restore(latest, trainer.abstract_state, trainer.state_shardings,
-                                      train_dataset.batch_size)
+                                      train_dataset.batch_size, optimizer=trainer.optimizer)
     why = (f"; INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} is not loaded because the run "
            "already has its own checkpoint" if initial_checkpoint_path else "")
     logging.info("resuming from MODEL_DIR's latest checkpoint %s (step %d, input position %d)%s",
                  manager.step_dir(latest), latest, position, why)
   elif initial_checkpoint_path:
-    params, kind = checkpointing.load_initial_params(initial_checkpoint_path, model,
-                                                     trainer.state_shardings.params)
-    state, position = trainer.state_from_params(params), 0
-    logging.info("MODEL_DIR %s has no checkpoint: starting from INITIAL_CHECKPOINT_PATH (%s); "
-                 "optimizer state starts fresh at step 0", model_dir, kind)
+    initial = checkpointing.load_initial_state(initial_checkpoint_path, model, trainer,
+                                               restore_optimizer_state, total_steps)
+    state, position = initial.state, 0
+    logging.info("MODEL_DIR %s has no checkpoint: starting from INITIAL_CHECKPOINT_PATH (%s): "
+                 "%s; training runs from step %d to TRAIN_STEPS %d", model_dir,
+                 initial.description, initial.restored, int(fetch(state.step)), total_steps)
   else:
     state, position = trainer.init_state(random_seed), 0
     logging.info("MODEL_DIR %s has no checkpoint and no INITIAL_CHECKPOINT_PATH is set: "

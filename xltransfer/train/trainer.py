@@ -80,6 +80,11 @@ class Trainer:
     step = jax.device_put(np.int32(0), self.state_shardings.step)
     return TrainState(step=step, params=params, opt_state=init_opt(params))
 
+  def state_from_restored(self, params, opt_state, step: int) -> TrainState:
+    """The state around already sharded params and optimizer state restored at `step`."""
+    return TrainState(step=jax.device_put(np.int32(step), self.state_shardings.step),
+                      params=params, opt_state=opt_state)
+
   def sharded_abstract_state(self) -> TrainState:
     """The state as `jax.ShapeDtypeStruct`s that carry their shardings (nothing allocated)."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
