@@ -26,6 +26,37 @@ def test_nli_reads_labels_aliases_and_unlabeled_test_files():
   assert test[0]["label"] == "" and test[0]["premise"].startswith("وقال")
 
 
+def test_nli_quoted_files_undo_csv_quoting_and_report_bad_quoting(tmp_path):
+  """XTREME-R writes its xnli/ files with csv.writer (xnli_preprocess): CRLF, `"` quoting."""
+  path = _write(tmp_path, "q.tsv", '"He said ""hi"""\tHe spoke.\tentailment\r\nA\tB\tneutral\r\n')
+  rows = readers.read_nli_tsv(path, quoted=True)
+  assert [r["premise"] for r in rows] == ['He said "hi"', "A"]
+  assert readers.read_nli_tsv(path)[0]["premise"] == '"He said ""hi"""'  # user files: literal
+  bad = _write(tmp_path, "bad.tsv", 'a\tb\tneutral\n"unclosed\tb\tneutral\n')
+  with pytest.raises(DataFormatError, match="expected 2 or 3|bad quoting"):
+    readers.read_nli_tsv(bad, quoted=True)
+
+
+def test_original_release_readers_name_bad_lines(tmp_path):
+  xnli = _write(tmp_path, "xnli.test.tsv", "language\tgold_label\tsentence1\tsentence2\n"
+                "en\tmaybe\ta\tb\n")
+  with pytest.raises(DataFormatError, match=r"xnli\.test\.tsv:2: unknown label 'maybe'"):
+    readers.read_xnli_release(xnli, "en")
+  no_header = _write(tmp_path, "x.tsv", "language\tlabel\ta\tb\n")
+  with pytest.raises(DataFormatError, match="header lacks column 'gold_label'"):
+    readers.read_xnli_release(no_header, "en")
+  good = _write(tmp_path, "g.tsv", "language\tgold_label\tsentence1\tsentence2\nen\tneutral\ta\tb\n")
+  with pytest.raises(DataFormatError, match="no rows for language 'de'; it has en"):
+    readers.read_xnli_release(good, "de")
+  panx = _write(tmp_path, "test", "en:Paris\tB-CITY\n")
+  with pytest.raises(DataFormatError, match="test:1: unknown tag 'B-CITY'"):
+    readers.read_panx_release(panx)
+  tydi = _write(tmp_path, "t.json", '{"data": [{"paragraphs": [{"context": "c", "qas": '
+                '[{"id": "english-1-0", "question": "q", "answers": []}]}]}]}')
+  with pytest.raises(DataFormatError, match="no question id starts with 'korean-'"):
+    readers.read_tydiqa_release(tydi, "ko")
+
+
 def test_tagged_files_split_sentences_on_blank_lines():
   dev = readers.read_udpos(os.path.join(XTREME, "udpos", "dev-hi.tsv"))
   assert [len(ex["tokens"]) for ex in dev] == [4, 3]
@@ -109,9 +140,9 @@ def test_unknown_language_names_the_valid_codes():
 
 def test_tatoeba_pairs_sentences_with_their_translations():
   rs = retrieval.load_tatoeba(XTREME, "ru")
-  assert rs.queries == ["Я голоден.", "Где вокзал?"]
-  assert rs.candidates == ["I am hungry.", "Where is the station?"]
-  assert rs.gold == [{0}, {1}]
+  assert rs.queries == ["Я голоден.", "Где вокзал?", "Спокойной ночи."]
+  assert rs.candidates == ["I am hungry.", "Where is the station?", "Good night."]
+  assert rs.gold == [{0}, {1}, {2}] and rs.provenance.labelled
 
 
 def test_tatoeba_unaligned_files_name_both(tmp_path):
@@ -124,10 +155,23 @@ def test_tatoeba_unaligned_files_name_both(tmp_path):
 
 def test_mewslix_queries_mark_the_mention_and_point_at_candidates():
   rs = retrieval.load_mewslix(XTREME, "en", "dev")
-  assert rs.queries[0] == "Fans of the [Denver Broncos] celebrated in Santa Clara."
+  # XTREME-R's baseline (third_party/utils_mewslix.py): the mention, then its sentence with
+  # the mention in `{ }`; candidates are descriptions without their titles.
+  assert rs.queries[0] == "Denver Broncos: Fans of the { Denver Broncos } celebrated in Santa Clara."
   assert rs.gold == [{"Q1"}, {"Q3"}]
   assert rs.candidate_ids == ["Q1", "Q2", "Q3"]
-  assert rs.candidates[1].startswith("東京: ")
+  assert rs.candidates[1] == "東京都は日本の首都である。"
+
+
+def test_mewslix_spans_may_be_objects_or_pairs(tmp_path):
+  """The release writes {"start", "end"} objects; [start, end] pairs are read the same."""
+  line = ('{"context": {"language": "en", "text": "Go Paris.", "sentence_spans": %s}, '
+          '"mentions": [{"example_id": "1", "entity_id": "Q90", '
+          '"mention_span": {"text": "Paris", "start": 3, "end": 8}}]}\n')
+  objects = _write(tmp_path, "a.jsonl", line % '[{"start": 0, "end": 9}]')
+  pairs = _write(tmp_path, "b.jsonl", line % "[[0, 9]]")
+  assert (retrieval.read_mewslix_mentions(objects) == retrieval.read_mewslix_mentions(pairs)
+          != [])
 
 
 def test_lareqa_gold_is_the_answer_sentence_in_every_language(tmp_path):

@@ -1,10 +1,20 @@
-"""Readers for the file formats of the XTREME-R download layout and the user-supplied files.
+"""Readers for the file formats of the XTREME-R download layout, the original releases of its
+eval sets, and the user-supplied files.
 
 Each reader takes a path and returns a list of plain-Python example dicts. A malformed line
 (bad JSON, missing field, unknown label, tag/token count mismatch) raises DataFormatError with
 the file and line; JSON documents (SQuAD format) name the JSON location of a bad record.
+
+The XTREME-R download hides the test gold (google-research/xtreme utils_preprocess.py). The
+`*_no_gold` functions recognise such a file from its examples and return (examples with the
+placeholder gold blanked, a reason naming the file), or (examples, None) when they carry gold;
+readers never raise on them, because the leaderboard submission is made from their predictions.
 """
+import csv
+import functools
 import json
+import logging
+import os
 import re
 
 from xltransfer.errors import DataFormatError
@@ -30,10 +40,24 @@ def _tsv_rows(path):
         yield number, line.split("\t")
 
 
-def read_nli_tsv(path, labels=NLI_LABELS):
-  """`premise\\thypothesis\\tlabel` lines; a test file may leave out the label column."""
+def _csv_tsv_rows(path):
+  """(line number, columns) of a TSV file written by Python's csv.writer (XTREME-R's XNLI
+  files: `"` quoting where a field holds a quote, CRLF line ends)."""
+  with _open(path) as f:
+    rows = csv.reader(f, delimiter="\t")
+    try:
+      for cols in rows:
+        if cols and any(cols):
+          yield rows.line_num, cols
+    except csv.Error as e:
+      raise DataFormatError(path, rows.line_num, f"bad quoting: {e}") from None
+
+
+def read_nli_tsv(path, labels=NLI_LABELS, quoted=False):
+  """`premise\\thypothesis\\tlabel` lines; a test file may leave out the label column.
+  `quoted`: the file was written by csv.writer (XTREME-R's xnli/ files), so `"` quotes."""
   examples = []
-  for number, cols in _tsv_rows(path):
+  for number, cols in (_csv_tsv_rows(path) if quoted else _tsv_rows(path)):
     if len(cols) not in (2, 3):
       raise DataFormatError(path, number, f"expected 2 or 3 tab-separated fields, got {len(cols)}")
     label = cols[2].strip() if len(cols) == 3 else ""
@@ -261,3 +285,258 @@ def read_aligned_lines(path_a, path_b):
     raise DataFormatError(path_a, min(len(a), len(b)) + 1,
                           f"has {len(a)} lines but its aligned file {path_b} has {len(b)}")
   return list(zip(a, b))
+
+
+# -- Gold checks: the XTREME-R download's stripped files ----------------------------------------
+
+HIDDEN = "the XTREME-R download hides this gold (google-research/xtreme utils_preprocess.py, {})"
+
+
+def nli_no_gold(examples, path):
+  if examples and all(ex["label"] == "" for ex in examples):
+    return examples, f"{path} has no label column; " + HIDDEN.format("xnli_preprocess")
+  return examples, None
+
+
+def tags_no_gold(examples, path):
+  if examples and all(not ex["tags"] for ex in examples):
+    return examples, (f"{path} has tokens without tags; "
+                      + HIDDEN.format("udpos_preprocess / panx_preprocess"))
+  return examples, None
+
+
+def qa_no_gold(examples, path):
+  """Every answer empty: remove_qa_test_annotations wrote `{"answer_start": 0, "text": ""}`."""
+  if examples and all(not any(a.strip() for a in ex["answers"]) for ex in examples):
+    blank = [dict(ex, answers=[]) for ex in examples]
+    return blank, (f"{path}: every answer is empty; "
+                   + HIDDEN.format("remove_qa_test_annotations"))
+  return examples, None
+
+
+def copa_no_gold(examples, path):
+  """Every label 0 (xcopa_preprocess sets it so) or missing: the labels become -1."""
+  if examples and (all(ex["label"] == 0 for ex in examples)
+                   or all(ex["label"] == -1 for ex in examples)):
+    blank = [dict(ex, label=-1) for ex in examples]
+    if examples[0]["label"] == -1:
+      return blank, f"{path}: no example has a label"
+    return blank, (f"{path}: every label is 0, as in the XTREME-R download's test files, which "
+                   "carry no gold; " + HIDDEN.format("xcopa_preprocess"))
+  return examples, None
+
+
+def no_gold_check(examples, path):
+  """For files that always carry gold (training data, the download's dev files of XNLI etc.)."""
+  return examples, None
+
+
+# -- Original releases --------------------------------------------------------------------------
+
+def _cached_by_mtime(fn):
+  """Caches a whole-file parse per (path, modification time): one file serves many languages."""
+  cached = functools.lru_cache(maxsize=4)(lambda path, mtime: fn(path))
+  return functools.wraps(fn)(lambda path: cached(path, os.path.getmtime(path)))
+
+
+@_cached_by_mtime
+def _xnli_release_by_language(path):
+  """XNLI 1.0's xnli.{dev,test}.tsv (a header row; columns language, gold_label, ...,
+  sentence1, sentence2, ...; quotes literal) -> {language: [examples]}."""
+  by_language = {}
+  header = None
+  for number, cols in _tsv_rows(path):
+    if header is None:
+      header = {name: i for i, name in enumerate(cols)}
+      missing = [c for c in ("language", "gold_label", "sentence1", "sentence2") if c not in header]
+      if missing:
+        raise DataFormatError(path, number, f"header lacks column {missing[0]!r} (expected the "
+                              "XNLI 1.0 release's xnli.dev.tsv / xnli.test.tsv)")
+      continue
+    if len(cols) < len(header):
+      raise DataFormatError(path, number, f"expected {len(header)} tab-separated fields, got "
+                            f"{len(cols)}")
+    label = cols[header["gold_label"]].strip()
+    label = NLI_LABEL_ALIASES.get(label, label)
+    if label not in NLI_LABELS:
+      raise DataFormatError(path, number, f"unknown label {label!r}; valid: {', '.join(NLI_LABELS)}")
+    # As xnli_preprocess: fields stripped, the XNLI 1.0 gold label, contradictory renamed.
+    by_language.setdefault(cols[header["language"]].strip(), []).append(
+        {"premise": cols[header["sentence1"]].strip(),
+         "hypothesis": cols[header["sentence2"]].strip(), "label": label})
+  return by_language
+
+
+def read_xnli_release(path, lang):
+  """The `lang` rows of an XNLI 1.0 file (all 15 languages in one file)."""
+  by_language = _xnli_release_by_language(path)
+  if lang not in by_language:
+    raise DataFormatError(path, None, f"no rows for language {lang!r}; it has "
+                          f"{' '.join(sorted(by_language))}")
+  return list(by_language[lang])
+
+
+def read_panx_release(path):
+  """WikiANN (Rahimi et al. 2019 split, as XTREME-R's AmazonPhotos.zip holds it: {lang}.tar.gz
+  with `dev`, `test`, `train`): `lang:token\\ttag` lines, a blank line between sentences.
+
+  Mirrors panx_preprocess: a two-column line keeps the token after the first `:`; a line
+  without one is dropped (as there); other lines end a sentence.
+  """
+  examples, tokens, tags = [], [], []
+  with _open(path) as f:
+    for number, line in enumerate(f, start=1):
+      cols = line.strip().split("\t")
+      if len(cols) == 2:
+        colon = cols[0].find(":")
+        if colon == -1:
+          continue
+        if not NER_TAG.match(cols[1].strip()):
+          raise DataFormatError(path, number, f"unknown tag {cols[1].strip()!r}")
+        tokens.append(cols[0][colon + 1:].strip())
+        tags.append(cols[1].strip())
+      elif tokens:
+        examples.append({"tokens": tokens, "tags": tags})
+        tokens, tags = [], []
+  if tokens:
+    examples.append({"tokens": tokens, "tags": tags})
+  return examples
+
+
+# TyDi QA names languages in its ids ("arabic-...") and per-language dev file names.
+TYDIQA_LANGUAGE_NAMES = {"ar": "arabic", "bn": "bengali", "en": "english", "fi": "finnish",
+                         "id": "indonesian", "ko": "korean", "ru": "russian", "sw": "swahili",
+                         "te": "telugu"}
+
+
+@_cached_by_mtime
+def _squad_cached(path):
+  return read_squad_json(path)
+
+
+def read_tydiqa_release(path, lang):
+  """TyDi QA GoldP v1.1 dev: the one-file release (tydiqa-goldp-v1.1-dev.json, every language,
+  ids prefixed `{language name}-`) filtered to `lang`, or a per-language file of the
+  tydiqa-goldp-v1.1-dev.tgz release (tydiqa-goldp-dev-{language name}.json) as it is."""
+  examples = _squad_cached(path)
+  if os.path.basename(path).startswith("tydiqa-goldp-dev-"):
+    return list(examples)
+  prefix = TYDIQA_LANGUAGE_NAMES[lang] + "-"
+  kept = [ex for ex in examples if ex["id"].startswith(prefix)]
+  if not kept:
+    raise DataFormatError(path, None, f"no question id starts with {prefix!r} (expected the "
+                          "TyDi QA GoldP v1.1 dev release with language-prefixed ids)")
+  return kept
+
+
+# -- Universal Dependencies, as XTREME-R converts it ---------------------------------------------
+
+# conllu_to_conll.py's part-of-speech precedence for choosing a multiword token's head among
+# equally high words (google-research/xtreme third_party/ud-conversion-tools).
+UD_POS_PRECEDENCE = {
+    "default": "VERB NOUN PROPN PRON ADJ NUM ADV INTJ AUX ADP DET PART CCONJ SCONJ X PUNCT".split(),
+    "es": "VERB AUX PRON ADP DET".split(),
+    "fr": "VERB AUX PRON NOUN ADJ ADV ADP DET PART SCONJ CONJ".split(),
+    "it": "VERB AUX ADV PRON ADP DET INTJ".split(),
+}
+
+
+class _UnrankedHead(Exception):
+  """conllu_to_conll.py fails on the file: a multiword token's candidate head has a part of
+  speech outside its precedence list."""
+
+
+def _conllu_sentences(path):
+  """(line of the sentence's first word, words, multiword tokens) per sentence of a CoNLL-U
+  file; words: {id: (form, upos, parent ids: the head and the enhanced-dependency heads)}."""
+  sentences, words, multi, first = [], {}, {}, None
+  with _open(path) as f:
+    for number, line in enumerate(f, start=1):
+      line = line.rstrip("\r\n")
+      if not line:
+        if words or multi:
+          sentences.append((first, words, multi))
+        words, multi, first = {}, {}, None
+        continue
+      if line.startswith("#"):
+        continue
+      cols = line.split("\t")
+      if len(cols) != 10:
+        raise DataFormatError(path, number, f"expected 10 tab-separated CoNLL-U fields, got {len(cols)}")
+      first = first or number
+      if "." in cols[0]:
+        continue  # an empty node: not a word
+      if "-" in cols[0]:
+        start, end = (int(i) for i in cols[0].split("-"))
+        multi[start] = (end, cols[1])
+        continue
+      try:
+        parents = [] if cols[6] == "_" else [int(cols[6])]
+        if cols[8] != "_":
+          parents += [int(p.split(":")[0]) for p in cols[8].split("|")
+                      if p.split(":")[0].isdigit()]
+        words[int(cols[0])] = (cols[1], cols[3], parents)
+      except ValueError:
+        raise DataFormatError(path, number, f"bad word id or head in {line!r}") from None
+  if words or multi:
+    sentences.append((first, words, multi))
+  return sentences
+
+
+def _ancestor_count(words, node):
+  """How many nodes reach `node` over head and enhanced-dependency edges (node 0, the root,
+  included): networkx.ancestors, which conllu_to_conll.py ranks heads by."""
+  seen, todo = set(), list(words[node][2])
+  while todo:
+    parent = todo.pop()
+    if parent in seen or parent == node:
+      continue
+    seen.add(parent)
+    if parent in words:
+      todo.extend(words[parent][2])
+  return len(seen)
+
+
+def _fuse(words, multi, precedence):
+  """Tokens and tags after conllu_to_conll.py --replace_subtokens_with_fused_forms: each
+  multiword token becomes one token, its form, with the tag of its span's head (the single
+  highest word of the span, else the best-ranked part of speech among the highest)."""
+  drop, form_of = set(), {}
+  for start, (end, form) in sorted(multi.items()):
+    span = [i for i in range(start, end + 1) if i in words]
+    if not span:
+      continue
+    depth = [_ancestor_count(words, i) for i in span]
+    highest = [i for i, d in zip(span, depth) if d == min(depth)]
+    head = highest[0]
+    if len(highest) > 1:
+      if any(words[i][1] not in precedence for i in highest):
+        raise _UnrankedHead()
+      head = min(highest, key=lambda i: precedence.index(words[i][1]))  # the first best
+    form_of[head] = form
+    drop.update(i for i in span if i != head)
+  ids = [i for i in sorted(words) if i not in drop]
+  return [form_of.get(i, words[i][0]) for i in ids], [words[i][1] for i in ids]
+
+
+def read_ud_treebanks(paths_in_order, lang):
+  """UD-POS examples from CoNLL-U files, as XTREME-R's download builds `{split}-{lang}.tsv`:
+  conllu_to_conll.py (multiword tokens replaced by their fused form), then udpos_preprocess
+  (FORM and UPOS; sentences whose forms are all or all but one `_` dropped; spaces and U+200C
+  removed from forms). A file the conversion fails on is skipped, as it is missing there."""
+  precedence = UD_POS_PRECEDENCE.get(lang, UD_POS_PRECEDENCE["default"])
+  examples = []
+  for path in paths_in_order:
+    try:
+      converted = [_fuse(words, multi, precedence) for _, words, multi in _conllu_sentences(path)]
+    except _UnrankedHead:
+      logging.warning("%s: skipped, as XTREME-R's conllu_to_conll.py fails on it (a multiword "
+                      "token's head candidates have a part of speech outside its precedence "
+                      "list)", path)
+      continue
+    for tokens, tags in converted:
+      empty = sum(t == "_" for t in tokens)
+      if empty == 0 or empty < len(tokens) - 1:
+        examples.append({"tokens": ["".join(t.replace("\u200c", "").split(" ")) for t in tokens],
+                         "tags": list(tags)})
+  return examples

@@ -2,6 +2,10 @@
 
   xltransfer tasks list [--kind intermediate|target|corpus|translated|mixture] [--json]
   xltransfer tasks show NAME [--split S] [-n 3] [--vocab builtin|byte|mt5|PATH]
+
+For each XTREME-R eval task, `list` says which source and split its scores come from under the
+current target source (gin `target_source`, $XLTRANSFER_TARGET_SOURCE), and `show` what the
+split it read actually holds (a stripped file is named, predictions only).
 """
 import argparse
 import json
@@ -26,19 +30,35 @@ def _parser():
   return parser
 
 
+def _scores_from(entry):
+  """{split: the source and split its scores come from} for an XTREME-R eval task under the
+  current gin / environment (xltransfer.data.paths.target_source), or None for other entries.
+  Reads no data: a stripped test file is named as such from what the download is known to
+  hold; `show` reads the split and prints its actual provenance."""
+  if entry.kind != "target" or "_eval_" not in entry.name:
+    return None
+  import seqio  # pylint: disable=g-import-not-at-top
+  describe = getattr(seqio.get_mixture_or_task(entry.name).source, "describe", None)
+  if describe is None:
+    return None
+  return {split: describe(split) for split in entry.splits}
+
+
 def _list(args, out):
   from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
   entries = catalog.entries(args.kind)
   if args.json:
     json.dump([{"name": e.name, "kind": e.kind, "family": e.family, "language": e.language,
-                "splits": list(e.splits), "data": e.data} for e in entries], out, indent=1,
-              ensure_ascii=False)
+                "splits": list(e.splits), "data": e.data, "scores_from": _scores_from(e)}
+               for e in entries], out, indent=1, ensure_ascii=False)
     out.write("\n")
     return 0
   width = max((len(e.name) for e in entries), default=0)
   for e in entries:
     splits = ",".join(e.splits)
     out.write(f"{e.name.ljust(width)}  {e.kind:12s} {e.language or '-':3s} {splits:16s} {e.data}\n")
+    for split, where in (_scores_from(e) or {}).items():
+      out.write(f"{'':{width}}    {split} scores from: {where}\n")
   out.write(f"{len(entries)} entries\n")
   return 0
 
@@ -76,7 +96,17 @@ def _show(args, out):
   if args.split not in provider.splits:
     raise UserError(f"task {args.name} has no split {args.split!r}; splits: "
                     f"{', '.join(provider.splits)}")
-  out.write(f"task {args.name}, split {args.split}\n\nraw examples:\n")
+  out.write(f"task {args.name}, split {args.split}\n")
+  describe = getattr(provider.source, "describe", None)
+  if callable(describe) and describe(args.split):
+    out.write(f"scores from: {describe(args.split)}\n")
+  from xltransfer.data import gold  # pylint: disable=g-import-not-at-top
+  provenance = gold.task_provenance(provider, args.split)
+  if provenance is not None:
+    out.write(f"read: {provenance.describe()}\n")
+    if not provenance.labelled:
+      out.write(f"no gold (predictions only): {provenance.no_gold}\n")
+  out.write("\nraw examples:\n")
   raw = provider.source.get_dataset(split=args.split, shuffle=False)
   for i, ex in enumerate(raw.take(args.n).as_numpy_iterator()):
     out.write(f"[{i}]\n")

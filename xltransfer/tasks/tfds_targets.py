@@ -10,12 +10,13 @@ English training tasks: multi_nli (XNLI; validation from xnli's English), super_
 (XCOPA), xtreme_pos_en, wikiann/en, squad/v1.1 (XQuAD, MLQA) and tydi_qa/goldp (its
 multilingual train split filtered to English). LAReQA's sentence pairs and Mewsli-X stay files.
 Each function maps TFDS features onto the fields the file readers produce, so the same
-preprocessors apply.
+preprocessors apply; `provenance(family, lang, split)` says which TFDS dataset and split an eval
+task reads (all of them carry gold).
 """
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from xltransfer.data import paths
+from xltransfer.data import gold, paths
 
 # The switch lives with the data paths, so that xltransfer.data.retrieval reads it too.
 ENV_VAR = paths.TARGET_SOURCE_ENV_VAR
@@ -113,6 +114,26 @@ def dataset_fn(family: str, lang: str):
   if family == "tydiqa" and lang in TYDIQA_LANGUAGES:
     return _qa("tydi_qa/goldp", split_name=f"validation-{lang}")
   return None
+
+
+def _tfds_name_and_split(family, lang, split):
+  """The TFDS dataset and split that dataset_fn(family, lang) reads for our split."""
+  if family == "xnli":
+    return "xnli", split
+  if family == "panx":
+    return f"wikiann/{lang}", split
+  if family == "udpos":
+    return f"xtreme_pos/xtreme_pos_{lang}", XTREME_POS_SPLITS.get(split, split)
+  if family == "tydiqa":
+    return "tydi_qa/goldp", f"validation-{lang}"
+  return f"{family}/{lang}", split
+
+
+def provenance(family: str, lang: str, split: str) -> gold.Provenance:
+  """What an eval task reads from TFDS: its TFDS splits all carry gold (xnli test labels,
+  xquad/mlqa/tydi_qa answers, wikiann and xtreme_pos test tags)."""
+  name, tfds_split = _tfds_name_and_split(family, lang, split)
+  return gold.Provenance(f"tfds {name.split('/')[0]}", name, tfds_split)
 
 
 def _tydiqa_train(split, shuffle_files=False, seed=None):
