@@ -73,7 +73,8 @@ def test_writes_the_documented_files(evaluated, checkpoint):
       assert {"id", "input", "target", "prediction", "example_score"} <= set(record)
       assert 0.0 <= record["example_score"] <= 100.0
   summary = _metrics(output_dir)
-  assert set(summary) == {"checkpoint", "step", "tasks"}
+  assert set(summary) == {"checkpoint", "step", "tasks", "no_gold", "failed"}
+  assert summary["no_gold"] == {} and summary["failed"] == {}
   assert summary["checkpoint"] == checkpoint and summary["step"] == 0
   assert {(t, l) for t, by_lang in summary["tasks"].items() for l in by_lang} == EXPECTED_FILES
   for by_lang in summary["tasks"].values():

@@ -35,7 +35,7 @@ StudySpec.note = "A shrunken study for the tests."
 
 
 def run_shrunken_study(tmp_path, init, program=None, bindings=(), condition="xlt_span_lowres",
-                       extra_spec=""):
+                       extra_spec="", exit_code=0):
   """Runs the study and its report; returns (study_dir, metrics files by stage, report)."""
   spec_path = tmp_path / "spec.gin"
   spec_path.write_text(SPEC.format(init=init, condition=condition) + extra_spec)
@@ -43,11 +43,11 @@ def run_shrunken_study(tmp_path, init, program=None, bindings=(), condition="xlt
   argv = ["run", str(spec_path), "--output_dir", study_dir, "--report", *bindings]
   if program:
     argv += ["--program", program]
-  assert study_main.main(argv) == 0
+  assert study_main.main(argv) == exit_code
   _, stages, _ = grid.read_study_file(study_dir)
   metrics = {}
   for stage in stages:
-    if stage.command == "eval":
+    if stage.command == "eval" and os.path.exists(os.path.join(stage.stage_dir, "DONE")):
       with open(os.path.join(stage.stage_dir, "metrics.json")) as f:
         metrics[(stage.condition, stage.target)] = json.load(f)["tasks"][stage.target]
   out = os.path.join(study_dir, "report")
@@ -93,6 +93,11 @@ def test_shrunken_study_end_to_end_with_stage_processes(tmp_path, monkeypatch, c
   program = f"{shlex.quote(sys.executable)} {shlex.quote(FAKE)}"
   _, metrics, report = run_shrunken_study(tmp_path, str(init), program)
   check_report_matches_metrics(metrics, report)
+  # Every number names its source and split, from the eval stages' eval_info.json.
+  assert report["json"]["sources"]["xnli"] == {
+      lang: [{"source": "fake release", "split": "test", "location": f"/data/xnli/test-{lang}.tsv"}]
+      for lang in ("en", "sw")}
+  assert "Source: fake release, test split (en sw)" in report["md"]
   printed = capsys.readouterr().out
   assert "## XTREME-R score per condition" in printed and "plot:" in printed
   assert "> **Note:** A shrunken study for the tests." in printed
@@ -124,3 +129,32 @@ StudySpec.train_bindings = ["TASK_FEATURE_LENGTHS = {{'inputs': 64, 'targets': 1
   logs = {s.id: os.path.getmtime(os.path.join(s.stage_dir, "stage.log")) for s in stages}
   run_shrunken_study(tmp_path, str(init), condition="xlt_span_sample_sw", extra_spec=extra)
   assert logs == {s.id: os.path.getmtime(os.path.join(s.stage_dir, "stage.log")) for s in stages}
+
+
+def test_a_target_without_gold_fails_its_eval_stages_and_its_cells_stay_empty(
+    tmp_path, monkeypatch, capsys):
+  """xnli/sw has no gold: each eval stage fails naming the file; the report shows – for
+  xnli and says why, and never a 0."""
+  init = tmp_path / "init"
+  init.mkdir()
+  (init / "DONE").write_text("pretrained\n")
+  monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  monkeypatch.setenv("FAKE_STAGE_NO_GOLD", "xnli/sw")
+  program = f"{shlex.quote(sys.executable)} {shlex.quote(FAKE)}"
+  study_dir, metrics, report = run_shrunken_study(tmp_path, str(init), program, exit_code=1)
+  assert metrics == {}  # no eval stage is done
+  data = report["json"]
+  evals = ["eval/none/seed0/xnli", "eval/xlt_span_lowres/seed0/xnli"]
+  assert data["missing_stages"] == evals
+  for stage_id in evals:
+    [note] = data["stage_notes"][stage_id]
+    assert "xnli/sw failed" in note and "/data/xnli/test-sw.tsv" in note and "no gold" in note
+  assert data["per_language"]["xnli"] == {} and data["sources"] == {}
+  assert all(not c["task_scores"] for c in data["conditions"].values())
+  row = next(line for line in report["md"].split("## XTREME-R score per condition", 1)[1]
+             .splitlines() if line.startswith("| baseline"))
+  assert row.endswith("| – |") and "0.00" not in row
+  assert "no gold to score" in report["md"]
+  assert study_main.main(["status", study_dir]) == 0
+  status = capsys.readouterr().out
+  assert "failed      eval/none/seed0/xnli" in status

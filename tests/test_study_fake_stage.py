@@ -2,7 +2,12 @@
 the files a real stage writes (docs/interfaces.md), so the runner and report see real outputs.
 
 Environment: FAKE_STAGE_LOG (append one line per execution), FAKE_STAGE_FAIL (colon-separated
-mixture names whose stages exit 3), FAKE_STAGE_SLEEP (seconds before finishing).
+mixture names whose stages exit 3), FAKE_STAGE_SLEEP (seconds before finishing),
+FAKE_STAGE_NO_GOLD (colon-separated TARGET/LANG whose data has no gold: with the stage's
+`EvalSettings.require_gold` binding that language fails as `xltransfer eval` fails it: listed
+under "failed" in metrics.json, no DONE, exit 1; without it, predictions only and a "no_gold"
+entry). Eval stages write eval_info.json with each language's provenance
+(source "fake release", split "test").
 """
 import ast
 import hashlib
@@ -41,9 +46,31 @@ def eval_languages(names):
   return target, [name.rsplit("_", 1)[1] for name in names]
 
 
-def write_eval(out, checkpoint, target, languages):
+REQUIRE_GOLD = "xltransfer.evaluation.EvalSettings.require_gold"
+SOURCE = "fake release"
+
+
+def data_file(target, lang):
+  return f"/data/{target}/test-{lang}.tsv"
+
+
+def write_eval(out, checkpoint, target, languages, require_gold=False):
+  """Writes the eval outputs; returns False when a language failed (no DONE then)."""
   tasks, q = {target: {}}, quality(checkpoint)
+  no_gold, failed, provenance = {}, {}, {}
+  unlabelled = os.environ.get("FAKE_STAGE_NO_GOLD", "").split(":")
   for lang in languages:
+    if f"{target}/{lang}" in unlabelled:
+      why = f"{data_file(target, lang)}: every label is empty (the official test file)"
+      if require_gold:
+        failed.setdefault(target, {})[lang] = (
+            f"xlt_{target}_eval_{lang}: no gold to score, so no metric (require_gold): {why}")
+        continue
+      no_gold.setdefault(target, {})[lang] = why
+    why_not = no_gold.get(target, {}).get(lang)
+    provenance.setdefault(target, {})[lang] = {
+        "source": SOURCE, "location": data_file(target, lang), "split": "test",
+        "labelled": why_not is None, "no_gold": why_not}
     records = []
     for i in range(40):
       correct = (i * 7 + int(q * 100)) % 10 < 5 + int(q * 4)
@@ -54,9 +81,16 @@ def write_eval(out, checkpoint, target, languages):
     with open(os.path.join(out, "predictions", target, f"{lang}.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in records)
     metric = "map@20" if target in ("tatoeba", "mewslix", "lareqa") else "accuracy"
-    tasks[target][lang] = {metric: sum(r["example_score"] for r in records) / len(records)}
+    if lang not in no_gold.get(target, {}):
+      tasks[target][lang] = {metric: sum(r["example_score"] for r in records) / len(records)}
   with open(os.path.join(out, "metrics.json"), "w") as f:
-    json.dump({"checkpoint": checkpoint, "step": 0, "tasks": tasks}, f)
+    json.dump({"checkpoint": checkpoint, "step": 0, "tasks": tasks, "no_gold": no_gold,
+               "failed": failed}, f)
+  with open(os.path.join(out, "eval_info.json"), "w") as f:
+    json.dump({"checkpoint": checkpoint, "step": 0,
+               "splits": {t: {l: "test" for l in by} for t, by in provenance.items()},
+               "provenance": provenance, "no_gold": no_gold, "failed": failed}, f)
+  return not failed
 
 
 def main(argv):
@@ -78,8 +112,10 @@ def main(argv):
       raise SystemExit(f"initial checkpoint {init} is not a finished run")
     with open(os.path.join(out, "checkpoint"), "w") as f:
       f.write(f"{init}|{mixture}|{bindings['TRAIN_STEPS']}|{bindings['RANDOM_SEED']}\n")
-  else:
-    write_eval(out, bindings["CHECKPOINT_PATH"], *eval_languages(mixture))
+  elif not write_eval(out, bindings["CHECKPOINT_PATH"], *eval_languages(mixture),
+                      require_gold=bindings.get(REQUIRE_GOLD, False)):
+    print("a task failed: see metrics.json", file=sys.stderr)
+    return 1
   with open(os.path.join(out, "DONE"), "w") as f:
     f.write("done\n")
   return 0
@@ -95,7 +131,7 @@ def test_fake_eval_writes_the_documented_outputs(tmp_path):
                f"--gin.EVAL_OUTPUT_DIR=\"{out}\"",
                "--gin.MIXTURE_OR_TASK_NAME=\"xlt_xnli_eval_en,xlt_xnli_eval_sw\""]) == 0
   metrics = json.loads((out / "metrics.json").read_text())
-  assert set(metrics) == {"checkpoint", "step", "tasks"}
+  assert set(metrics) == {"checkpoint", "step", "tasks", "no_gold", "failed"}
   assert set(metrics["tasks"]["xnli"]) == {"en", "sw"}
   records = [json.loads(l) for l in (out / "predictions/xnli/sw.jsonl").read_text().splitlines()]
   assert {"id", "input", "target", "prediction", "example_score"} <= set(records[0])

@@ -20,6 +20,14 @@ SKILL = {"none": {"sw": 0.40, "other": 0.60},
          "xlt_inter_all9": {"sw": 0.42, "other": 0.66},
          "xlt_span_lowres": {"sw": 0.75, "other": 0.61}}
 TAGS = ("O", "B-PER", "I-PER", "B-LOC")
+# The data release each target's numbers come from, as eval_info.json records it.
+SOURCES = {"xnli": "XNLI 1.0 release", "panx": "XTREME-R download", "xquad": "XQuAD release",
+           "tatoeba": "tfds tatoeba", "mewslix": "Mewsli-X release"}
+
+
+def _provenance(target, lang, no_gold=None):
+  return {"source": SOURCES[target], "location": f"/data/{target}/test-{lang}", "split": "test",
+          "labelled": no_gold is None, "no_gold": no_gold}
 
 
 def _spec(tmp_path):
@@ -75,6 +83,16 @@ def _metrics(target, records):
   return {"accuracy": mean}
 
 
+def _write_eval_info(stage, langs, no_gold=()):
+  """eval_info.json as `xltransfer eval` writes it: split and provenance per language."""
+  provenance = {lang: _provenance(stage.target, lang,
+                                  "every label is empty" if lang in no_gold else None)
+                for lang in langs}
+  with open(os.path.join(stage.stage_dir, "eval_info.json"), "w") as f:
+    json.dump({"splits": {stage.target: {lang: "test" for lang in langs}},
+               "provenance": {stage.target: provenance}}, f)
+
+
 def _write_study(tmp_path, skip=()):
   spec = _spec(tmp_path)
   study_dir = spec.study_dir()
@@ -96,6 +114,7 @@ def _write_study(tmp_path, skip=()):
       tasks[lang] = _metrics(stage.target, condition_records)
     with open(os.path.join(stage.stage_dir, "metrics.json"), "w") as f:
       json.dump({"checkpoint": "/x", "step": 3, "tasks": {stage.target: tasks}}, f)
+    _write_eval_info(stage, tasks)
     open(os.path.join(stage.stage_dir, "DONE"), "w").close()
     files[stage.id] = tasks
   return spec, stages, study_dir, files
@@ -168,8 +187,9 @@ def test_json_numbers_are_the_metric_files_numbers(written):
     assert data["conditions"][condition]["targets_mean"] == pytest.approx(
         np.mean(list(scores.values())))
     assert data["conditions"][condition]["xtreme_r_overall"] is None  # not all ten targets
-    # No XTREME-R category has all of its tasks among these targets.
-    assert data["conditions"][condition]["categories"] == {}
+    # Only the retrieval category (evaluate.py's: tatoeba, mewslix) has all of its tasks here.
+    assert data["conditions"][condition]["categories"] == pytest.approx(
+        {"retrieval": (scores["tatoeba"] + scores["mewslix"]) / 2})
     low = [_lang_score(t, expected[t][condition]["sw"]) for t in spec.targets
            if "sw" in expected[t][condition]]
     assert data["conditions"][condition]["groups"]["low-resource"]["mean"] == pytest.approx(
@@ -284,6 +304,104 @@ def test_report_lists_missing_stages_and_reports_the_rest(tmp_path):
   assert "Incomplete" in open(paths["markdown"]).read()
   # The seed that exists still gives the condition a score.
   assert data["conditions"]["xlt_span_lowres"]["task_scores"]["xnli"] is not None
+
+
+def test_report_names_the_source_and_split_of_every_number(written):
+  data, markdown, expected = written["json"], written["md"], written["expected"]
+  for column, by_condition in expected.items():
+    target = column.split(" ")[0]
+    for lang in {l for langs in by_condition.values() for l in langs}:
+      assert data["sources"][column][lang] == [
+          {"source": SOURCES[target], "split": "test", "location": f"/data/{target}/test-{lang}"}]
+  table = markdown.split("## Where the numbers come from", 1)[1]
+  assert "| xnli | XNLI 1.0 release, test split | de en sw |" in table
+  assert "| mewslix (direct) | Mewsli-X release, test split | de en |" in table
+  # Under each per-language table, the line that says where its numbers come from.
+  xnli = markdown.split("### xnli: accuracy", 1)[1].split("###", 1)[0]
+  assert "Source: XNLI 1.0 release, test split (de en sw)" in xnli
+  assert "Warning" not in markdown
+  rows = [r for r in written["csv"] if r["kind"] == "value" and r["language"]]
+  assert rows and all(r["source"] == SOURCES[r["column"].split(" ")[0]] and r["split"] == "test"
+                      for r in rows)
+
+
+def _fail_stage_without_gold(stage, spec):
+  """What `xltransfer eval` with require_gold leaves when sw has no gold: the other languages'
+  metrics, the failure naming the file, no DONE; and the runner's STUDY_FAILED."""
+  os.remove(os.path.join(stage.stage_dir, "DONE"))
+  with open(os.path.join(stage.stage_dir, "metrics.json")) as f:
+    data = json.load(f)
+  del data["tasks"][stage.target]["sw"]
+  data["failed"] = {stage.target: {"sw": f"xlt_{stage.target}_eval_sw: no gold to score, so no "
+                                         f"metric (require_gold): /data/xnli/test-sw.tsv: every "
+                                         "label is empty"}}
+  with open(os.path.join(stage.stage_dir, "metrics.json"), "w") as f:
+    json.dump(data, f)
+  with open(os.path.join(stage.stage_dir, "STUDY_FAILED"), "w") as f:
+    json.dump({"exit_code": 1, "reason": "exit code 1", "log": "stage.log"}, f)
+
+
+def test_a_stage_without_gold_is_a_missing_cell_not_zero(tmp_path):
+  spec, stages, study_dir, _ = _write_study(tmp_path)
+  failed = [s for s in stages if s.id in ("eval/xlt_span_lowres/seed0/xnli",
+                                          "eval/xlt_span_lowres/seed1/xnli")]
+  for stage in failed:
+    _fail_stage_without_gold(stage, spec)
+  paths = report.write_report(study_dir, samples=50, plot=False)
+  data = json.load(open(paths["json"]))
+  markdown = open(paths["markdown"]).read()
+  assert data["missing_stages"] == [s.id for s in failed]
+  assert "xnli" not in data["conditions"]["xlt_span_lowres"]["task_scores"]
+  assert data["conditions"]["xlt_span_lowres"]["targets_mean"] is None
+  assert "xlt_span_lowres" not in data["per_language"]["xnli"]
+  label = data["conditions"]["xlt_span_lowres"]["label"]
+  scores = _markdown_table(markdown, "## XTREME-R score per condition")
+  assert scores[label]["xnli"] == "–" and scores[label]["targets mean"] == "–"
+  per_language = _markdown_table(markdown, "### xnli: accuracy")
+  assert per_language[label] == {"condition": label, "de": "–", "en": "–", "sw": "–"}
+  for stage in failed:
+    [note] = data["stage_notes"][stage.id]
+    assert "xnli/sw failed" in note and "/data/xnli/test-sw.tsv" in note
+    assert f"- `{stage.id}`: xnli/sw failed: " in markdown
+  # The other conditions keep their numbers.
+  assert scores[data["conditions"]["none"]["label"]]["xnli"] != "–"
+
+
+def test_a_number_from_data_without_gold_is_not_reported(tmp_path):
+  spec, stages, study_dir, _ = _write_study(tmp_path)
+  [stage] = [s for s in stages if s.id == "eval/none/seed0/panx"]
+  # An older or foreign evaluator scored sw although its provenance says there is no gold.
+  _write_eval_info(stage, ("en", "de", "sw"), no_gold=("sw",))
+  data = report.build_report(study_dir, samples=50)
+  [note] = data["stage_notes"][stage.id]
+  assert "panx/sw" in note and "no gold" in note and "not reported" in note
+  # Seed 1 still has sw; the seed mean needs every seed, so sw is left out for "none".
+  assert "sw" not in data["per_language"]["panx"]["none"]
+  assert set(data["per_language"]["panx"]["none"]) == {"en", "de"}
+
+
+def test_numbers_from_different_sources_across_runs_are_flagged(tmp_path):
+  spec, stages, study_dir, _ = _write_study(tmp_path)
+  [stage] = [s for s in stages if s.id == "eval/xlt_span_lowres/seed1/xnli"]
+  info_path = os.path.join(stage.stage_dir, "eval_info.json")
+  info = json.load(open(info_path))
+  info["provenance"]["xnli"]["sw"]["source"] = "XTREME-R download"
+  info["provenance"]["xnli"]["sw"]["split"] = "dev"
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  os.remove(os.path.join(stages[0].stage_dir, "eval_info.json"))  # direct/none/tatoeba
+  paths = report.write_report(study_dir, samples=50, plot=False)
+  data = json.load(open(paths["json"]))
+  markdown = open(paths["markdown"]).read()
+  assert [e["source"] for e in data["sources"]["xnli"]["sw"]] == [
+      "XNLI 1.0 release", "XTREME-R download"]
+  assert ("**Warning**: xnli/sw numbers come from different data across runs (XNLI 1.0 release, "
+          "test split; XTREME-R download, dev split): they are not comparable.") in markdown
+  # A stage that recorded no provenance: its numbers say so. (Seed-less: its one run.)
+  assert stages[0].id == "direct/none/tatoeba"
+  assert {e["source"] for l in ("de", "sw")
+          for e in data["sources"]["tatoeba"][l]} == {None, "tfds tatoeba"}
+  assert "| tatoeba | source not recorded |" in markdown
 
 
 def test_report_of_a_directory_without_a_study_says_so(tmp_path):

@@ -106,7 +106,9 @@ def test_stage_argv_follows_the_trainer_interface(study):
   # Languages restricted: the per-language eval tasks, comma-separated (xltransfer eval's form).
   assert ('--gin.MIXTURE_OR_TASK_NAME="xlt_xnli_eval_de,xlt_xnli_eval_en,xlt_xnli_eval_sw"'
           in eval_argv)
-  assert eval_argv[2:3] == ["--gin_file=models/mt5_tiny.gin"] and len(eval_argv) == 6
+  # A study never scores data without gold: the eval stage fails instead (issue 18).
+  assert "--gin.xltransfer.evaluation.EvalSettings.require_gold=True" in eval_argv
+  assert eval_argv[2:3] == ["--gin_file=models/mt5_tiny.gin"] and len(eval_argv) == 7
 
 
 def test_failed_stage_blocks_its_dependents_and_the_rest_go_on(study, monkeypatch, capsys):

@@ -36,7 +36,9 @@ def test_the_xxl_study_has_every_condition_target_and_seed():
   assert len(english) == 9
   assert {"none", "xlt_inter_all9", "xlt_span_lowres", "xlt_translated_lowres",
           "xlt_inter_all9_plus_translated_lowres_plus_span"} <= set(spec.conditions)
-  assert spec.xtreme_data_dir and spec.user_data_dir
+  assert spec.xtreme_data_dir and spec.user_data_dir and spec.original_data_dir
+  # Every zero-shot number comes from the labelled original releases (issue 18).
+  assert spec.target_source == "original" and not spec.restore_optimizer_state
   stages = grid.build_stages(spec, "/s")
   roles = [s.role for s in stages]
   conditions, seeds = len(spec.conditions), len(spec.seeds)
@@ -105,6 +107,8 @@ def test_grid_shapes_for_the_baseline_and_retrieval(tmp_path):
     ("StudySpec.train_bindings = ['NO_EQUALS']", "StudySpec.train_bindings"),
     ("StudySpec.siqa_steps = -1", "StudySpec.siqa_steps"),
     ("StudySpec.siqa_steps = 2.5", "StudySpec.siqa_steps"),
+    ("StudySpec.target_source = 'download'", "StudySpec.target_source: 'download'"),
+    ("StudySpec.restore_optimizer_state = 1", "StudySpec.restore_optimizer_state"),
     ("StudySpec.stepz = 3", "cannot parse"),
 ])
 def test_spec_mistakes_name_the_file_and_key(tmp_path, binding, message):
@@ -129,10 +133,28 @@ def test_stage_gin_files_parse_as_gin(tmp_path):
   spec = spec_lib.load_spec(_write(tmp_path, MINIMAL + """
 StudySpec.languages = ["de", "en"]
 StudySpec.xtreme_data_dir = "/data/xtreme"
+StudySpec.original_data_dir = "/data/xtreme_original"
+StudySpec.target_source = "original"
 StudySpec.train_bindings = ["TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16}"]
 """))
-  import xltransfer.data.paths  # pylint: disable=import-outside-toplevel,unused-import
-  for stage in grid.build_stages(spec, "/s")[:6]:
+  # What `xltransfer train` and `xltransfer eval` import before parsing: the configurables the
+  # stages bind (the eval stages bind EvalSettings.require_gold and target_source, the training
+  # stages train.restore_optimizer_state).
+  # pylint: disable=import-outside-toplevel,unused-import
+  import xltransfer.data.paths
+  import xltransfer.evaluation.evaluator
+  import xltransfer.train.run
+  # pylint: enable=import-outside-toplevel,unused-import
+  stages = grid.build_stages(spec, "/s")
+  assert all(dict(s.bindings)[grid.REQUIRE_GOLD] is True for s in stages if s.command == "eval")
+  assert all(dict(s.bindings)[grid.TARGET_SOURCE_BINDING] == "original"
+             for s in stages if s.command == "eval")
+  # Every condition's training starts a fresh optimizer (StudySpec.restore_optimizer_state).
+  assert all(dict(s.bindings)[grid.RESTORE_OPTIMIZER_STATE] is False
+             for s in stages if s.command == "train")
+  assert all(dict(s.bindings)[grid.ORIGINAL_DATA_BINDING] == "/data/xtreme_original"
+             for s in stages)
+  for stage in stages[:6]:
     gin.clear_config()
     try:
       gin.parse_config(runner.stage_gin_text(stage))

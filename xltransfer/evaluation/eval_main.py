@@ -10,10 +10,19 @@ trainer run directory (its latest step) or `checkpoint_N`, an `xltransfer conver
 HF MT5 directory or a T5X checkpoint. The output directory gets predictions/{task}/{lang}.jsonl,
 metrics.json, eval_info.json, TensorBoard summaries and DONE (docs/interfaces.md); a rerun
 skips the tasks whose predictions exist. --submission_dir also writes the test-split
-predictions in the official XTREME-R submission layout (task/test-{lang}.{tsv|json|jsonl}).
+predictions in the official XTREME-R submission layout (task/test-{lang}.{tsv|json|jsonl});
+TyDiQA-GoldP, which XTREME-R scores on its dev set, contributes its validation predictions.
 
-An unknown task or mixture name, a missing checkpoint or a bad gin config prints an error and
-exits with status 2.
+A task is scored only when its data carries gold (XTREME-R's official test files do not):
+a task without gold gets predictions only, and a line saying which file has no gold and why;
+with --require_gold it fails instead. A task that fails (missing or malformed data, no gold
+under --require_gold) does not stop the others: they are evaluated and written, the failures
+are listed on stderr and in metrics.json, no DONE is written, no submission is written, and
+the exit status is 1. An output directory that holds another checkpoint's or step's outputs
+is refused: evaluate each checkpoint into its own directory.
+
+An unknown task or mixture name, a missing checkpoint, a stale output directory or a bad gin
+config prints an error and exits with status 2.
 """
 import argparse
 import json
@@ -44,14 +53,19 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--split", help="sets SPLIT (test, validation); tasks without it fall "
                                       "back to validation")
   parser.add_argument("--submission_dir", default=None,
-                      help="also write test-split predictions in the XTREME-R submission layout")
+                      help="also write the predictions in the XTREME-R submission layout (test "
+                           "splits; TyDiQA-GoldP's dev split as tydiqa/test-{lang}.json)")
+  parser.add_argument("--require_gold", action="store_true", default=None,
+                      help="fail a task whose data has no gold (instead of predictions only); "
+                           "sets xltransfer.evaluation.EvalSettings.require_gold")
   parser.add_argument("--log_level", default="INFO")
   return parser
 
 
 def _macro_bindings(args) -> List[str]:
   flags = {"CHECKPOINT_PATH": args.checkpoint, "EVAL_OUTPUT_DIR": args.output_dir,
-           "MIXTURE_OR_TASK_NAME": args.tasks, "SPLIT": args.split}
+           "MIXTURE_OR_TASK_NAME": args.tasks, "SPLIT": args.split,
+           "xltransfer.evaluation.EvalSettings.require_gold": args.require_gold}
   return [f"{name} = {value!r}" for name, value in flags.items() if value is not None]
 
 
@@ -65,23 +79,32 @@ def _submission_predictions(target: str, records: List[dict]):
 
 
 def write_submission(output_dir: str, submission_dir: str) -> List[str]:
-  """Writes the test-split predictions of an eval output directory in the submission layout.
+  """Writes an eval output directory's predictions in the XTREME-R submission layout.
 
-  Tasks read from another split and tasks outside XTREME-R are left out (and logged).
+  Each task contributes the split XTREME-R scores it on (`submission.submission_split`: test,
+  but TyDiQA-GoldP's dev set, written as tydiqa/test-{lang}.json). Tasks read from another
+  split and tasks outside XTREME-R are left out; official files still missing for a task that
+  has some are logged as a warning.
   """
   from xltransfer.evaluation import evaluator, submission  # pylint: disable=import-outside-toplevel
   with open(os.path.join(output_dir, evaluator.INFO_FILE)) as f:
     splits = json.load(f)["splits"]
-  known = {spec.name for spec in submission.XTREME_R_TASKS}
+  known = {spec.name: spec for spec in submission.XTREME_R_TASKS}
   written = []
   for target, by_lang in splits.items():
     for lang, split in by_lang.items():
-      if target not in known or split != "test":
+      if target not in known or split != submission.submission_split(target):
         logging.info("submission: %s/%s left out (%s split)", target, lang, split)
         continue
       records = evaluator.read_records(evaluator.predictions_path(output_dir, target, lang))
       written.append(submission.write_submission_file(
           submission_dir, target, lang, _submission_predictions(target, records)))
+  for target in sorted({os.path.basename(os.path.dirname(path)) for path in written}):
+    missing = [lang for lang in known[target].languages
+               if not os.path.isfile(submission.submission_path(submission_dir, target, lang))]
+    if missing:
+      logging.warning("submission: %s lacks %s; the official scorer needs every language",
+                      target, " ".join(missing))
   return written
 
 
@@ -110,10 +133,26 @@ def _run(argv: Sequence[str]) -> int:
                        args.gin_search_paths)
   from xltransfer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()
+  output_dir = outcome["output_dir"]
   for target, by_lang in outcome["metrics"].items():
     for lang, scores in by_lang.items():
       print(f"{target:8s} {lang:4s} " + " ".join(f"{k}={v:.2f}" for k, v in scores.items()))
-  print(f"predictions and metrics.json in {outcome['output_dir']}")
+  for target, by_lang in outcome["no_gold"].items():
+    for lang, reason in by_lang.items():
+      print(f"{target:8s} {lang:4s} no gold, no metric; predictions only in "
+            f"{evaluator.predictions_path(output_dir, target, lang)}: {reason}")
+  print(f"predictions and metrics.json in {output_dir}")
+  failed = [(t, l, e) for t, by_lang in outcome["failed"].items() for l, e in by_lang.items()]
+  if failed:
+    print(f"xltransfer eval: {len(failed)} of {outcome['tasks']} tasks failed (listed under "
+          f"\"failed\" in {os.path.join(output_dir, evaluator.METRICS_FILE)}; no "
+          f"{evaluator.DONE_FILE} written; a rerun redoes only these):", file=sys.stderr)
+    for target, lang, error in failed:
+      print(f"  {target}/{lang}: {error}", file=sys.stderr)
+    if args.submission_dir:
+      print(f"xltransfer eval: no submission written to {args.submission_dir}: it would lack "
+            "the failed tasks", file=sys.stderr)
+    return 1
   if args.submission_dir:
     paths = write_submission(outcome["output_dir"], args.submission_dir)
     print(f"wrote {len(paths)} submission files under {args.submission_dir}")

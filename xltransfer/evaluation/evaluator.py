@@ -10,23 +10,51 @@ For each seqio eval task (`xlt_{target}_eval_{lang}`, or the eval tasks of a mix
 then post-processes with the task's `postprocess_fn`, scores with its `metric_fns` (the
 official metrics of `xltransfer.evaluation.metrics`) and writes, into the output directory:
 
+  eval_identity.json                  the checkpoint and step these outputs belong to
   predictions/{target}/{lang}.jsonl   id, input, target, prediction, example_score (+ extras)
-  metrics.json                        {"checkpoint", "step", "tasks": {target: {lang: {...}}}}
-  eval_info.json                      the split each task was read from and the settings
+  predictions/{target}/{lang}.meta.json  what that file was made from: task, checkpoint, step,
+                                      split, prediction settings, provenance, no_gold
+  metrics.json                        {"checkpoint", "step", "tasks": {target: {lang: {...}}},
+                                       "no_gold": {target: {lang: why}},
+                                       "failed": {target: {lang: error}}}
+  eval_info.json                      per task the split and provenance it was read from, the
+                                      settings, and the no_gold and failed tasks
   tensorboard/                        the metrics as scalars at `step`
-  DONE                                written last
+  DONE                                written last, only when no task failed
 
 Records hold the post-processed target and prediction (text; every gold answer for QA; one
 tag per token for tagging; gold ids and the top-20 ranked ids for Mewsli-X and LAReQA; sentence
 indices for Tatoeba). Extras: `prediction_index` and `label` (rank classification),
 `prediction_en_to_xx` (Tatoeba's other direction, scored as `accuracy_en_to_xx`).
-`example_score` is null for unlabeled examples (e.g. a test split without labels), and a task
-without labels gets predictions but no metrics.
 
-A task whose predictions file exists is complete (files appear by atomic rename): a rerun
-reads it back instead of recomputing it, and metrics are always computed from the files, so
-they equal what anyone computes from them. Only process 0 writes; the output directory must be
-visible to every host (a shared or gs:// path) for resumption to skip the same tasks on all.
+Gold. XTREME-R's official download hides the test gold (xltransfer/data/gold.py), so a task is
+scored only when its examples carry gold, decided before any inference:
+  - the data source reports a `Provenance` (`gold.task_provenance`, or a retrieval set's
+    `provenance`): the task has gold exactly when `provenance.labelled`;
+  - a source without provenance (a user's own task): the task has no gold when every example's
+    target is empty (an empty string, or an empty gold set for retrieval).
+A task without gold gets predictions only: its records have `target`, `label` and
+`example_score` null, metrics.json has no number for it but a `no_gold` entry saying why (the
+reason names the data file), and the CLI prints it. With `EvalSettings.require_gold` (what
+`xltransfer study` sets) such a task fails instead, before inference, with that reason. A
+split whose examples are only partly labelled, or that a provenance calls labelled while some
+targets are empty, fails the task (DataFormatError): a metric over part of a split is not
+that split's metric. So does a split without examples.
+
+Failures. A task that raises a `UserError` (missing file, bad data, no gold under
+require_gold) is recorded under `failed` in metrics.json and eval_info.json and the other tasks
+still run; DONE is then not written (a rerun resumes, redoing only the failed tasks) and
+`xltransfer eval` exits 1 after listing them. Any other exception is a bug and propagates.
+
+Resumption. A task whose predictions file exists is complete (files appear by atomic rename,
+after their .meta.json): a rerun reads it back instead of recomputing it, and metrics are always
+computed from the files, so they equal what anyone computes from them. Outputs are tied to one
+checkpoint and step (eval_identity.json): an output directory holding another checkpoint's or
+step's outputs, or predictions without that record, is refused (StaleOutputError) before
+anything is loaded; so is a predictions file made with another split or other prediction
+settings (that task fails). Use a fresh output directory to evaluate something else. Only
+process 0 writes; the output directory must be visible to every host (a shared or gs:// path)
+for resumption to skip the same tasks on all.
 
 `evaluate_params` is the in-memory entry point (the trainer's periodic evaluation);
 `evaluate_checkpoint` loads a checkpoint first (gin-configurable, used by `xltransfer eval`).
@@ -47,8 +75,10 @@ import tensorflow as tf
 import tqdm
 
 from xltransfer import partitioning
+from xltransfer.data import gold as gold_lib
 from xltransfer.data import retrieval as retrieval_data
-from xltransfer.errors import CheckpointError, ConfigError
+from xltransfer.data import vocab_check
+from xltransfer.errors import CheckpointError, ConfigError, DataFormatError, UserError
 from xltransfer.evaluation import inference as inference_lib
 from xltransfer.evaluation import metrics as metrics_lib
 from xltransfer.evaluation import retrieval
@@ -62,6 +92,8 @@ PREDICTIONS_DIR = "predictions"
 METRICS_FILE = "metrics.json"
 INFO_FILE = "eval_info.json"
 DONE_FILE = "DONE"
+IDENTITY_FILE = "eval_identity.json"
+META_SUFFIX = ".meta.json"
 TENSORBOARD_DIR = "tensorboard"
 RETRIEVAL_TARGETS = ("tatoeba", "mewslix", "lareqa")
 MAP_K = 20
@@ -82,6 +114,8 @@ class EvalSettings:
   retrieval_layer: encoder layer for retrieval embeddings (0-based); None: the final output.
   candidate_chunk: candidates per device step of the nearest-neighbour search.
   max_examples: evaluate only the first N examples of each task (smoke tests).
+  require_gold: a task without gold fails (before inference) instead of getting predictions
+    only; `xltransfer study` sets it, so that a study never lacks a number silently.
   """
   split: str = "test"
   task_feature_lengths: Dict[str, int] = dataclasses.field(
@@ -93,6 +127,7 @@ class EvalSettings:
   retrieval_layer: Optional[int] = None
   candidate_chunk: int = 65536
   max_examples: Optional[int] = None
+  require_gold: bool = False
 
   def __post_init__(self):
     missing = {"inputs", "targets"} - set(self.task_feature_lengths)
@@ -103,6 +138,27 @@ class EvalSettings:
   @property
   def decode_length(self) -> int:
     return self.max_decode_length or self.task_feature_lengths["targets"]
+
+  def prediction_settings(self) -> dict:
+    """The settings that change predictions (as JSON): a predictions file made with other
+    values is not reused. Batch size and candidate chunking change only the speed."""
+    return json.loads(json.dumps({
+        "task_feature_lengths": dict(self.task_feature_lengths), "beam_size": self.beam_size,
+        "alpha": self.alpha if self.beam_size > 1 else None,
+        "decode_length": self.decode_length, "retrieval_layer": self.retrieval_layer,
+        "max_examples": self.max_examples}))
+
+
+class NoGoldError(UserError):
+  """A task has no gold and `EvalSettings.require_gold` is set; `reason` says why."""
+
+  def __init__(self, task_name: str, reason: str):
+    self.reason = reason
+    super().__init__(f"{task_name}: no gold to score, so no metric (require_gold): {reason}")
+
+
+class StaleOutputError(UserError):
+  """The output directory holds outputs of another checkpoint, step, split or settings."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,10 +277,10 @@ def _example_scorer(metric_fns, target, prediction):
 
 
 def seqio_task_metrics(task: seqio.Task, records: List[dict]) -> Dict[str, float]:
-  """The task's metric_fns over the records' targets and predictions ({} when unlabeled)."""
-  targets = [r["target"] for r in records]
-  if not records or all(_is_unlabeled(t) for t in targets):
+  """The task's metric_fns over the records' targets and predictions (labelled records)."""
+  if not records:
     return {}
+  targets = [r["target"] for r in records]
   predictions = [r["prediction"] for r in records]
   scores: Dict[str, float] = {}
   for fn in task.metric_fns:
@@ -233,6 +289,8 @@ def seqio_task_metrics(task: seqio.Task, records: List[dict]) -> Dict[str, float
 
 
 def retrieval_metrics(target: str, records: List[dict]) -> Dict[str, float]:
+  if not records:
+    return {}
   if target == "tatoeba":
     gold = [r["target"] for r in records]
     scores = metrics_lib.accuracy(gold, [r["prediction"] for r in records])
@@ -243,15 +301,56 @@ def retrieval_metrics(target: str, records: List[dict]) -> Dict[str, float]:
                               [r["prediction"] for r in records], k=MAP_K)
 
 
+def gold_status(provenance: Optional[gold_lib.Provenance], targets: Sequence,
+                where: str) -> Optional[str]:
+  """None when a split's examples carry gold; otherwise why not (see the module docstring).
+
+  `targets`: the examples' post-processed targets (gold id sets for retrieval); `where` names
+  the task and split for messages. Raises DataFormatError for an empty or partly labelled split.
+  """
+  location = provenance.location if provenance is not None else where
+  if not targets:
+    raise DataFormatError(location, None, f"{where} has no examples to evaluate")
+  if provenance is not None and not provenance.labelled:
+    return provenance.no_gold or f"{provenance.describe()} carries no gold"
+  empty = sum(_is_unlabeled(list(t) if isinstance(t, (set, frozenset)) else t)
+              for t in targets)
+  if provenance is None and empty == len(targets):
+    return f"every example of {where} has an empty target"
+  if empty:
+    said = f"{provenance.describe()} is said to be labelled, but " if provenance else ""
+    raise DataFormatError(location, None,
+                          f"{said}{empty} of {len(targets)} examples of {where} have no gold "
+                          "target; a metric over part of a split is not the split's metric")
+  return None
+
+
 # ---- files ----
 
 def predictions_path(output_dir: str, target: str, lang: str) -> str:
   return os.path.join(output_dir, PREDICTIONS_DIR, target, f"{lang}.jsonl")
 
 
+def meta_path(predictions_file: str) -> str:
+  """The .meta.json next to a predictions file: what it was made from."""
+  return predictions_file[:-len(".jsonl")] + META_SUFFIX
+
+
 def read_records(path: str) -> List[dict]:
   with tf.io.gfile.GFile(path, "r") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def _read_json(path: str) -> dict:
+  with tf.io.gfile.GFile(path, "r") as f:
+    text = f.read()
+  try:
+    data = json.loads(text)
+  except ValueError as e:
+    raise DataFormatError(path, None, f"not JSON ({e})") from None
+  if not isinstance(data, dict):
+    raise DataFormatError(path, None, "not a JSON object")
+  return data
 
 
 def _write_atomic(path: str, text: str):
@@ -268,7 +367,67 @@ def write_records(path: str, records: List[dict]):
   _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def output_identity(checkpoint: str, step: int) -> dict:
+  """What the outputs of an evaluation belong to: the checkpoint (an existing local path made
+  absolute, so `ckpt` and `./ckpt/` agree) and the step."""
+  if "://" not in checkpoint and os.path.exists(checkpoint):
+    checkpoint = os.path.normpath(os.path.abspath(checkpoint))
+  elif "://" in checkpoint:
+    checkpoint = checkpoint.rstrip("/")
+  return {"checkpoint": checkpoint, "step": int(step)}
+
+
+def check_output_dir(output_dir: str, checkpoint: str, step: int) -> dict:
+  """The output identity of evaluating `checkpoint` at `step` into output_dir; raises
+  StaleOutputError when the directory holds outputs of something else, whose predictions a
+  resumed run would otherwise take for this checkpoint's."""
+  identity = output_identity(checkpoint, step)
+  path = os.path.join(output_dir, IDENTITY_FILE)
+  fresh = f"pass a fresh output directory (--output_dir) or delete {output_dir}"
+  if tf.io.gfile.exists(path):
+    recorded = _read_json(path)
+    if (recorded.get("checkpoint"), recorded.get("step")) != (identity["checkpoint"],
+                                                              identity["step"]):
+      raise StaleOutputError(
+          f"{output_dir} holds the evaluation of checkpoint {recorded.get('checkpoint')} "
+          f"(step {recorded.get('step')}), not of checkpoint {identity['checkpoint']} (step "
+          f"{identity['step']}); its predictions would be reported as this one's: {fresh}")
+  elif tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*", "*.jsonl")):
+    raise StaleOutputError(
+        f"{output_dir} holds predictions but no {IDENTITY_FILE} saying which checkpoint and "
+        f"step made them (an older xltransfer or another tool wrote them): {fresh}")
+  return identity
+
+
 # ---- the evaluator ----
+
+@dataclasses.dataclass
+class TaskResult:
+  """One task's outcome: its split, provenance, why it has no gold (None: it has) and metrics."""
+  split: str
+  provenance: Optional[gold_lib.Provenance]
+  no_gold: Optional[str]
+  metrics: Dict[str, float]
+
+
+@dataclasses.dataclass
+class EvalOutcome:
+  """What `Evaluator.run` found: {target: {lang: ...}} maps of metrics, no-gold reasons, task
+  failures (error messages), splits and provenance (JSON, None when the source does not say)."""
+  metrics: Dict[str, Dict[str, dict]] = dataclasses.field(default_factory=dict)
+  no_gold: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
+  failed: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
+  splits: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
+  provenance: Dict[str, Dict[str, Optional[dict]]] = dataclasses.field(default_factory=dict)
+
+  @property
+  def ok(self) -> bool:
+    return not self.failed
+
+
+def _put(table: dict, task: EvalTask, value):
+  table.setdefault(task.target, {})[task.lang] = value
+
 
 class Evaluator:
   """Evaluates parameters on a list of eval tasks; see the module docstring.
@@ -292,56 +451,123 @@ class Evaluator:
     self.partitioner = partitioner
     self.show_progress = show_progress
     self._candidate_cache: Dict[Any, np.ndarray] = {}
+    self._identity: dict = {}
 
   def evaluate(self, params, step: int = 0, checkpoint: str = "") -> Dict[str, Dict[str, dict]]:
-    """Runs (or resumes) every task; returns {target: {lang: {metric: value}}}."""
+    """Runs (or resumes) every task; returns {target: {lang: {metric: value}}} (see `run`)."""
+    return self.run(params, step, checkpoint).metrics
+
+  def run(self, params, step: int = 0, checkpoint: str = "") -> EvalOutcome:
+    """Runs (or resumes) every task and writes the output files; a task that fails with a
+    UserError is recorded in the outcome and the files, and the others still run."""
+    self._identity = check_output_dir(self.output_dir, checkpoint, step)
     done = os.path.join(self.output_dir, DONE_FILE)
     if jax.process_index() == 0 and tf.io.gfile.exists(done):
       tf.io.gfile.remove(done)  # Rewritten once this run's task list is complete.
+    _write_atomic(os.path.join(self.output_dir, IDENTITY_FILE),
+                  json.dumps(self._identity, indent=2))
     runner = inference_lib.Inference(self.model, params, self.settings.batch_size,
                                      partitioner=self.partitioner,
                                      show_progress=self.show_progress)
-    results: Dict[str, Dict[str, dict]] = {}
-    splits: Dict[str, Dict[str, str]] = {}
+    outcome = EvalOutcome()
     bar = tqdm.tqdm(self.tasks, desc="eval tasks", unit="task", disable=not self.show_progress)
     for task in bar:
       bar.set_postfix_str(task.name)
-      split, scores = self._evaluate_task(runner, task)
-      splits.setdefault(task.target, {})[task.lang] = split
-      if scores:
-        results.setdefault(task.target, {})[task.lang] = scores
-        logging.info("eval %s (%s, %s split): %s", task.name, task.target, split,
-                     " ".join(f"{k}={v:.2f}" for k, v in scores.items()))
-      else:
-        logging.info("eval %s (%s split): unlabeled, predictions only", task.name, split)
-    summary = {"checkpoint": checkpoint, "step": int(step), "tasks": results}
+      try:
+        result = self._evaluate_task(runner, task)
+      except UserError as error:  # The task's data or files; the other tasks can still run.
+        _put(outcome.failed, task, str(error))
+        logging.error("eval %s FAILED: %s", task.name, error)
+        continue
+      _put(outcome.splits, task, result.split)
+      _put(outcome.provenance, task,
+           result.provenance.to_json() if result.provenance is not None else None)
+      source = result.provenance.describe() if result.provenance else f"{result.split} split"
+      if result.no_gold is not None:
+        _put(outcome.no_gold, task, result.no_gold)
+        logging.warning("eval %s: NO GOLD, predictions only, no metric (%s): %s", task.name,
+                        predictions_path(self.output_dir, task.target, task.lang),
+                        result.no_gold)
+      elif result.metrics:
+        _put(outcome.metrics, task, result.metrics)
+        logging.info("eval %s (%s, %s): %s", task.name, task.target, source,
+                     " ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()))
+    summary = {"checkpoint": checkpoint, "step": int(step), "tasks": outcome.metrics,
+               "no_gold": outcome.no_gold, "failed": outcome.failed}
     _write_atomic(os.path.join(self.output_dir, METRICS_FILE), json.dumps(summary, indent=2))
-    info = {"checkpoint": checkpoint, "step": int(step), "splits": splits,
+    info = {"checkpoint": checkpoint, "step": int(step), "splits": outcome.splits,
+            "provenance": outcome.provenance,
             "tasks": {t.name: [t.target, t.lang] for t in self.tasks},
+            "no_gold": outcome.no_gold, "failed": outcome.failed,
             "settings": dataclasses.asdict(self.settings)}
     _write_atomic(os.path.join(self.output_dir, INFO_FILE), json.dumps(info, indent=2))
-    self._write_summaries(results, step)
-    _write_atomic(done, f"step {int(step)}\n")
-    return results
+    self._write_summaries(outcome.metrics, step)
+    if outcome.failed:
+      logging.error("eval: %d of %d tasks failed, no %s written: %s",
+                    sum(len(v) for v in outcome.failed.values()), len(self.tasks), DONE_FILE,
+                    "; ".join(f"{t}/{l}" for t, by in outcome.failed.items() for l in by))
+    else:
+      _write_atomic(done, f"step {int(step)}\n")
+    return outcome
 
   # ---- one task ----
 
-  def _evaluate_task(self, runner, task: EvalTask):
+  def _evaluate_task(self, runner, task: EvalTask) -> TaskResult:
     seqio_task = seqio.get_mixture_or_task(task.name)
     split = _pick_split(seqio_task, self.settings.split)
     path = predictions_path(self.output_dir, task.target, task.lang)
     if tf.io.gfile.exists(path):
+      provenance, no_gold, count = self._recorded(task, split, path)
       logging.info("eval %s: %s exists, not recomputed", task.name, path)
       records = read_records(path)
+      if len(records) != count:
+        raise StaleOutputError(f"{path} has {len(records)} records but {meta_path(path)} says "
+                               f"{count}; delete both to recompute them")
     else:
       if task.target in RETRIEVAL_TARGETS:
-        records = self._retrieval_records(runner, task, split)
+        provenance, no_gold, records = self._retrieval_task(runner, task, split)
       else:
-        records = self._seqio_records(runner, seqio_task, task, split)
+        provenance, no_gold, records = self._seqio_task(runner, seqio_task, task, split)
+      meta = {"task": task.name, **self._identity, "split": split,
+              "settings": self.settings.prediction_settings(),
+              "provenance": provenance.to_json() if provenance is not None else None,
+              "no_gold": no_gold, "records": len(records)}
+      # The meta first: a predictions file never exists without it.
+      _write_atomic(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False))
       write_records(path, records)
+    if no_gold is not None:
+      return TaskResult(split, provenance, no_gold, {})
     if task.target in RETRIEVAL_TARGETS:
-      return split, retrieval_metrics(task.target, records) if records else {}
-    return split, seqio_task_metrics(seqio_task, records)
+      return TaskResult(split, provenance, None, retrieval_metrics(task.target, records))
+    return TaskResult(split, provenance, None, seqio_task_metrics(seqio_task, records))
+
+  def _recorded(self, task: EvalTask, split: str, path: str):
+    """(provenance, no_gold, records) of an existing predictions file, from its .meta.json, after
+    checking that it was made for this task, checkpoint, step, split and settings."""
+    meta_file = meta_path(path)
+    if not tf.io.gfile.exists(meta_file):
+      raise StaleOutputError(f"{path} has no {os.path.basename(meta_file)} saying what it was "
+                             "made from; delete it to recompute it")
+    meta = _read_json(meta_file)
+    expected = {"task": task.name, **self._identity, "split": split,
+                "settings": self.settings.prediction_settings()}
+    differ = [f"{key} {meta.get(key)!r} (this run: {value!r})" for key, value in expected.items()
+              if meta.get(key) != value]
+    if differ:
+      raise StaleOutputError(f"{path} was made with other inputs: {'; '.join(differ)}; delete "
+                             "it (and its .meta.json) or use a fresh output directory")
+    provenance = meta.get("provenance")
+    provenance = gold_lib.Provenance.from_json(provenance) if provenance else None
+    no_gold = meta.get("no_gold")
+    if no_gold is not None and self.settings.require_gold:
+      raise NoGoldError(task.name, no_gold)
+    return provenance, no_gold, meta.get("records")
+
+  def _check_gold(self, task: EvalTask, split: str, provenance, targets) -> Optional[str]:
+    no_gold = gold_status(provenance, targets, f"task {task.name} ({split} split)")
+    if no_gold is not None and self.settings.require_gold:
+      raise NoGoldError(task.name, no_gold)
+    return no_gold
 
   def _examples(self, seqio_task: seqio.Task, split: str) -> List[dict]:
     lengths = self.settings.task_feature_lengths
@@ -352,10 +578,14 @@ class Evaluator:
       ds = ds.take(self.settings.max_examples)
     return list(ds.as_numpy_iterator())
 
-  def _seqio_records(self, runner, seqio_task: seqio.Task, task: EvalTask, split: str):
+  def _seqio_task(self, runner, seqio_task: seqio.Task, task: EvalTask, split: str):
+    """(provenance, no_gold, records) of a generation or rank-classification task."""
     examples = self._examples(seqio_task, split)
-    if not examples:
-      return []
+    provenance = gold_lib.task_provenance(seqio_task, split)
+    targets = [_jsonable(seqio_task.postprocess_fn(_text(ex["targets_pretokenized"]),
+                                                   example=ex, is_target=True))
+               for ex in examples]
+    no_gold = self._check_gold(task, split, provenance, targets)
     lengths = self.settings.task_feature_lengths
     vocabulary = seqio_task.output_features["targets"].vocabulary
     inputs = inference_lib.pad_columns([ex["inputs"] for ex in examples], lengths["inputs"])
@@ -366,29 +596,28 @@ class Evaluator:
           inputs, [inference_lib.encode_with_eos(vocabulary, c, lengths["targets"])
                    for c in choices], description=task.name)
       outputs = [c[i] for c, i in zip(choices, best)]
-      extras = [{"prediction_index": int(i), "label": int(ex["label"])}
+      extras = [{"prediction_index": int(i),
+                 "label": int(ex["label"]) if no_gold is None else None}
                 for i, ex in zip(best, examples)]
     else:
       tokens = runner.decode(inputs, self.settings.decode_length, self.settings.beam_size,
                              self.settings.alpha, description=task.name)
       outputs = [vocabulary.decode([int(t) for t in row]) for row in tokens]
     records = []
-    for index, (ex, output, extra) in enumerate(zip(examples, outputs, extras)):
-      target = seqio_task.postprocess_fn(_text(ex["targets_pretokenized"]), example=ex,
-                                         is_target=True)
+    for index, (ex, target, output, extra) in enumerate(zip(examples, targets, outputs, extras)):
       prediction = seqio_task.postprocess_fn(output, example=ex, is_target=False)
       records.append({"id": _text(ex["id"]) if "id" in ex else str(index),
                       "input": _text(ex["inputs_pretokenized"]),
-                      "target": _jsonable(target), "prediction": _jsonable(prediction),
-                      **extra})
-    labeled = [r for r in records if not _is_unlabeled(r["target"])]
-    scorer = (_example_scorer(list(seqio_task.metric_fns), labeled[0]["target"],
-                              labeled[0]["prediction"]) if labeled else None)
+                      "target": target if no_gold is None else None,
+                      "prediction": _jsonable(prediction), **extra})
+    scorer = None
+    if no_gold is None:
+      scorer = _example_scorer(list(seqio_task.metric_fns), records[0]["target"],
+                               records[0]["prediction"])
     for record in records:
-      unlabeled = scorer is None or _is_unlabeled(record["target"])
-      record["example_score"] = None if unlabeled else scorer(record["target"],
-                                                              record["prediction"])
-    return records
+      record["example_score"] = (None if scorer is None else
+                                 scorer(record["target"], record["prediction"]))
+    return provenance, no_gold, records
 
   def _retrieval_set(self, task: EvalTask, split: str):
     if task.target == "tatoeba":
@@ -402,8 +631,11 @@ class Evaluator:
                                            self.settings.task_feature_lengths["inputs"])
     return retrieval.embed(runner, tokens, self.settings.retrieval_layer, description)
 
-  def _retrieval_records(self, runner, task: EvalTask, split: str) -> List[dict]:
+  def _retrieval_task(self, runner, task: EvalTask, split: str):
+    """(provenance, no_gold, records) of a retrieval target."""
     rs = self._retrieval_set(task, split)
+    # Retrieval sets that know their source carry it (xltransfer/data/retrieval.py).
+    provenance = getattr(rs, "provenance", None)
     if self.settings.max_examples:
       keep = self.settings.max_examples
       rs = dataclasses.replace(rs, queries=rs.queries[:keep], query_ids=rs.query_ids[:keep],
@@ -411,8 +643,7 @@ class Evaluator:
       if task.target == "tatoeba":  # Aligned pairs: keep both sides in step.
         rs = dataclasses.replace(rs, candidates=rs.candidates[:keep],
                                  candidate_ids=rs.candidate_ids[:keep])
-    if not rs.queries:
-      return []
+    no_gold = self._check_gold(task, split, provenance, rs.gold)
     vocabulary = seqio.get_mixture_or_task(task.name).output_features["inputs"].vocabulary
     # The training tasks' prefixes: evaluation embeds what a dual encoder was trained on.
     query_prefix, candidate_prefix = retrieval_data.PREFIXES[task.target]
@@ -427,21 +658,24 @@ class Evaluator:
     candidates = self._candidate_cache[key]
     search = dict(candidate_chunk=self.settings.candidate_chunk,
                   query_batch=self.settings.batch_size)
+    labelled = no_gold is None
     if task.target == "tatoeba":
       forward, backward = retrieval.tatoeba_directions(queries, candidates, **search)
-      return [{"id": str(qid), "input": q, "target": int(min(g)),
-               "prediction": int(rs.candidate_ids[f]),
-               "prediction_en_to_xx": int(rs.query_ids[b]),
-               "example_score": 100.0 * (int(rs.candidate_ids[f]) in g)}
-              for qid, q, g, f, b in zip(rs.query_ids, rs.queries, rs.gold, forward, backward)]
+      return provenance, no_gold, [
+          {"id": str(qid), "input": q, "target": int(min(g)) if labelled else None,
+           "prediction": int(rs.candidate_ids[f]),
+           "prediction_en_to_xx": int(rs.query_ids[b]),
+           "example_score": 100.0 * (int(rs.candidate_ids[f]) in g) if labelled else None}
+          for qid, q, g, f, b in zip(rs.query_ids, rs.queries, rs.gold, forward, backward)]
     _, indices = retrieval.cosine_top_k(queries, candidates, MAP_K, **search)
     records = []
     for qid, q, g, row in zip(rs.query_ids, rs.queries, rs.gold, indices):
       ranked = [rs.candidate_ids[j] for j in row]
-      records.append({"id": str(qid), "input": q, "target": sorted(g), "prediction": ranked,
-                      "example_score": 100.0 * metrics_lib.average_precision_at_k(g, ranked,
-                                                                                  MAP_K)})
-    return records
+      score = (100.0 * metrics_lib.average_precision_at_k(g, ranked, MAP_K) if labelled
+               else None)
+      records.append({"id": str(qid), "input": q, "target": sorted(g) if labelled else None,
+                      "prediction": ranked, "example_score": score})
+    return provenance, no_gold, records
 
   # ---- summaries ----
 
@@ -504,19 +738,23 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   """Loads a checkpoint (as INITIAL_CHECKPOINT_PATH accepts: a trainer run or step, an
   `xltransfer convert` output, HF or T5X) and evaluates it.
 
-  Returns {"output_dir", "step", "metrics": {target: {lang: {metric: value}}}}.
+  Returns {"output_dir", "step", "metrics": {target: {lang: {metric: value}}}, "no_gold":
+  {target: {lang: why}}, "failed": {target: {lang: error}}, "tasks": number of tasks}.
   """
   tasks = resolve_tasks(mixture_or_task_name)  # Fail on a bad name before loading anything.
+  vocab_check.check_model_vocabulary(model, tasks)
   if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
     raise CheckpointError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or directory")
+  step = checkpoint_step(checkpoint_path)
+  check_output_dir(output_dir, checkpoint_path, step)  # Before the (slow) checkpoint load.
   partitioner = partitioner if partitioner is not None else partitioning.create_partitioner()
   shardings = partitioner.shardings(model.param_logical_axes())
   params, kind = checkpointing.load_initial_params(checkpoint_path, model, shardings)
   logging.info("evaluating %s on %d tasks into %s", kind, len(tasks), output_dir)
   evaluator = Evaluator(model, tasks, output_dir, settings, partitioner, show_progress)
-  step = checkpoint_step(checkpoint_path)
-  results = evaluator.evaluate(params, step=step, checkpoint=checkpoint_path)
-  return {"output_dir": output_dir, "step": step, "metrics": results}
+  outcome = evaluator.run(params, step=step, checkpoint=checkpoint_path)
+  return {"output_dir": output_dir, "step": step, "metrics": outcome.metrics,
+          "no_gold": outcome.no_gold, "failed": outcome.failed, "tasks": len(tasks)}
 
 
 @gin.configurable(module="xltransfer.evaluation")
@@ -530,7 +768,8 @@ class PeriodicEvaluator:
   Each call writes a complete eval directory, `{output_dir}/zeroshot/step_{step}`, and returns
   the metrics as `zeroshot/{target}/{lang}/{metric}` scalars (plus each target's avg_metric)
   for the trainer's summaries. Batches are sharded by the gin-configured partitioner, which
-  describes the trainer's own mesh.
+  describes the trainer's own mesh. A task that fails (missing data) stops the training after
+  the other tasks are evaluated, as a UserError naming every failure.
   """
 
   def __init__(self, mixture_or_task_name: Union[str, Sequence[str]] = gin.REQUIRED,
@@ -550,5 +789,9 @@ class PeriodicEvaluator:
       self.partitioner = partitioning.create_partitioner()
     evaluator = Evaluator(model, self.tasks, self.step_dir(step), self.settings,
                           self.partitioner, self.show_progress)
-    results = evaluator.evaluate(params, step=step, checkpoint=f"training step {int(step)}")
-    return flat_scalars(results, prefix="zeroshot/")
+    outcome = evaluator.run(params, step=step, checkpoint=f"training step {int(step)}")
+    if outcome.failed:
+      raise UserError(f"zero-shot evaluation at step {int(step)} into {self.step_dir(step)}: "
+                      + "; ".join(f"{t}/{l}: {e}" for t, by in outcome.failed.items()
+                                  for l, e in by.items()))
+    return flat_scalars(outcome.metrics, prefix="zeroshot/")

@@ -4,7 +4,7 @@
   grid.py       the stages (intermediate training, fine-tuning -- SIQA then COPA for XCOPA --,
                 zero-shot and direct evals)
   runner.py     stage command lines, sequential resumable execution, --emit for pods
-  collect.py    reads the eval stages' metrics.json and prediction files
+  collect.py    reads the eval stages' metrics.json, eval_info.json (sources) and predictions
   bootstrap.py  paired bootstrap CIs over examples (and seeds)
   report.py     Markdown/CSV/JSON report with XTREME-R scores and deltas; plots.py its PNGs
   main.py       `xltransfer study run|status|report`

@@ -1,7 +1,11 @@
 """Reads the eval stages' outputs (docs/interfaces.md, "Evaluation outputs") for the report.
 
-Each done eval stage has `metrics.json` ({"tasks": {TARGET: {LANG: {METRIC: value}}}}) and
-`predictions/TARGET/LANG.jsonl` (one record per example with `example_score`). A result is
+Each done eval stage has `metrics.json` ({"tasks": {TARGET: {LANG: {METRIC: value}}}}),
+`eval_info.json` (the split and provenance each language was read from) and
+`predictions/TARGET/LANG.jsonl` (one record per example with `example_score`). A number whose
+provenance says its data has no gold is never reported (it is dropped with a note); a stage's
+failures and no-gold languages (metrics.json "failed"/"no_gold", the runner's STUDY_FAILED)
+become notes that the report lists next to the missing cells. A result is
 keyed by (condition, seed, column), where the column is the target for evaluations of the
 fine-tuned model and "TARGET (direct)" for retrieval evaluated from the intermediate
 checkpoint; tatoeba, which has no fine-tuning, is evaluated only directly and keeps its name.
@@ -18,6 +22,8 @@ from xltransfer.errors import DataFormatError
 from xltransfer.study import bootstrap
 
 METRICS_FILE = "metrics.json"
+INFO_FILE = "eval_info.json"
+FAILED_MARKER = "STUDY_FAILED"  # written by runner.py; not imported from it (no cycle)
 PREDICTIONS_DIR = "predictions"
 TAGGING_TARGETS = ("udpos", "panx")
 QA_TARGETS = ("xquad", "mlqa", "tydiqa")
@@ -42,6 +48,9 @@ class EvalResult:
   target: str
   metrics: dict  # {lang: {metric: value}}
   stage_dir: str
+  # {lang: {"source", "split", "location"}} for every language with metrics; source and
+  # location are None when the stage did not record them (no eval_info.json provenance).
+  sources: dict = dataclasses.field(default_factory=dict)
 
 
 def _read_metrics(path: str, target: str, stage_id: str) -> dict:
@@ -57,20 +66,84 @@ def _read_metrics(path: str, target: str, stage_id: str) -> dict:
   return tasks[target]
 
 
-def load_results(spec, stages) -> tuple:
-  """(results, missing): EvalResults of the done eval stages, ids of the others."""
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise DataFormatError(path, None, f"not JSON ({e})") from None
+
+
+def _sources(stage_dir: str, target: str, langs) -> dict:
+  """{lang: {"source", "split", "location", "labelled"}} from the stage's eval_info.json."""
+  path = os.path.join(stage_dir, INFO_FILE)
+  info = _read_json(path) if os.path.exists(path) else {}
+  if not isinstance(info, dict):
+    raise DataFormatError(path, None, "not a JSON object")
+  splits = (info.get("splits") or {}).get(target, {})
+  provenance = (info.get("provenance") or {}).get(target, {})
+  sources = {}
+  for lang in langs:
+    p = provenance.get(lang) or {}
+    sources[lang] = {"source": p.get("source"), "split": p.get("split", splits.get(lang)),
+                     "location": p.get("location"),
+                     "labelled": p.get("labelled") if p else None,
+                     "no_gold": p.get("no_gold")}
+  return sources
+
+
+def stage_notes(stage) -> list:
+  """What an eval stage's own files say went wrong: failed and no-gold languages (from
+  metrics.json, which a failed `xltransfer eval` still writes), else the runner's reason."""
+  notes = []
+  path = os.path.join(stage.stage_dir, METRICS_FILE)
+  data = _read_json(path) if os.path.exists(path) else {}
+  data = data if isinstance(data, dict) else {}
+  for target, by_lang in sorted((data.get("failed") or {}).items()):
+    notes += [f"{target}/{lang} failed: {error}" for lang, error in sorted(by_lang.items())]
+  for target, by_lang in sorted((data.get("no_gold") or {}).items()):
+    notes += [f"{target}/{lang} has no gold, so no number: {why}"
+              for lang, why in sorted(by_lang.items())]
+  failed = os.path.join(stage.stage_dir, FAILED_MARKER)
+  if not notes and os.path.exists(failed):
+    info = _read_json(failed)
+    info = info if isinstance(info, dict) else {}
+    notes.append(f"stage failed ({info.get('reason', 'see its log')}); log {info.get('log')}")
+  return notes
+
+
+def load_results(spec, stages, notes: Optional[dict] = None) -> tuple:
+  """(results, missing): EvalResults of the done eval stages, ids of the others.
+
+  `notes`, when given, receives {stage id: [what went wrong]} for every eval stage with
+  something to say (see `stage_notes`), and a note for each number refused because its
+  provenance says the data has no gold.
+  """
   results, missing = [], []
+  notes = {} if notes is None else notes
   for stage in stages:
     if stage.command != "eval":
       continue
+    said = stage_notes(stage)
     path = os.path.join(stage.stage_dir, METRICS_FILE)
     if not (os.path.exists(os.path.join(stage.stage_dir, "DONE")) and os.path.exists(path)):
       missing.append(stage.id)
+      if said:
+        notes[stage.id] = said
       continue
     metrics = _read_metrics(path, stage.target, stage.id)
+    sources = _sources(stage.stage_dir, stage.target, metrics)
+    for lang, source in sources.items():
+      if source["labelled"] is False:  # Never a number from data without gold.
+        said.append(f"{stage.target}/{lang}: metrics.json has numbers, but its data has no gold "
+                    f"({source['no_gold']}); not reported")
+        del metrics[lang]
+    if said:
+      notes[stage.id] = said
     results.append(EvalResult(stage.id, stage.condition, stage.seed,
                               column_of(spec, stage.role, stage.target), stage.target,
-                              metrics, stage.stage_dir))
+                              metrics, stage.stage_dir,
+                              {l: s for l, s in sources.items() if l in metrics}))
   return results, missing
 
 

@@ -28,7 +28,8 @@ from xltransfer.study import spec as spec_lib
 # rejects a macro that nothing uses. Train: the T5X names of docs/interfaces.md plus
 # RANDOM_SEED (gin/runs/finetune.gin). Eval (gin/eval/zeroshot.gin, which `xltransfer eval`
 # adds itself): CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME, and SPLIT when the
-# spec sets eval_split.
+# spec sets eval_split; and EvalSettings.require_gold: a study never scores data without gold,
+# so an eval stage whose data has none fails, naming the file, and its cells stay empty.
 MODEL_DIR = "MODEL_DIR"
 MIXTURE = "MIXTURE_OR_TASK_NAME"
 INITIAL_CHECKPOINT = "INITIAL_CHECKPOINT_PATH"
@@ -38,6 +39,11 @@ RANDOM_SEED = "RANDOM_SEED"
 CHECKPOINT_PATH = "CHECKPOINT_PATH"
 EVAL_OUTPUT_DIR = "EVAL_OUTPUT_DIR"
 SPLIT = "SPLIT"
+REQUIRE_GOLD = "xltransfer.evaluation.EvalSettings.require_gold"
+TARGET_SOURCE_BINDING = "target_source.value"
+ORIGINAL_DATA_BINDING = "original_data_dir.path"
+# Training stages always bind it (StudySpec.restore_optimizer_state says why it is off).
+RESTORE_OPTIMIZER_STATE = "xltransfer.train.train.restore_optimizer_state"
 
 ROLES = ("intermediate", "prefinetune", "finetune", "eval", "direct")
 STUDY_FILE = "study.json"
@@ -103,6 +109,8 @@ def _common_bindings(spec) -> list:
     bindings.append((XTREME_DATA_BINDING, spec.xtreme_data_dir))
   if spec.user_data_dir:
     bindings.append(("user_data_dir.path", spec.user_data_dir))
+  if spec.original_data_dir:
+    bindings.append((ORIGINAL_DATA_BINDING, spec.original_data_dir))
   return bindings
 
 
@@ -122,7 +130,8 @@ def build_stages(spec: spec_lib.StudySpec, study_dir: Optional[str] = None) -> l
                   gin_files, deps):
     stage_dir = path(stage_id)
     bindings = [(MODEL_DIR, stage_dir), (MIXTURE, mixture), (INITIAL_CHECKPOINT, init),
-                (TRAIN_STEPS, int(steps)), (BATCH_SIZE, int(batch)), (RANDOM_SEED, int(seed))]
+                (TRAIN_STEPS, int(steps)), (BATCH_SIZE, int(batch)), (RANDOM_SEED, int(seed)),
+                (RESTORE_OPTIMIZER_STATE, bool(spec.restore_optimizer_state))]
     stages.append(Stage(
         stage_id, "train", role, condition, seed, target, stage_dir,
         (spec.model_gin(),) + tuple(spec.train_gin_files) + tuple(gin_files),
@@ -132,7 +141,9 @@ def build_stages(spec: spec_lib.StudySpec, study_dir: Optional[str] = None) -> l
   def eval_stage(stage_id, role, condition, seed, target, checkpoint, deps):
     stage_dir = path(stage_id)
     bindings = [(CHECKPOINT_PATH, checkpoint), (EVAL_OUTPUT_DIR, stage_dir),
-                (MIXTURE, eval_tasks(spec, target))]
+                (MIXTURE, eval_tasks(spec, target)), (REQUIRE_GOLD, True)]
+    if spec.target_source:
+      bindings.append((TARGET_SOURCE_BINDING, spec.target_source))
     if spec.eval_split:
       bindings.append((SPLIT, spec.eval_split))
     stages.append(Stage(

@@ -8,6 +8,11 @@ mean task score over the study's targets (the overall score when all ten are the
 Confidence intervals come from the per-example prediction files (see bootstrap.py); a delta
 is significant when its 95% interval excludes zero. Writes report.md, report.csv,
 report.json and PNG plots to DIR/report (or --out).
+
+Every number says where it comes from: the source and split recorded in each eval stage's
+eval_info.json (a table, and a line under each per-language table; a "source" and "split"
+per CSV row). A cell without a number (a stage not done, failed, or whose data has no gold)
+shows "–", never 0, and the stage's notes say why, naming the file.
 """
 import csv
 import dataclasses
@@ -75,8 +80,21 @@ class StudyResults:
                  for m in runs[0].metrics[lang] if all(m in r.metrics[lang] for r in runs)}
           for lang in langs}
       self.seeds[key] = tuple(r.seed for r in runs)
-    order = {t: i for i, t in enumerate(grid_columns(spec))}
-    self.columns = sorted({c for _, c in self.metrics}, key=lambda c: order.get(c, len(order)))
+    # sources[column][lang]: the distinct {"source", "split", "location"} of its numbers.
+    self.sources = {}
+    for (condition, column), runs in by_key.items():
+      for lang in self.metrics[(condition, column)]:
+        found = self.sources.setdefault(column, {}).setdefault(lang, [])
+        for r in runs:
+          recorded = r.sources.get(lang, {})
+          entry = {k: recorded.get(k) for k in ("source", "split", "location")}
+          if entry not in found:
+            found.append(entry)
+    # Every column the study should have, so that a missing one shows as "–".
+    expected = grid_columns(spec)
+    order = {t: i for i, t in enumerate(expected)}
+    self.columns = sorted(set(expected) | {c for _, c in self.metrics},
+                          key=lambda c: order.get(c, len(order)))
 
   def has(self, condition, column) -> bool:
     return (condition, column) in self.metrics
@@ -217,7 +235,8 @@ def references(spec) -> list:
 def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
   """Everything the report files show, as one JSON-able dict."""
   spec, stages, _ = grid.read_study_file(study_dir)
-  results, missing = collect.load_results(spec, stages)
+  notes = {}
+  results, missing = collect.load_results(spec, stages, notes)
   study = StudyResults(spec, results)
   comparer = Comparer(study, collect.ExampleStore(results),
                       bootstrap.PairedBootstrap(samples=samples, seed=seed))
@@ -260,6 +279,8 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
                                  + (" and seeds" if len(spec.seeds) > 1 else "")},
       "references": [[ref, conds] for ref, conds in references(spec)],
       "missing_stages": missing,
+      "stage_notes": notes,
+      "sources": study.sources,
       "conditions": conditions,
       "per_language": per_language,
       "comparisons": [c.to_dict() for c in comparisons],
@@ -267,6 +288,23 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
 
 
 # -- Writers ----------------------------------------------------------------------------------
+
+def source_text(entry: dict) -> str:
+  """"XNLI 1.0 release, test split", or what is known when the stage did not record it."""
+  if entry.get("source") is None:
+    split = f"{entry['split']} split, " if entry.get("split") else ""
+    return f"{split}source not recorded"
+  return f"{entry['source']}, {entry['split']} split"
+
+
+def source_groups(by_lang: dict) -> list:
+  """[(source text, [languages])] of one column's {lang: [source entries]}."""
+  groups = {}
+  for lang, entries in sorted(by_lang.items()):
+    for entry in entries:
+      groups.setdefault(source_text(entry), []).append(lang)
+  return list(groups.items())
+
 
 def _fmt(value) -> str:
   return "–" if value is None else f"{value:.2f}"
@@ -307,7 +345,11 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
       "are (F1 + EM)/2. No correction for multiple comparisons.", ""]
   if report["missing_stages"]:
     lines += [f"**Incomplete**: {len(report['missing_stages'])} eval stages have no results "
-              f"yet: {', '.join(report['missing_stages'])}.", ""]
+              f"(their cells show –): {', '.join(report['missing_stages'])}.", ""]
+  if report["stage_notes"]:
+    lines += ["**Notes from the eval stages** (why numbers are missing):", ""]
+    lines += [f"- `{stage}`: {note}" for stage, notes in report["stage_notes"].items()
+              for note in notes] + [""]
 
   columns = report["columns"]
   lines += ["## XTREME-R score per condition", ""]
@@ -353,17 +395,38 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
     rows.append(row)
   lines += _table(header, rows) + [""]
 
+  lines += ["## Where the numbers come from", "",
+            "The data source and split of every number, as each eval stage recorded it "
+            "(eval_info.json; the files read are in report.json under \"sources\").", ""]
+  rows = [[column, text, " ".join(langs)] for column in columns
+          for text, langs in source_groups(report["sources"].get(column, {}))]
+  lines += _table(["column", "source, split", "languages"], rows) + [""]
+  mixed = [(column, lang, entries) for column in columns
+           for lang, entries in sorted(report["sources"].get(column, {}).items())
+           if len(entries) > 1]
+  for column, lang, entries in mixed:
+    lines.append(f"**Warning**: {column}/{lang} numbers come from different data across runs "
+                 f"({'; '.join(source_text(e) for e in entries)}): they are not comparable.")
+  if mixed:
+    lines.append("")
+
   lines += ["## Per target and language", ""]
   for column in columns:
     target = collect.target_of(column)
     by_condition = report["per_language"][column]
     langs = sorted({l for m in by_condition.values() for l in m})
+    groups = source_groups(report["sources"].get(column, {}))
     for metric in DISPLAY_METRICS.get(target, ("score",)):
       name = metric if metric != "score" else _metric_name(target)
       lines += [f"### {column}: {name}", ""]
-      rows = [[label[c]] + [_fmt(by_condition[c].get(l, {}).get(metric)) for l in langs]
-              for c in by_condition]
+      if not langs:
+        lines += ["No results (see the notes above).", ""]
+        continue
+      rows = [[label[c]] + [_fmt(by_condition.get(c, {}).get(l, {}).get(metric))
+                            for l in langs] for c in conds]
       lines += _table(["condition", *langs], rows) + [""]
+      lines += ["Source: " + "; ".join(f"{text} ({' '.join(ls)})" for text, ls in groups),
+                ""]
 
   significant = [d for d in report["comparisons"] if d["significant"]
                  and d["scope"] in ("targets_mean", "task", "group", "category")]
@@ -392,7 +455,7 @@ def _reference_groups(report):
 
 
 CSV_FIELDS = ("kind", "condition", "reference", "column", "language", "group", "metric",
-              "value", "ci_low", "ci_high", "significant", "seeds")
+              "value", "ci_low", "ci_high", "significant", "seeds", "source", "split")
 
 
 def write_csv(report: dict, path: str) -> None:
@@ -401,9 +464,12 @@ def write_csv(report: dict, path: str) -> None:
   for column, by_condition in report["per_language"].items():
     for c, langs in by_condition.items():
       for lang, metrics in langs.items():
+        entries = report["sources"].get(column, {}).get(lang, [])
+        source = " | ".join(str(e["source"]) for e in entries) or None
+        split = " | ".join(str(e["split"]) for e in entries) or None
         for metric, value in metrics.items():
           rows.append({"kind": "value", "condition": c, "column": column, "language": lang,
-                       "metric": metric, "value": value})
+                       "metric": metric, "value": value, "source": source, "split": split})
   for c, v in report["conditions"].items():
     seeds = len(v["seeds"])
     for column, value in v["task_scores"].items():

@@ -24,6 +24,7 @@ import gin
 
 from xltransfer import gin_paths
 from xltransfer.data import languages as language_sets
+from xltransfer.data.paths import TARGET_SOURCES
 from xltransfer.errors import ConfigError
 
 BASELINE = "none"
@@ -72,9 +73,21 @@ class StudySpec:
   # Passed to every eval stage as SPLIT when set ("test" or "validation"; gin/eval/zeroshot.gin
   # reads test, and validation for tasks without a test split).
   eval_split: Optional[str] = None
-  # Data directories, passed to every stage as `xtreme_data_dir.path` / `user_data_dir.path`.
+  # Data directories, passed to every stage as `xtreme_data_dir.path` / `user_data_dir.path`
+  # / `original_data_dir.path` (the labelled original releases, docs/tasks.md).
   xtreme_data_dir: Optional[str] = None
   user_data_dir: Optional[str] = None
+  original_data_dir: Optional[str] = None
+  # Where eval stages read XTREME-R eval data, passed as `target_source.value`: "original"
+  # (labelled releases), "tfds", or "files" (the XTREME-R download, whose test gold is hidden:
+  # its eval stages fail, as a study never scores data without gold). None: the stages'
+  # default ($XLTRANSFER_TARGET_SOURCE, else "files").
+  target_source: Optional[str] = None
+  # Restore the Adafactor state and step of a T5X initial checkpoint (T5X's fine-tuning
+  # default). Off in a study: the baseline fine-tunes from the released checkpoint while the
+  # other conditions fine-tune from their own intermediate checkpoints (parameters only), so
+  # restoring the state in the baseline alone would make the optimizer differ by condition.
+  restore_optimizer_state: bool = False
   # The model's gin file, first in every stage; default models/mt5_{model_size}.gin.
   model_gin_file: Optional[str] = None
   # Gin files (paths as given, else under the repository's gin/): train_gin_files go to every
@@ -184,6 +197,10 @@ def validate(spec: StudySpec, where: str) -> None:
     if target not in TARGETS:
       fail("target_gin_files/finetune_steps_per_target",
            f"unknown target {target!r}; valid: {' '.join(TARGETS)}")
+  if spec.target_source is not None and spec.target_source not in TARGET_SOURCES:
+    fail("target_source", f"{spec.target_source!r}; valid: {' '.join(TARGET_SOURCES)}")
+  if not isinstance(spec.restore_optimizer_state, bool):
+    fail("restore_optimizer_state", f"{spec.restore_optimizer_state!r} is not True or False")
   if not spec.seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                for s in spec.seeds):
     fail("seeds", "list one or more integer seeds")
@@ -260,7 +277,8 @@ def load_spec(path: str, bindings=()) -> StudySpec:
   # Stages may run from another directory (or rerun from one): make local paths absolute.
   return dataclasses.replace(spec, **{
       key: _absolute(getattr(spec, key))
-      for key in ("initial_checkpoint", "xtreme_data_dir", "user_data_dir")})
+      for key in ("initial_checkpoint", "xtreme_data_dir", "user_data_dir",
+                  "original_data_dir")})
 
 
 def _absolute(path):
