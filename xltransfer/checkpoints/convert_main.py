@@ -3,7 +3,8 @@
   xltransfer convert hf-to-xl  HF_DIR   DST      HF MT5 (safetensors or .bin) -> xltransfer
   xltransfer convert xl-to-hf  SRC      HF_DIR   xltransfer -> HF MT5ForConditionalGeneration
   xltransfer convert xl-to-t5x SRC      T5X_DIR  xltransfer -> T5X checkpoint (legacy msgpack +
-      tensorstore, version 3; unscanned layers unless --scanned)
+      tensorstore, version 3; unscanned layers unless --scanned), with the run's trained
+      Adafactor state when SRC is a trainer run, else a zero Adafactor state
   SRC for xl-to-*: an `xltransfer convert` output, a trainer MODEL_DIR (its latest step) or one
       of its checkpoint_N directories; the model config is the one the run recorded.
   xltransfer convert t5x-to-xl T5X_CKPT DST --size small   T5X checkpoint -> xltransfer
@@ -16,7 +17,7 @@ import os
 
 import numpy as np
 
-from xltransfer.checkpoints import hf, native, run_dir, staging
+from xltransfer.checkpoints import hf, native, run_dir, staging, t5x_export
 from xltransfer.errors import ConfigError
 from xltransfer.model.config import MODEL_SIZES, get_config
 
@@ -35,8 +36,17 @@ def _parser():
   p.add_argument("--scanned", action="store_true",
                  help="write the scanned layer layout (`layers` axis 1, e.g. scalable_t5) "
                       "instead of T5X mT5's layers_0..N-1")
-  p.add_argument("--no_optimizer_state", action="store_true",
-                 help="write parameters and step only, without the zero Adafactor state")
+  which = p.add_mutually_exclusive_group()
+  which.add_argument("--no_optimizer_state", action="store_true",
+                     help="write parameters and step only, without an Adafactor state")
+  which.add_argument("--zero_optimizer_state", action="store_true",
+                     help="write a zero Adafactor state even when SRC is a trainer run "
+                          "(whose trained state is written by default)")
+  p.add_argument("--min_dim_size_to_factor", type=int,
+                 default=t5x_export.DEFAULT_MIN_DIM_SIZE_TO_FACTOR,
+                 help="min_dim_size_to_factor of the T5X Adafactor that resumes from the "
+                      "export (T5X's mT5 default %(default)s); a run trained with a smaller one "
+                      "needs it to export its factored second moments")
   p = sub.add_parser("t5x-to-xl", help="T5X checkpoint (msgpack, tensorstore or orbax) -> xltransfer")
   p.add_argument("src"), p.add_argument("dst")
   p.add_argument("--size", required=True, choices=sorted(MODEL_SIZES),
@@ -57,15 +67,23 @@ def main(argv) -> int:
     native.save_params(params, config, args.dst, overwrite=args.overwrite)
   elif args.direction == "xl-to-hf":
     staging.check_destination(os.path.abspath(args.dst), args.overwrite)  # before reading SRC
-    params, config, _ = load_exportable(args.src)
+    params, config, _, _ = load_exportable(args.src)
     hf.save_hf_checkpoint(_to_numpy(params), config, args.dst, overwrite=args.overwrite)
   elif args.direction == "xl-to-t5x":
-    from xltransfer.checkpoints import t5x_export
     staging.check_destination(os.path.abspath(args.dst), args.overwrite)
-    params, config, step = load_exportable(args.src)
+    params, config, step, step_dir = load_exportable(args.src)
+    optimizer_state = not args.no_optimizer_state
+    trained_state = None
+    if step_dir is not None and optimizer_state and not args.zero_optimizer_state:
+      trained_state = run_dir.load_trained_optimizer_state(step_dir)
     t5x_export.save_t5x_checkpoint(params, config, args.dst, step, scanned=args.scanned,
-                                   optimizer_state=not args.no_optimizer_state,
+                                   optimizer_state=optimizer_state, trained_state=trained_state,
+                                   min_dim_size_to_factor=args.min_dim_size_to_factor,
                                    overwrite=args.overwrite)
+    print(f"optimizer state: "
+          f"{t5x_export.describe_optimizer_state(optimizer_state, trained_state)}"
+          + ("" if step_dir is not None or not optimizer_state
+             else f" ({args.src} holds no optimizer state)"))
   else:
     from xltransfer.checkpoints import t5x
     from xltransfer.model.models import EncoderDecoderModel
@@ -79,13 +97,14 @@ def main(argv) -> int:
 
 
 def load_exportable(path: str):
-  """(params, config, step) of an `xltransfer convert` output (step 0) or a trainer run's
-  MODEL_DIR / checkpoint_N (its step; the config the run recorded)."""
+  """(params, config, step, step_dir) of an `xltransfer convert` output (step 0, step_dir
+  None: it holds no optimizer state) or a trainer run's MODEL_DIR / checkpoint_N (its step;
+  the config the run recorded; the checkpoint_<step> directory read)."""
   if native.is_native_checkpoint(path):
     params, config = native.load_params(path)
-    return params, config, 0
+    return params, config, 0, None
   trained = run_dir.load_trained_params(path)
-  return trained.params, trained.config, trained.step
+  return trained.params, trained.config, trained.step, trained.step_dir
 
 
 def _parse_overrides(items):

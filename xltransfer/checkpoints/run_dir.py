@@ -4,16 +4,18 @@ A trainer MODEL_DIR holds `checkpoint_<step>/` directories (see `xltransfer.trai
 checkpointing`); each records the run's identity (`run/`: model kind and model config) beside
 its `params/`. `load_trained_params` takes the MODEL_DIR (its latest step) or one
 `checkpoint_<step>` and returns the parameters with the config taken from the run itself, so
-the exported network is the one that was trained. Only the seq2seq (mT5) kind can be exported
-to HF or T5X: a dual encoder holds no decoder.
+the exported network is the one that was trained. `load_trained_optimizer_state` reads the
+same step's Adafactor state (`opt_state/`), for `xl-to-t5x`. Only the seq2seq (mT5) kind can
+be exported to HF or T5X: a dual encoder holds no decoder.
 """
 import dataclasses
 import logging
 import os
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
+import numpy as np
 
 from xltransfer.errors import CheckpointError
 from xltransfer.model.config import MT5Config
@@ -110,3 +112,75 @@ def load_trained_params(path: str, device: Optional[jax.Device] = None) -> Train
   params, _ = checkpointing.load_initial_params(step_dir, model, shardings)
   logging.info("read step %d of trainer run %s", step, model_dir)
   return TrainedParams(params=params, config=config, step=step, step_dir=step_dir)
+
+
+@dataclasses.dataclass
+class TrainedOptimizerState:
+  """A trainer checkpoint's Adafactor state, flat parameter names of the run's layer layout."""
+  step_dir: str  # the checkpoint_<step> directory read
+  step: int  # the second-moment counter (T5X's `state.step`)
+  v_row: Dict[str, np.ndarray]  # per parameter; (1,) where the slot is unused
+  v_col: Dict[str, np.ndarray]
+  v: Dict[str, np.ndarray]
+  # optax's momentum EMA (the negative of T5X's `m`), None when the run has no momentum.
+  momentum: Optional[Dict[str, np.ndarray]]
+
+
+def _is_state(node, fields) -> bool:
+  return isinstance(node, dict) and set(node) == set(fields)
+
+
+def load_trained_optimizer_state(step_dir: str) -> TrainedOptimizerState:
+  """Reads the Adafactor state of a `checkpoint_<step>` onto the host.
+
+  The trainer's state is optax's chain (`optimizer.Adafactor.create`); its second moments are
+  the `FactoredRmsState` member, its momentum the `EmaState` one. CheckpointError when the
+  checkpoint holds no such state, or stores it in the layout of xltransfer before it
+  followed T5X's (which dimension v_row keeps cannot be told from the shapes there).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from xltransfer.checkpoints import tree_utils  # pylint: disable=import-outside-toplevel
+  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
+  from xltransfer.train import optimizer  # pylint: disable=import-outside-toplevel
+
+  model_dir = os.path.dirname(os.path.abspath(step_dir))
+  step = int(_STEP_DIR.match(os.path.basename(os.path.abspath(step_dir))).group(1))
+  manager = checkpointing.CheckpointManager(model_dir, async_save=False)
+  try:
+    layout = manager.read_progress(step).get(checkpointing.LAYOUT_KEY)
+  finally:
+    manager.close()
+  if layout != optimizer.STATE_LAYOUT:
+    raise CheckpointError(
+        f"{step_dir}: its Adafactor state is stored in layout {layout!r}, not T5X's "
+        f"({optimizer.STATE_LAYOUT!r}: written by xltransfer before it followed T5X), so it "
+        "cannot be exported; pass --zero_optimizer_state (or --no_optimizer_state)")
+  path = os.path.join(step_dir, "opt_state")
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    metadata = checkpointer.metadata(path).item_metadata.tree
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata, is_leaf=lambda x: hasattr(x, "shape"))
+    restored = checkpointer.restore(path, target)
+  except Exception as e:  # orbax raises several types for a damaged or foreign item.
+    raise CheckpointError(f"{path}: cannot read the optimizer state ({e})") from e
+  finally:
+    checkpointer.close()
+  members = restored if isinstance(restored, (list, tuple)) else [restored]
+  moments = [m for m in members if _is_state(m, optimizer.FactoredRmsState._fields)]
+  emas = [m for m in members if _is_state(m, optax.EmaState._fields)]
+  if len(moments) != 1 or len(emas) > 1:
+    raise CheckpointError(
+        f"{path}: not the Adafactor state of xltransfer's trainer (expected one member with "
+        f"{'/'.join(optimizer.FactoredRmsState._fields)} and at most one with "
+        f"{'/'.join(optax.EmaState._fields)}); pass --zero_optimizer_state (or "
+        "--no_optimizer_state) to export the parameters without it")
+  flat = lambda tree: {n: np.asarray(v) for n, v in tree_utils.flatten_tree(tree).items()}
+  (state,) = moments
+  return TrainedOptimizerState(
+      step_dir=os.path.abspath(step_dir), step=int(np.asarray(state["count"])),
+      v_row=flat(state["v_row"]),
+      v_col=flat(state["v_col"]), v=flat(state["v"]),
+      momentum=flat(emas[0]["ema"]) if emas else None)

@@ -366,6 +366,9 @@ class _Negated:
     return -np.asarray(self.source.read(index))
 
 
+NegatedArray = _Negated  # public for the export, which negates our EMA back into T5X's `m`
+
+
 def _flat_names(tree, is_leaf=None) -> List[str]:
   """'encoder/layers/mlp/wo/kernel' names of the leaves, in jax's flattening order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
@@ -445,6 +448,23 @@ def _param_optimizer_state(name, shape, axes, factoring, located, slots, ckpt_sh
       from xltransfer.checkpoints import tree_utils  # pylint: disable=import-outside-toplevel
       momentum = tree_utils.LayerSlice(m, layer)
   return moments, momentum
+
+
+def param_moments_across_layouts(name, shape, axes, factoring, slots, slot_param_shapes,
+                                 factor_rule):
+  """The mapping above for any pair of layouts, also the other way (`xl-to-t5x` exports a
+  trainer state as T5X's): one parameter `name` (`shape`, logical `axes`) gets its
+  (v_row, v_col, v) in `factoring` and its momentum source (as `slots` hold it) or None, from
+  `slots` ({name: {slot: array source}}, either layer layout, parameter shapes
+  `slot_param_shapes`) stored as `factor_rule(shape, axes, name)` factors them or unfactored.
+  None when `slots` hold nothing for `name`; ValueError when the moment cannot be expressed."""
+  import types  # pylint: disable=import-outside-toplevel
+  from xltransfer.checkpoints import t5x  # pylint: disable=import-outside-toplevel
+  located = t5x.locate_param(name, slots)
+  if located is None:
+    return None
+  return _param_optimizer_state(name, shape, axes, factoring, located, slots,
+                                slot_param_shapes, types.SimpleNamespace(factor_rule=factor_rule))
 
 
 def _place(leaf, sharding, abstract):
