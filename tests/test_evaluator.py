@@ -160,7 +160,8 @@ def test_unknown_task_is_exit_2_naming_it(checkpoint, tmp_path, capsys):
 def test_missing_checkpoint_is_exit_2(tmp_path, capsys):
   missing = str(tmp_path / "no_such_checkpoint")
   assert eval_main.main(_argv(missing, str(tmp_path / "out"), tasks="xlt_xnli_eval_zh")) == 2
-  assert f"CHECKPOINT_PATH {missing}: no such file or directory" in capsys.readouterr().err
+  assert (f"error: CHECKPOINT_PATH (--checkpoint) {missing}: no such file or directory"
+          in capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "out" / "DONE")
 
 

@@ -5,8 +5,10 @@ The tasks here are registered by the tests on small JSON-lines files; their data
 a `Provenance` as the XTREME-R sources do (xltransfer/data/gold.py: `provenance(split)`), or
 nothing, as a user's own task does. The model is a tiny random mT5.
 """
+import errno
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from xltransfer import disk_full
 from xltransfer.checkpoints import native
 from xltransfer.data import gold, vocab
 from xltransfer.errors import UserError
@@ -25,6 +28,10 @@ from xltransfer.model.models import EncoderDecoderModel
 INPUTS = ["hello world", "guten tag", "bonjour", "ciao bella"]
 LENGTHS = {"inputs": 16, "targets": 6}
 FEATURE_LENGTHS = "{'inputs': 16, 'targets': 6}"
+
+# `xltransfer eval` leaves its gin config parsed; EvalSettings made by later tests must not
+# take its bindings (--no_overwrite, --require_gold).
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 class _Source(seqio.FunctionDataSource):
@@ -276,41 +283,199 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, 
   assert os.path.isfile(out / "DONE")
 
 
-def test_predictions_of_another_checkpoint_are_refused(tmp_path, checkpoints, greedy, capsys):
+def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, greedy, capsys):
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
   out = tmp_path / "out"
+  predictions = evaluator.predictions_path(str(out), "goldlab", "en")
   assert eval_main.main(_argv(checkpoints[3], out, "xlt_goldlab_eval_en")) == 0
-  before = _json(out, "metrics.json")
+  assert _json(out, "predictions/goldlab/en.meta.json")["step"] == 3
   capsys.readouterr()
   # Issue 13: step 40 into the same directory reported step 3's predictions as step 40's.
-  assert eval_main.main(_argv(checkpoints[40], out, "xlt_goldlab_eval_en")) == 2
+  assert eval_main.main(_argv(checkpoints[40], out, "xlt_goldlab_eval_en")) == 0
   err = capsys.readouterr().err
   assert (f"holds the evaluation of checkpoint {checkpoints[3]} (step 3), not of checkpoint "
-          f"{checkpoints[40]} (step 40)") in err
-  assert "fresh output directory" in err
-  assert _json(out, "metrics.json") == before and before["step"] == 3
-  # A fresh directory evaluates step 40; the same checkpoint resumes in the old one.
-  assert eval_main.main(_argv(checkpoints[40], tmp_path / "out40", "xlt_goldlab_eval_en")) == 0
-  assert _json(tmp_path / "out40", "metrics.json")["step"] == 40
-  assert eval_main.main(_argv(checkpoints[3], out, "xlt_goldlab_eval_en")) == 0
+          f"{checkpoints[40]} (step 40); recomputing it") in err
+  assert "replacing 1 predictions files (predictions/goldlab/en.jsonl)" in err
+  for name in ("metrics.json", "eval_info.json", "predictions/goldlab/en.meta.json",
+               evaluator.IDENTITY_FILE):
+    recorded = _json(out, name)
+    assert (recorded["checkpoint"], recorded["step"]) == (checkpoints[40], 40), name
+  assert _json(out, "metrics.json")["tasks"] == {"goldlab": {"en": {"accuracy": 25.0}}}
+  assert os.path.isfile(out / "DONE") and len(_records(out, "goldlab")) == 4
+  # --no_overwrite refuses instead, before loading anything, and leaves the directory alone.
+  before = {name: _json(out, name) for name in ("metrics.json", evaluator.IDENTITY_FILE)}
+  mtime = os.path.getmtime(predictions)
+  assert eval_main.main(_argv(checkpoints[3], out, "xlt_goldlab_eval_en", "--no_overwrite")) == 2
+  err = capsys.readouterr().err
+  assert (f"error: {out} holds the evaluation of checkpoint {checkpoints[40]} (step 40), not of "
+          f"checkpoint {checkpoints[3]} (step 3); refused (--no_overwrite)") in err
+  assert "leave out --no_overwrite to recompute" in err
+  assert {name: _json(out, name) for name in before} == before
+  assert os.path.getmtime(predictions) == mtime and os.path.isfile(out / "DONE")
+  # The same checkpoint resumes: nothing recomputed, with or without --no_overwrite.
+  assert eval_main.main(_argv(checkpoints[40], out, "xlt_goldlab_eval_en", "--no_overwrite")) == 0
+  assert os.path.getmtime(predictions) == mtime
 
 
-def test_same_checkpoint_other_step_or_settings_are_refused(tmp_path, model_and_params, greedy):
+def test_a_crash_while_replacing_never_mixes_checkpoints(tmp_path, model_and_params, greedy,
+                                                        monkeypatch):
+  """Killed after eval_identity.json names the new checkpoint but before the old predictions
+  are gone: their .meta.json still names the old one, so nothing reuses them."""
+  data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
+  _register("xlt_goldlab_eval_en", data, _labelled(data))
+  _register("xlt_goldnone_eval_en", data, _unlabelled(data))
+  out = tmp_path / "out"
+  tasks = "xlt_goldlab_eval_en,xlt_goldnone_eval_en"
+  _run(model_and_params, tasks, out, step=3, checkpoint="/runs/a")
+
+  def crash(path):
+    raise KeyboardInterrupt(f"killed while removing {path}")
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluator, "_remove_predictions", crash)
+    with pytest.raises(KeyboardInterrupt):
+      _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a")
+  assert _json(out, evaluator.IDENTITY_FILE)["step"] == 40
+  assert not os.path.exists(out / "metrics.json") and not os.path.exists(out / "DONE")
+  assert _json(out, "predictions/goldlab/en.meta.json")["step"] == 3
+  # Under --no_overwrite each such file fails its task, naming what differs ...
+  outcome = _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a", no_overwrite=True)
+  error = outcome.failed["goldlab"]["en"]
+  assert error.startswith(evaluator.predictions_path(str(out), "goldlab", "en"))
+  assert "step 3 (this run: 40)" in error and "refused (--no_overwrite)" in error
+  assert outcome.metrics == {} and not os.path.exists(out / "DONE")
+  # ... and by default it is recomputed.
+  outcome = _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a")
+  assert outcome.metrics == {"goldlab": {"en": {"accuracy": 25.0}}} and not outcome.failed
+  for target in ("goldlab", "goldnone"):
+    assert _json(out, f"predictions/{target}/en.meta.json")["step"] == 40
+  assert _json(out, "metrics.json")["step"] == 40 and os.path.isfile(out / "DONE")
+
+
+def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, greedy, caplog):
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
   out = tmp_path / "out"
   _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a")
   with pytest.raises(evaluator.StaleOutputError, match=r"checkpoint /runs/a \(step 3\), not of "
                                                        r"checkpoint /runs/a \(step 40\)"):
-    _run(model_and_params, "xlt_goldlab_eval_en", out, step=40, checkpoint="/runs/a")
-  # Other prediction settings: that task fails, naming the file and the setting.
+    _run(model_and_params, "xlt_goldlab_eval_en", out, step=40, checkpoint="/runs/a",
+         no_overwrite=True)
+  # Other prediction settings under --no_overwrite: that task fails, naming file and setting.
   outcome = _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a",
-                 max_examples=2)
+                 max_examples=2, no_overwrite=True)
   error = outcome.failed["goldlab"]["en"]
   assert error.startswith(evaluator.predictions_path(str(out), "goldlab", "en"))
   assert "'max_examples': None" in error and "'max_examples': 2" in error
-  # Predictions that nobody recorded the checkpoint of are refused too.
+  # By default the task is recomputed with the new settings, and the log says why.
+  caplog.set_level("WARNING")
+  outcome = _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a",
+                 max_examples=2)
+  assert not outcome.failed and len(_records(out, "goldlab")) == 2
+  assert "recomputing" in caplog.text and "'max_examples': None" in caplog.text
+  assert _json(out, "predictions/goldlab/en.meta.json")["settings"]["max_examples"] == 2
+  # Predictions that nobody recorded the checkpoint of: refused under --no_overwrite ...
   os.remove(out / evaluator.IDENTITY_FILE)
   with pytest.raises(evaluator.StaleOutputError, match="no eval_identity.json"):
-    _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a")
+    _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a",
+         max_examples=2, no_overwrite=True)
+  # ... recomputed otherwise (their .meta.json names the checkpoint, but the directory did not).
+  os.remove(meta := evaluator.meta_path(evaluator.predictions_path(str(out), "goldlab", "en")))
+  outcome = _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a")
+  assert outcome.metrics == {"goldlab": {"en": {"accuracy": 25.0}}}
+  assert os.path.isfile(meta) and _json(out, evaluator.IDENTITY_FILE)["step"] == 3
+
+
+def test_empty_checkpoint_dir_names_the_flag(tmp_path, capsys):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  data = _write(tmp_path / "dev.jsonl", ["a", "b", "c", "d"])
+  _register("xlt_goldlab_eval_en", data, _labelled(data))
+  assert eval_main.main(_argv(empty, tmp_path / "out", "xlt_goldlab_eval_en")) == 2
+  err = capsys.readouterr().err
+  assert f"error: CHECKPOINT_PATH (--checkpoint) {empty}: not a recognised checkpoint" in err
+  assert "INITIAL_CHECKPOINT_PATH" not in err and "In call to configurable" not in err
+  # gin's probe of `include 'meshes/cpu.gin'` as a package path is not logged as an error.
+  assert "Path not found" not in err and " ERROR " not in err
+
+
+def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoints, greedy,
+                                                              capsys, monkeypatch):
+  first = _write(tmp_path / "a.jsonl", [greedy[0], "x", "y", "z"])
+  second = _write(tmp_path / "b.jsonl", [greedy[0], greedy[1], "y", "z"])
+  _register("xlt_golda_eval_en", first, _labelled(first))
+  _register("xlt_goldb_eval_en", second, _labelled(second))
+  out = tmp_path / "out"
+  full = evaluator.predictions_path(str(out), "goldb", "en") + ".partial"
+  real_gfile = tf.io.gfile.GFile
+
+  class FullDisk:
+    """A file on a device with no space left (the write fails as Python's does: ENOSPC)."""
+
+    def __init__(self, path, mode="r"):
+      self._file = real_gfile(path, mode)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc_info):
+      self._file.close()
+
+    def write(self, text):
+      self._file.write(text[:10])
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(tf.io.gfile, "GFile",
+                      lambda path, mode="r": (FullDisk if path == full else real_gfile)(path, mode))
+  tasks = "xlt_golda_eval_en,xlt_goldb_eval_en"
+  assert eval_main.main(_argv(checkpoints[3], out, tasks)) == 2
+  err = capsys.readouterr().err
+  error_lines = [line for line in err.splitlines() if line.startswith("xltransfer eval:")]
+  target = full[:-len(".partial")]
+  assert len(error_lines) == 1, err
+  match = re.fullmatch(
+      rf"xltransfer eval: error: no space left on device writing {re.escape(target)} "
+      r"\(about (\d+) bytes needed\); free space there .* and rerun", error_lines[0])
+  assert match, error_lines
+  assert "Traceback" not in err
+  # The finished task is intact; the failed one left no half-written file behind.
+  assert len(_records(out, "golda")) == 4
+  assert not os.path.exists(full) and not os.path.exists(full[:-len(".partial")])
+  assert not os.path.exists(out / "DONE")
+  # Space is back: the rerun keeps the finished task and completes the other.
+  monkeypatch.setattr(tf.io.gfile, "GFile", real_gfile)
+  done_before = os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en"))
+  assert eval_main.main(_argv(checkpoints[3], out, tasks)) == 0
+  assert os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en")) == done_before
+  assert _json(out, "metrics.json")["tasks"]["goldb"] == {"en": {"accuracy": 50.0}}
+  assert os.path.getsize(target) == int(match.group(1))  # the size the message gave
+
+
+def test_tensorflow_and_python_disk_full_errors_are_recognised(tmp_path):
+  # tf.io.gfile reports ENOSPC as RESOURCE_EXHAUSTED (as writing to /dev/full shows).
+  is_disk_full = disk_full.is_disk_full
+  assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+  assert is_disk_full(tf.errors.ResourceExhaustedError(None, None, ""))
+  assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+  if os.path.exists("/dev/full"):
+    with pytest.raises(tf.errors.OpError) as raised:
+      with tf.io.gfile.GFile("/dev/full", "w") as f:
+        f.write("x" * 100)
+    assert is_disk_full(raised.value)
+
+
+def test_a_full_disk_under_the_summaries_is_named(tmp_path, model_and_params, greedy,
+                                                  monkeypatch):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
+  _register("xlt_goldlab_eval_en", data, _labelled(data))
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(metric_writers, "create_default_writer", full)
+  out = tmp_path / "out"
+  with pytest.raises(evaluator.DiskFullError,
+                     match=f"writing TensorBoard summaries into {out}/tensorboard; free space"):
+    _run(model_and_params, "xlt_goldlab_eval_en", out)
+  assert _json(out, "metrics.json")["tasks"] == {"goldlab": {"en": {"accuracy": 25.0}}}
+  assert not os.path.exists(out / "DONE")

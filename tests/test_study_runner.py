@@ -194,7 +194,8 @@ def test_a_second_runner_on_the_same_study_is_refused(study):
     deadline = time.time() + 60
     while not _executions(study["log"]) and time.time() < deadline:
       time.sleep(0.05)
-    with pytest.raises(UserError, match="another `xltransfer study run`"):
+    # Refused, naming the holder (the study dir's lock, xltransfer/run_lock.py).
+    with pytest.raises(UserError, match=f"in use by `xltransfer study run` pid {child.pid} on"):
       _run(study)
   finally:
     child.kill()

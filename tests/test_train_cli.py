@@ -101,11 +101,15 @@ def test_model_dir_from_another_run_is_refused(capsys, tmp_path, changed):
                                                           other_initial))
   code, err = _train(capsys, model_dir, "--gin.TRAIN_STEPS=8")
   assert code == 2
-  assert f"MODEL_DIR {model_dir} holds a checkpoint (step 4) from a different run" in err
   if changed == "model_config":
+    assert f"MODEL_DIR {model_dir} holds a checkpoint (step 4) from a different run" in err
     assert "model_config.num_encoder_layers: checkpoint has 3, this run has 2" in err
   else:
-    assert f"initial_checkpoint_path: checkpoint has '{other_initial}', this run has None" in err
+    assert f"MODEL_DIR {model_dir} holds a checkpoint (step 4) of a run with other settings" in err
+    assert f"initial_checkpoint_path: '{other_initial}' -> None" in err
+  # This identity was written without the trajectory settings (as before they were recorded):
+  # only the keys both record were compared, and the log says so.
+  assert "records fewer settings than this version checks" in err
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
@@ -115,11 +119,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys,
                      "--gin.xltransfer.train.CheckpointManager.period=1")
   assert code == 2
   assert "non-finite (NaN/inf) at step 2" in err
-  assert f"the last good checkpoint is {tmp_path}/checkpoint_1" in err
+  assert f"the last verified checkpoint is {tmp_path}/checkpoint_1" in err
   checkpoints = sorted(d for d in os.listdir(tmp_path) if d.startswith("checkpoint_"))
   assert checkpoints == ["checkpoint_1"]
   # The run wrote its configs before training: the operative one has every value used.
   operative = (tmp_path / "operative_config.gin").read_text()
+  assert (tmp_path / "operative_config-0.gin").read_text() == operative  # this segment's
+  assert not (tmp_path / ".xltransfer.lock").exists()  # released on the error path too
   assert "TRAIN_STEPS = 6" in operative and "train.total_steps = %TRAIN_STEPS" in operative
   assert "mt5_config.size = 'tiny'" in operative
   assert "LEARNING_RATE = 1e+30" in operative

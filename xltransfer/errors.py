@@ -4,6 +4,7 @@ Anything the user can fix (a bad path, a malformed data line, an unknown name) r
 `UserError` with a message that names the file, line or key. The CLI prints the message and
 exits non-zero without a traceback; library callers can catch it like any exception.
 """
+import re
 
 
 class UserError(Exception):
@@ -26,3 +27,10 @@ class CheckpointError(UserError):
 
 class ConfigError(UserError):
   """A config value (gin binding, model size, language code) is invalid."""
+
+
+def one_line_message(error: UserError) -> str:
+  """The error's message for the command line: without the "In call to configurable ..." note
+  gin appends to errors raised inside configurables (the message already names the file, key
+  or path to fix)."""
+  return re.sub(r"\n\s*In call to configurable '[^']*' \([^\n]*\)", "", str(error))

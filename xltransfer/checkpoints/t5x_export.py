@@ -114,7 +114,7 @@ def _trained_param_states(trained, source_shapes: Dict[str, Tuple[int, ...]],
   """{T5X parameter name: {slot: array}} of a trainer's Adafactor state (`trained`, a
   `run_dir.TrainedOptimizerState` over the parameters `source_shapes`, the run's layout) in
   T5X's layout for the parameters `target_shapes` (the export's layer layout)."""
-  from xltransfer.train import checkpointing, optimizer  # pylint: disable=import-outside-toplevel
+  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
 
   if trained.step != step:
     raise CheckpointError(f"{trained.step_dir}: the optimizer state is at step {trained.step} "

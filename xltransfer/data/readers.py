@@ -2,8 +2,14 @@
 eval sets, and the user-supplied files.
 
 Each reader takes a path and returns a list of plain-Python example dicts. A malformed line
-(bad JSON, missing field, unknown label, tag/token count mismatch) raises DataFormatError with
-the file and line; JSON documents (SQuAD format) name the JSON location of a bad record.
+(bad JSON, missing field, unknown label, tag/token count mismatch, bytes that are not UTF-8)
+raises DataFormatError with the file and line; JSON documents (SQuAD format) name the JSON
+location of a bad record.
+
+Training files (`training=True`, which the training tasks' loaders pass) must carry every
+example's gold: a line without its label or tags, or a QA question without answers, raises
+DataFormatError naming file and line instead of training on an empty target; an empty
+training file is named too. Eval files may lack gold (see below).
 
 The XTREME-R download hides the test gold (google-research/xtreme utils_preprocess.py). The
 `*_no_gold` functions recognise such a file from its examples and return (examples with the
@@ -27,8 +33,65 @@ UPOS_TAGS = frozenset(
 NER_TAG = re.compile(r"^(O|[BI]-(PER|ORG|LOC))$")
 
 
+class _Utf8File:
+  """A data file opened as UTF-8 text (newline="" so csv and CRLF files read as written).
+
+  Python reports a bad byte at a position within its decoding buffer, naming neither file nor
+  line; iterating or reading this file raises DataFormatError with both instead.
+  """
+
+  def __init__(self, path):
+    self._path = path
+    self._file = open(path, encoding="utf-8", newline="")  # pylint: disable=consider-using-with
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self._file.close()
+
+  def __iter__(self):
+    try:
+      yield from self._file
+    except UnicodeDecodeError:
+      raise _decoding_error(self._path) from None
+
+  def read(self):
+    try:
+      return self._file.read()
+    except UnicodeDecodeError:
+      raise _decoding_error(self._path) from None
+
+
+def _decoding_error(path) -> DataFormatError:
+  """Where the first byte that is not UTF-8 lies: line and (1-based, in bytes) column."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line_start = data.rfind(b"\n", 0, e.start) + 1
+    return DataFormatError(path, data.count(b"\n", 0, e.start) + 1,
+                           f"not valid UTF-8 (byte 0x{data[e.start]:02x} at column "
+                           f"{e.start - line_start + 1}: {e.reason}); save the file as UTF-8")
+  return DataFormatError(path, None, "not valid UTF-8")  # changed while being read
+
+
 def _open(path):
-  return open(path, encoding="utf-8", newline="")
+  return _Utf8File(path)
+
+
+def _require_examples(examples, path, training):
+  """A training file without examples is an error (the run would have nothing to train on)."""
+  if training and not examples:
+    raise DataFormatError(path, None, "the file holds no examples (it is empty); a training "
+                          "file needs at least one")
+  return examples
+
+
+def _missing_gold(path, line, what):
+  return DataFormatError(path, line, f"{what}; every example of a training file needs its gold "
+                         "(only eval files may leave it out)")
 
 
 def _tsv_rows(path):
@@ -53,9 +116,10 @@ def _csv_tsv_rows(path):
       raise DataFormatError(path, rows.line_num, f"bad quoting: {e}") from None
 
 
-def read_nli_tsv(path, labels=NLI_LABELS, quoted=False):
-  """`premise\\thypothesis\\tlabel` lines; a test file may leave out the label column.
-  `quoted`: the file was written by csv.writer (XTREME-R's xnli/ files), so `"` quotes."""
+def read_nli_tsv(path, labels=NLI_LABELS, quoted=False, training=False):
+  """`premise\\thypothesis\\tlabel` lines; a test file may leave out the label column, a
+  training file may not. `quoted`: the file was written by csv.writer (XTREME-R's xnli/
+  files), so `"` quotes."""
   examples = []
   for number, cols in (_csv_tsv_rows(path) if quoted else _tsv_rows(path)):
     if len(cols) not in (2, 3):
@@ -64,12 +128,15 @@ def read_nli_tsv(path, labels=NLI_LABELS, quoted=False):
     label = NLI_LABEL_ALIASES.get(label, label)
     if label and label not in labels:
       raise DataFormatError(path, number, f"unknown label {label!r}; valid: {', '.join(labels)}")
+    if training and not label:
+      raise _missing_gold(path, number, "no label (the third tab-separated field)")
     examples.append({"premise": cols[0], "hypothesis": cols[1], "label": label})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_pair_tsv(path, labels=("0", "1")):
-  """`text1\\ttext2\\tlabel` lines (QQP in the English schema: label 1 = duplicate)."""
+def read_pair_tsv(path, labels=("0", "1"), training=False):
+  """`text1\\ttext2\\tlabel` lines (QQP in the English schema: label 1 = duplicate); the label
+  is always required."""
   examples = []
   for number, cols in _tsv_rows(path):
     if len(cols) != 3:
@@ -77,11 +144,12 @@ def read_pair_tsv(path, labels=("0", "1")):
     if cols[2] not in labels:
       raise DataFormatError(path, number, f"unknown label {cols[2]!r}; valid: {', '.join(labels)}")
     examples.append({"text1": cols[0], "text2": cols[1], "label": int(cols[2])})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_sentence_tsv(path, labels=("0", "1")):
-  """`sentence\\tlabel` lines (SST-2 in the English schema: label 1 = positive)."""
+def read_sentence_tsv(path, labels=("0", "1"), training=False):
+  """`sentence\\tlabel` lines (SST-2 in the English schema: label 1 = positive); the label is
+  always required."""
   examples = []
   for number, cols in _tsv_rows(path):
     if len(cols) != 2:
@@ -89,11 +157,12 @@ def read_sentence_tsv(path, labels=("0", "1")):
     if cols[1] not in labels:
       raise DataFormatError(path, number, f"unknown label {cols[1]!r}; valid: {', '.join(labels)}")
     examples.append({"sentence": cols[0], "label": int(cols[1])})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_tagged_tsv(path, valid_tag=None):
-  """CoNLL-style `token\\ttag` lines, a blank line between sentences; tags optional (test).
+def read_tagged_tsv(path, valid_tag=None, training=False):
+  """CoNLL-style `token\\ttag` lines, a blank line between sentences; tags optional (test),
+  required in a training file.
 
   Every line of a sentence must have the same number of columns, so that a tag is never
   silently shifted onto the wrong token.
@@ -116,6 +185,8 @@ def read_tagged_tsv(path, valid_tag=None):
       if len(cols) > 2 or not cols[0]:
         raise DataFormatError(path, number, f"expected `token<TAB>tag` or `token`, got {line!r}")
       line_has_tag = len(cols) == 2 and cols[1] != ""
+      if training and not line_has_tag:
+        raise _missing_gold(path, number, f"token {cols[0]!r} has no tag")
       if has_tags is None:
         has_tags, first_line = line_has_tag, number
       elif line_has_tag != has_tags:
@@ -129,15 +200,15 @@ def read_tagged_tsv(path, valid_tag=None):
         tags.append(cols[1])
       tokens.append(cols[0])
   flush()
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_udpos(path):
-  return read_tagged_tsv(path, valid_tag=lambda t: t in UPOS_TAGS)
+def read_udpos(path, training=False):
+  return read_tagged_tsv(path, valid_tag=lambda t: t in UPOS_TAGS, training=training)
 
 
-def read_panx(path):
-  return read_tagged_tsv(path, valid_tag=lambda t: bool(NER_TAG.match(t)))
+def read_panx(path, training=False):
+  return read_tagged_tsv(path, valid_tag=lambda t: bool(NER_TAG.match(t)), training=training)
 
 
 def read_jsonl(path, required=()):
@@ -163,17 +234,19 @@ def read_jsonl(path, required=()):
 def read_json(path):
   with _open(path) as f:
     text = f.read()
+  if not text.strip():
+    raise DataFormatError(path, None, "the file is empty (expected a JSON document)")
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
     raise DataFormatError(path, e.lineno, f"bad JSON: {e.msg} at column {e.colno}") from None
 
 
-def read_squad_json(path):
+def read_squad_json(path, training=False):
   """SQuAD-format JSON (SQuAD, XQuAD, MLQA, TyDiQA-GoldP): one example per question.
 
   `answers` lists every gold answer text; an unanswerable question (SQuAD v2.0
-  `is_impossible`) has none.
+  `is_impossible`) has none. In a training file every other question needs a non-empty answer.
   """
   document = read_json(path)
   if not isinstance(document, dict) or "data" not in document:
@@ -189,14 +262,18 @@ def read_squad_json(path):
           if key not in qa:
             raise DataFormatError(path, None, f"{where}.qas[{k}]: missing field {key!r}")
         answers = [] if qa.get("is_impossible") else [a["text"] for a in qa.get("answers", ())]
+        if training and not qa.get("is_impossible") and not any(a.strip() for a in answers):
+          raise _missing_gold(path, None, f"{where}.qas[{k}] (id {qa['id']!r}): no answer and "
+                              "not marked is_impossible")
         examples.append({"id": str(qa["id"]), "title": article.get("title", ""),
                          "context": paragraph["context"], "question": qa["question"],
                          "answers": answers})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_xcopa(path):
-  """XCOPA/COPA JSONL: premise, choice1, choice2, question (cause|effect), label (0|1)."""
+def read_xcopa(path, training=False):
+  """XCOPA/COPA JSONL: premise, choice1, choice2, question (cause|effect), label (0|1; -1
+  when absent, which only an eval file may be)."""
   examples = []
   for number, r in read_jsonl(path, required=("premise", "choice1", "choice2", "question")):
     if r["question"] not in ("cause", "effect"):
@@ -204,15 +281,17 @@ def read_xcopa(path):
     label = r.get("label", -1)
     if label not in (0, 1, -1):
       raise DataFormatError(path, number, f"unknown label {label!r}; valid: 0, 1")
+    if training and label == -1:
+      raise _missing_gold(path, number, "missing field 'label'")
     examples.append({"premise": r["premise"], "question": r["question"],
                      "choices": [r["choice1"], r["choice2"]], "label": label})
-  return examples
+  return _require_examples(examples, path, training)
 
 
 SIQA_ANSWERS = ("A", "B", "C")
 
 
-def read_siqa(path):
+def read_siqa(path, training=False):
   """Social IQa JSONL as XTREME-R downloads it (socialIQa_v1.4_{trn,dev,tst}.jsonl: context,
   question, answerA..answerC, correct = A|B|C), in the XCOPA fields: premise, question,
   choices (three), label (-1 without `correct`)."""
@@ -222,13 +301,15 @@ def read_siqa(path):
     correct = r.get("correct")
     if correct is not None and correct not in SIQA_ANSWERS:
       raise DataFormatError(path, number, f"unknown answer {correct!r}; valid: A, B, C")
+    if training and correct is None:
+      raise _missing_gold(path, number, "missing field 'correct'")
     examples.append({"premise": r["context"], "question": r["question"],
                      "choices": [r[f"answer{a}"] for a in SIQA_ANSWERS],
                      "label": SIQA_ANSWERS.index(correct) if correct is not None else -1})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_commonsenseqa(path):
+def read_commonsenseqa(path, training=False):
   """Official CommonsenseQA JSONL: question.stem, question.choices[{label,text}], answerKey."""
   examples = []
   for number, r in read_jsonl(path, required=("id", "question")):
@@ -239,13 +320,15 @@ def read_commonsenseqa(path):
     answer = r.get("answerKey")
     if answer is not None and answer not in keys:
       raise DataFormatError(path, number, f"unknown answerKey {answer!r}; valid: {', '.join(keys)}")
+    if training and answer is None:
+      raise _missing_gold(path, number, "missing field 'answerKey'")
     examples.append({"id": r["id"], "question": question["stem"],
                      "choices": [c["text"] for c in question["choices"]],
                      "label": keys.index(answer) if answer is not None else -1})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_cosmosqa(path):
+def read_cosmosqa(path, training=False):
   """Cosmos QA JSONL in the English schema: context, question, answer0..answer3, label."""
   examples = []
   required = ("context", "question", "answer0", "answer1", "answer2", "answer3")
@@ -253,20 +336,24 @@ def read_cosmosqa(path):
     label = int(r.get("label", -1))
     if label not in (-1, 0, 1, 2, 3):
       raise DataFormatError(path, number, f"unknown label {label!r}; valid: 0, 1, 2, 3")
+    if training and label == -1:
+      raise _missing_gold(path, number, "missing field 'label'")
     examples.append({"context": r["context"], "question": r["question"],
                      "choices": [r[f"answer{i}"] for i in range(4)], "label": label})
-  return examples
+  return _require_examples(examples, path, training)
 
 
-def read_hellaswag(path):
+def read_hellaswag(path, training=False):
   """HellaSwag JSONL in the official schema: ctx, endings (4), label."""
   examples = []
   for number, r in read_jsonl(path, required=("ctx", "endings")):
     label = int(r.get("label", -1))
     if label not in range(-1, len(r["endings"])):
       raise DataFormatError(path, number, f"unknown label {label!r}")
+    if training and label == -1:
+      raise _missing_gold(path, number, "missing field 'label'")
     examples.append({"context": r["ctx"], "choices": list(r["endings"]), "label": label})
-  return examples
+  return _require_examples(examples, path, training)
 
 
 def read_lines(path):

@@ -213,17 +213,24 @@ def read_mewslix_mentions(path, language=None):
   return mentions
 
 
-def read_mewslix_pairs(path):
-  """Wikipedia (contextual mention, entity) pairs -> query text and entity description."""
+def read_mewslix_pairs(path, training=False):
+  """Wikipedia (contextual mention, entity) pairs -> query text and entity description (the
+  training pairs; with `training`, an entity without an id or description is an error, as is
+  an empty file)."""
   pairs = []
   for number, record in readers.read_jsonl(path, required=("contextual_mention", "entity")):
     cm, entity = record["contextual_mention"], record["entity"]
     try:
       query = mention_query(cm["context"], cm["mention"]["mention_span"])
-      pairs.append({"query": query, "candidate": entity_text(entity),
-                    "entity_id": entity["entity_id"]})
+      pair = {"query": query, "candidate": entity_text(entity), "entity_id": entity["entity_id"]}
     except (KeyError, TypeError, ValueError) as e:
       raise DataFormatError(path, number, f"missing or bad field: {e}") from None
+    if training and not (pair["entity_id"] and pair["candidate"]):
+      raise DataFormatError(path, number, "the entity has an empty entity_id or description; "
+                            "a training pair needs both")
+    pairs.append(pair)
+  if training and not pairs:
+    raise DataFormatError(path, None, "the file holds no pairs (it is empty)")
   return pairs
 
 

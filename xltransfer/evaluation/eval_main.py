@@ -19,10 +19,12 @@ with --require_gold it fails instead. A task that fails (missing or malformed da
 under --require_gold) does not stop the others: they are evaluated and written, the failures
 are listed on stderr and in metrics.json, no DONE is written, no submission is written, and
 the exit status is 1. An output directory that holds another checkpoint's or step's outputs
-is refused: evaluate each checkpoint into its own directory.
+is recomputed for this one (a log line names the replaced predictions); with --no_overwrite it
+is refused instead.
 
-An unknown task or mixture name, a missing checkpoint, a stale output directory or a bad gin
-config prints an error and exits with status 2.
+An unknown task or mixture name, a missing checkpoint, an output directory refused under
+--no_overwrite, a full disk (the message names the file; finished tasks keep their files) or
+a bad gin config prints an error and exits with status 2.
 """
 import argparse
 import json
@@ -31,6 +33,7 @@ import os
 import sys
 from typing import List, Optional, Sequence
 
+from xltransfer import errors
 from xltransfer.errors import ConfigError, UserError
 
 DEFAULT_GIN_FILE = "eval/zeroshot.gin"
@@ -58,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--require_gold", action="store_true", default=None,
                       help="fail a task whose data has no gold (instead of predictions only); "
                            "sets xltransfer.evaluation.EvalSettings.require_gold")
+  parser.add_argument("--no_overwrite", action="store_true", default=None,
+                      help="refuse an output directory holding another checkpoint's, step's or "
+                           "settings' outputs instead of recomputing them; sets "
+                           "xltransfer.evaluation.EvalSettings.no_overwrite")
   parser.add_argument("--log_level", default="INFO")
   return parser
 
@@ -65,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 def _macro_bindings(args) -> List[str]:
   flags = {"CHECKPOINT_PATH": args.checkpoint, "EVAL_OUTPUT_DIR": args.output_dir,
            "MIXTURE_OR_TASK_NAME": args.tasks, "SPLIT": args.split,
-           "xltransfer.evaluation.EvalSettings.require_gold": args.require_gold}
+           "xltransfer.evaluation.EvalSettings.require_gold": args.require_gold,
+           "xltransfer.evaluation.EvalSettings.no_overwrite": args.no_overwrite}
   return [f"{name} = {value!r}" for name, value in flags.items() if value is not None]
 
 
@@ -114,6 +122,10 @@ def _run(argv: Sequence[str]) -> int:
   args = _parser().parse_args(rest)
   logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s", force=True)
+  # gin logs its probe of each include as a package path as an ERROR although the include is
+  # then found on the search path; the trainer drops that line, and so does eval.
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(train_main._drop_gin_include_probe)  # pylint: disable=protected-access
   gin_files = list(args.gin_file)
   if not gin_files:
     raise ConfigError("no --gin_file given: name the model, e.g. --gin_file=models/mt5_small.gin "
@@ -164,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return _run(argv)
   except UserError as error:
-    print(f"xltransfer eval: error: {error}", file=sys.stderr)
+    message = errors.one_line_message(error)
+    print(f"xltransfer eval: error: {message}", file=sys.stderr)
     return 2
 
 

@@ -49,12 +49,24 @@ still run; DONE is then not written (a rerun resumes, redoing only the failed ta
 Resumption. A task whose predictions file exists is complete (files appear by atomic rename,
 after their .meta.json): a rerun reads it back instead of recomputing it, and metrics are always
 computed from the files, so they equal what anyone computes from them. Outputs are tied to one
-checkpoint and step (eval_identity.json): an output directory holding another checkpoint's or
-step's outputs, or predictions without that record, is refused (StaleOutputError) before
-anything is loaded; so is a predictions file made with another split or other prediction
-settings (that task fails). Use a fresh output directory to evaluate something else. Only
-process 0 writes; the output directory must be visible to every host (a shared or gs:// path)
-for resumption to skip the same tasks on all.
+checkpoint and step (eval_identity.json, and each predictions file's .meta.json).
+
+Another checkpoint. Evaluating another checkpoint or step into a directory that holds an
+evaluation (or predictions without eval_identity.json) recomputes it: DONE, metrics.json,
+eval_info.json and tensorboard/ are removed, eval_identity.json is rewritten, then every
+predictions file whose .meta.json names another checkpoint, step, task, split or prediction
+settings is removed (predictions before their .meta.json) and recomputed; a log line names
+what is replaced. A crash midway leaves only files whose .meta.json says what made them,
+which the next run checks again, so predictions are never described as another checkpoint's.
+With `EvalSettings.no_overwrite` (`xltransfer eval --no_overwrite`) such a directory is
+refused instead (StaleOutputError) before the checkpoint is loaded, and a predictions file
+made with another split or other prediction settings fails its task.
+
+Disk full. A write that finds no space left (ENOSPC) raises DiskFullError naming the file and
+its size and stops the evaluation; the tasks finished before it keep their files (every file
+appears by atomic rename), so a rerun after freeing space resumes. Only process 0 writes; the
+output directory must be visible to every host (a shared or gs:// path) for resumption to skip
+the same tasks on all.
 
 `evaluate_params` is the in-memory entry point (the trainer's periodic evaluation);
 `evaluate_checkpoint` loads a checkpoint first (gin-configurable, used by `xltransfer eval`).
@@ -74,7 +86,9 @@ import seqio
 import tensorflow as tf
 import tqdm
 
+from xltransfer import disk_full
 from xltransfer import partitioning
+from xltransfer import run_lock
 from xltransfer.data import gold as gold_lib
 from xltransfer.data import retrieval as retrieval_data
 from xltransfer.data import vocab_check
@@ -116,6 +130,8 @@ class EvalSettings:
   max_examples: evaluate only the first N examples of each task (smoke tests).
   require_gold: a task without gold fails (before inference) instead of getting predictions
     only; `xltransfer study` sets it, so that a study never lacks a number silently.
+  no_overwrite: refuse an output directory holding another checkpoint's, step's or settings'
+    outputs instead of recomputing them (`xltransfer eval --no_overwrite`).
   """
   split: str = "test"
   task_feature_lengths: Dict[str, int] = dataclasses.field(
@@ -128,6 +144,7 @@ class EvalSettings:
   candidate_chunk: int = 65536
   max_examples: Optional[int] = None
   require_gold: bool = False
+  no_overwrite: bool = False
 
   def __post_init__(self):
     missing = {"inputs", "targets"} - set(self.task_feature_lengths)
@@ -158,7 +175,12 @@ class NoGoldError(UserError):
 
 
 class StaleOutputError(UserError):
-  """The output directory holds outputs of another checkpoint, step, split or settings."""
+  """The output directory holds outputs of another checkpoint, step, split or settings, and
+  `EvalSettings.no_overwrite` forbids replacing them."""
+
+
+# No space left on the device while writing an output file; the message names it.
+DiskFullError = disk_full.DiskFullError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,14 +375,30 @@ def _read_json(path: str) -> dict:
   return data
 
 
+def _remove(path: str):
+  """Removes a file if it exists (process 0 only, as every write)."""
+  if jax.process_index() == 0 and tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
+
+
 def _write_atomic(path: str, text: str):
   if jax.process_index() != 0:
     return
-  tf.io.gfile.makedirs(os.path.dirname(path))
   partial = path + ".partial"
-  with tf.io.gfile.GFile(partial, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(partial, path, overwrite=True)
+  try:
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(partial, "w") as f:
+      f.write(text)
+    tf.io.gfile.rename(partial, path, overwrite=True)
+  except (OSError, tf.errors.OpError) as e:
+    if not disk_full.is_disk_full(e):
+      raise
+    try:  # Leave no half-written file behind; the previous version of `path` is untouched.
+      _remove(partial)
+    except (OSError, tf.errors.OpError):
+      pass
+    # The files written before this one are intact (each appeared by rename): a rerun resumes.
+    raise disk_full.disk_full_error(path, len(text.encode("utf-8"))) from None
 
 
 def write_records(path: str, records: List[dict]):
@@ -377,26 +415,88 @@ def output_identity(checkpoint: str, step: int) -> dict:
   return {"checkpoint": checkpoint, "step": int(step)}
 
 
-def check_output_dir(output_dir: str, checkpoint: str, step: int) -> dict:
-  """The output identity of evaluating `checkpoint` at `step` into output_dir; raises
-  StaleOutputError when the directory holds outputs of something else, whose predictions a
-  resumed run would otherwise take for this checkpoint's."""
-  identity = output_identity(checkpoint, step)
+def _other_outputs(output_dir: str, identity: dict) -> Optional[str]:
+  """What the directory holds that is not an evaluation of `identity` (None: nothing)."""
   path = os.path.join(output_dir, IDENTITY_FILE)
-  fresh = f"pass a fresh output directory (--output_dir) or delete {output_dir}"
   if tf.io.gfile.exists(path):
     recorded = _read_json(path)
     if (recorded.get("checkpoint"), recorded.get("step")) != (identity["checkpoint"],
                                                               identity["step"]):
-      raise StaleOutputError(
-          f"{output_dir} holds the evaluation of checkpoint {recorded.get('checkpoint')} "
-          f"(step {recorded.get('step')}), not of checkpoint {identity['checkpoint']} (step "
-          f"{identity['step']}); its predictions would be reported as this one's: {fresh}")
+      return (f"{output_dir} holds the evaluation of checkpoint {recorded.get('checkpoint')} "
+              f"(step {recorded.get('step')}), not of checkpoint {identity['checkpoint']} (step "
+              f"{identity['step']})")
   elif tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*", "*.jsonl")):
+    return (f"{output_dir} holds predictions but no {IDENTITY_FILE} saying which checkpoint "
+            "and step made them (an older xltransfer or another tool wrote them)")
+  return None
+
+
+def check_output_dir(output_dir: str, checkpoint: str, step: int,
+                     no_overwrite: bool = False) -> dict:
+  """The output identity of evaluating `checkpoint` at `step` into output_dir. When the
+  directory holds outputs of something else, raises StaleOutputError under `no_overwrite`;
+  otherwise they will be recomputed (`replace_other_outputs`)."""
+  identity = output_identity(checkpoint, step)
+  other = _other_outputs(output_dir, identity)
+  if other is not None and no_overwrite:
     raise StaleOutputError(
-        f"{output_dir} holds predictions but no {IDENTITY_FILE} saying which checkpoint and "
-        f"step made them (an older xltransfer or another tool wrote them): {fresh}")
+        f"{other}; refused (--no_overwrite): pass a fresh output directory (--output_dir), "
+        f"delete {output_dir}, or leave out --no_overwrite to recompute them")
   return identity
+
+
+def _recorded_identity(predictions_file: str) -> Optional[dict]:
+  """The checkpoint and step a predictions file's .meta.json names (None: no readable meta)."""
+  meta_file = meta_path(predictions_file)
+  if not tf.io.gfile.exists(meta_file):
+    return None
+  try:
+    meta = _read_json(meta_file)
+  except DataFormatError:
+    return None
+  return {"checkpoint": meta.get("checkpoint"), "step": meta.get("step")}
+
+
+def _remove_predictions(predictions_file: str):
+  """Removes a predictions file, then its .meta.json: a predictions file never exists
+  without the meta that says what made it."""
+  _remove(predictions_file)
+  _remove(meta_path(predictions_file))
+
+
+def replace_other_outputs(output_dir: str, identity: dict):
+  """Makes `output_dir` the evaluation of `identity`, removing what another checkpoint or step
+  left there (see "Another checkpoint" in the module docstring). Order matters for a crash
+  midway: first the summaries of the old evaluation, then the new eval_identity.json, then the
+  old predictions, each of which names its own checkpoint and step until it is gone."""
+  other = _other_outputs(output_dir, identity)
+  if other is None or jax.process_index() != 0:
+    return
+  stale = []
+  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*", "*.jsonl"))):
+    if _recorded_identity(path) != identity:
+      stale.append(path)
+  # A .meta.json without its predictions file: a crash before the file's rename.
+  orphans = [meta for meta in tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*",
+                                                            "*" + META_SUFFIX))
+             for predictions in [meta[:-len(META_SUFFIX)] + ".jsonl"]
+             if not tf.io.gfile.exists(predictions)
+             and _recorded_identity(predictions) != identity]
+  logging.warning("eval: %s; recomputing it for checkpoint %s (step %d): replacing %d "
+                  "predictions files%s and the old %s, %s and %s", other, identity["checkpoint"],
+                  identity["step"], len(stale),
+                  f" ({', '.join(os.path.relpath(p, output_dir) for p in stale)})" if stale
+                  else "", METRICS_FILE, INFO_FILE, TENSORBOARD_DIR)
+  for name in (DONE_FILE, METRICS_FILE, INFO_FILE):
+    _remove(os.path.join(output_dir, name))
+  tensorboard = os.path.join(output_dir, TENSORBOARD_DIR)
+  if tf.io.gfile.isdir(tensorboard):
+    tf.io.gfile.rmtree(tensorboard)
+  _write_atomic(os.path.join(output_dir, IDENTITY_FILE), json.dumps(identity, indent=2))
+  for path in stale:
+    _remove_predictions(path)
+  for path in orphans:
+    _remove(path)
 
 
 # ---- the evaluator ----
@@ -459,8 +559,22 @@ class Evaluator:
 
   def run(self, params, step: int = 0, checkpoint: str = "") -> EvalOutcome:
     """Runs (or resumes) every task and writes the output files; a task that fails with a
-    UserError is recorded in the outcome and the files, and the others still run."""
-    self._identity = check_output_dir(self.output_dir, checkpoint, step)
+    UserError is recorded in the outcome and the files, and the others still run. The output
+    dir is locked meanwhile (`run_lock`, process 0): a second eval into it is refused."""
+    lock = (run_lock.DirectoryLock(self.output_dir, "evaluation")
+            if jax.process_index() == 0 else None)
+    if lock is not None:
+      lock.acquire()
+    try:
+      return self._run_locked(params, step, checkpoint)
+    finally:
+      if lock is not None:
+        lock.release()
+
+  def _run_locked(self, params, step: int, checkpoint: str) -> EvalOutcome:
+    self._identity = check_output_dir(self.output_dir, checkpoint, step,
+                                      self.settings.no_overwrite)
+    replace_other_outputs(self.output_dir, self._identity)
     done = os.path.join(self.output_dir, DONE_FILE)
     if jax.process_index() == 0 and tf.io.gfile.exists(done):
       tf.io.gfile.remove(done)  # Rewritten once this run's task list is complete.
@@ -475,6 +589,8 @@ class Evaluator:
       bar.set_postfix_str(task.name)
       try:
         result = self._evaluate_task(runner, task)
+      except DiskFullError:
+        raise  # Every later write would fail too; the finished tasks' files stay as they are.
       except UserError as error:  # The task's data or files; the other tasks can still run.
         _put(outcome.failed, task, str(error))
         logging.error("eval %s FAILED: %s", task.name, error)
@@ -516,8 +632,21 @@ class Evaluator:
     seqio_task = seqio.get_mixture_or_task(task.name)
     split = _pick_split(seqio_task, self.settings.split)
     path = predictions_path(self.output_dir, task.target, task.lang)
+    # Decided once from what the file says, so that every host decides alike while process 0
+    # replaces it.
+    reuse = False
     if tf.io.gfile.exists(path):
-      provenance, no_gold, count = self._recorded(task, split, path)
+      mismatch = self._mismatch(task, split, path)
+      if mismatch is not None and self.settings.no_overwrite:
+        raise StaleOutputError(f"{mismatch}; refused (--no_overwrite): delete it (and its "
+                               ".meta.json), use a fresh output directory, or leave out "
+                               "--no_overwrite to recompute it")
+      if mismatch is not None:
+        logging.warning("eval %s: recomputing %s: %s", task.name, path, mismatch)
+        _remove_predictions(path)
+      reuse = mismatch is None
+    if reuse:
+      provenance, no_gold, count = self._recorded(task, path)
       logging.info("eval %s: %s exists, not recomputed", task.name, path)
       records = read_records(path)
       if len(records) != count:
@@ -541,21 +670,24 @@ class Evaluator:
       return TaskResult(split, provenance, None, retrieval_metrics(task.target, records))
     return TaskResult(split, provenance, None, seqio_task_metrics(seqio_task, records))
 
-  def _recorded(self, task: EvalTask, split: str, path: str):
-    """(provenance, no_gold, records) of an existing predictions file, from its .meta.json, after
-    checking that it was made for this task, checkpoint, step, split and settings."""
+  def _mismatch(self, task: EvalTask, split: str, path: str) -> Optional[str]:
+    """None when an existing predictions file's .meta.json says it was made for this task,
+    checkpoint, step, split and settings; otherwise what differs, naming the file."""
     meta_file = meta_path(path)
     if not tf.io.gfile.exists(meta_file):
-      raise StaleOutputError(f"{path} has no {os.path.basename(meta_file)} saying what it was "
-                             "made from; delete it to recompute it")
+      return f"{path} has no {os.path.basename(meta_file)} saying what it was made from"
     meta = _read_json(meta_file)
     expected = {"task": task.name, **self._identity, "split": split,
                 "settings": self.settings.prediction_settings()}
     differ = [f"{key} {meta.get(key)!r} (this run: {value!r})" for key, value in expected.items()
               if meta.get(key) != value]
     if differ:
-      raise StaleOutputError(f"{path} was made with other inputs: {'; '.join(differ)}; delete "
-                             "it (and its .meta.json) or use a fresh output directory")
+      return f"{path} was made with other inputs: {'; '.join(differ)}"
+    return None
+
+  def _recorded(self, task: EvalTask, path: str):
+    """(provenance, no_gold, records) of a predictions file that `_mismatch` accepted."""
+    meta = _read_json(meta_path(path))
     provenance = meta.get("provenance")
     provenance = gold_lib.Provenance.from_json(provenance) if provenance else None
     no_gold = meta.get("no_gold")
@@ -684,11 +816,18 @@ class Evaluator:
     scalars = flat_scalars(results)
     if not scalars:
       return
-    writer = metric_writers.create_default_writer(
-        os.path.join(self.output_dir, TENSORBOARD_DIR), just_logging=jax.process_index() != 0)
-    writer.write_scalars(int(step), scalars)
-    writer.flush()
-    writer.close()
+    directory = os.path.join(self.output_dir, TENSORBOARD_DIR)
+    try:
+      writer = metric_writers.create_default_writer(directory,
+                                                    just_logging=jax.process_index() != 0)
+      writer.write_scalars(int(step), scalars)
+      writer.flush()
+      writer.close()
+    except (OSError, tf.errors.OpError) as e:
+      if not disk_full.is_disk_full(e):
+        raise
+      # The predictions and metrics.json are written by now; DONE is not.
+      raise disk_full.disk_full_error(directory, what="TensorBoard summaries into") from None
 
 
 def flat_scalars(results: Dict[str, Dict[str, dict]], prefix: str = "") -> Dict[str, float]:
@@ -730,6 +869,10 @@ def checkpoint_step(path: str) -> int:
   return max(steps) if steps else 0
 
 
+# How `xltransfer eval` names the checkpoint it was given, in errors.
+CHECKPOINT_FLAG = "CHECKPOINT_PATH (--checkpoint)"
+
+
 @gin.configurable(module="xltransfer.evaluation")
 def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
                         mixture_or_task_name: Union[str, Sequence[str]] = gin.REQUIRED,
@@ -742,14 +885,23 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   {target: {lang: why}}, "failed": {target: {lang: error}}, "tasks": number of tasks}.
   """
   tasks = resolve_tasks(mixture_or_task_name)  # Fail on a bad name before loading anything.
+  settings = settings if settings is not None else EvalSettings()
   vocab_check.check_model_vocabulary(model, tasks)
   if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
-    raise CheckpointError(f"CHECKPOINT_PATH {checkpoint_path}: no such file or directory")
+    raise CheckpointError(f"{CHECKPOINT_FLAG} {checkpoint_path}: no such file or directory")
   step = checkpoint_step(checkpoint_path)
-  check_output_dir(output_dir, checkpoint_path, step)  # Before the (slow) checkpoint load.
+  # Before the (slow) checkpoint load.
+  check_output_dir(output_dir, checkpoint_path, step, settings.no_overwrite)
   partitioner = partitioner if partitioner is not None else partitioning.create_partitioner()
   shardings = partitioner.shardings(model.param_logical_axes())
-  params, kind = checkpointing.load_initial_params(checkpoint_path, model, shardings)
+  try:
+    params, kind = checkpointing.load_initial_params(checkpoint_path, model, shardings)
+  except CheckpointError as e:
+    # The loader is the trainer's and names the trainer's macro; here the path came from
+    # --checkpoint / CHECKPOINT_PATH. Reworded in place, keeping the error's class.
+    e.args = tuple(a.replace("INITIAL_CHECKPOINT_PATH", CHECKPOINT_FLAG) if isinstance(a, str)
+                   else a for a in e.args)
+    raise
   logging.info("evaluating %s on %d tasks into %s", kind, len(tasks), output_dir)
   evaluator = Evaluator(model, tasks, output_dir, settings, partitioner, show_progress)
   outcome = evaluator.run(params, step=step, checkpoint=checkpoint_path)

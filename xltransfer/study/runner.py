@@ -12,7 +12,6 @@ Rerunning retries failed and interrupted stages (the trainer resumes from its ow
 import ctypes
 import dataclasses
 import datetime
-import fcntl
 import json
 import os
 import shlex
@@ -22,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from xltransfer import run_lock
 from xltransfer.errors import UserError
 from xltransfer.study import grid
 
@@ -34,7 +34,6 @@ DONE = "DONE"
 RUNNING_MARKER = "STUDY_RUNNING"
 FAILED_MARKER = "STUDY_FAILED"
 LOG = "stage.log"
-LOCK = ".study_runner.lock"
 
 STATES = ("done", "running", "interrupted", "failed", "blocked", "pending")
 
@@ -82,20 +81,6 @@ def stage_gin_text(stage: grid.Stage) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  try:  # A killed process that nobody has reaped yet is gone for our purposes.
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except (OSError, IndexError):
-    return True
-
-
 def read_json(path):
   try:
     with open(path) as f:
@@ -130,7 +115,7 @@ def own_state(stage: grid.Stage) -> str:
     # The runner owns the stage (its child dies with it): no runner, no running stage.
     same_host = info.get("host") == socket.gethostname()
     runner_pid = info.get("runner_pid")
-    if same_host and isinstance(runner_pid, int) and not _pid_alive(runner_pid):
+    if same_host and isinstance(runner_pid, int) and not run_lock.pid_alive(runner_pid):
       return "interrupted"
     return "running"
   if os.path.exists(os.path.join(d, FAILED_MARKER)):
@@ -217,13 +202,8 @@ def _run_one(stage, program, echo) -> bool:
 def run_stages(stages, study_dir: str, program=DEFAULT_PROGRAM, echo=print) -> RunSummary:
   """Runs every stage not yet done, in order; a failure blocks only the stages that need it."""
   os.makedirs(study_dir, exist_ok=True)
-  lock = open(os.path.join(study_dir, LOCK), "w")
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    raise UserError(f"another `xltransfer study run` is running the study in {study_dir}; "
-                    f"wait for it or stop it first") from None
+  # One runner per study: a second is refused naming the holder (host, pid, start time).
+  lock = run_lock.DirectoryLock(study_dir, "`xltransfer study run`").acquire()
   summary = RunSummary()
   outcome = {}
   try:
@@ -245,8 +225,7 @@ def run_stages(stages, study_dir: str, program=DEFAULT_PROGRAM, echo=print) -> R
       outcome[stage.id] = "done" if ok else "failed"
       (summary.ran if ok else summary.failed).append(stage.id)
   finally:
-    fcntl.flock(lock, fcntl.LOCK_UN)
-    lock.close()
+    lock.release()
   echo(f"[study] {len(summary.ran)} ran, {len(summary.skipped)} already done, "
        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked")
   return summary

@@ -111,10 +111,14 @@ MC_CONTEXT_QUESTION = {"context": STRING, "question": STRING, "choices": STRINGS
 
 
 def _file_source(name, files, reader, signature, subdir):
-  def loader(filename):
+  def loader(split, filename):
     task = task_name(name)
-    return lambda: reader(paths.require_file(paths.user_path(task, subdir, filename), task))
-  return sources.FileDataSource({s: loader(f) for s, f in files.items()}, signature)
+    # The train and dev files need gold on every example; a test file may come without it
+    # (CommonsenseQA's test_rand_split_no_answers.jsonl).
+    training = split in ("train", "validation")
+    return lambda: reader(paths.require_file(paths.user_path(task, subdir, filename), task),
+                          training=training)
+  return sources.FileDataSource({s: loader(s, f) for s, f in files.items()}, signature)
 
 
 def english_sources():

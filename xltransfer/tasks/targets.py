@@ -53,6 +53,12 @@ def _loader(task, reader, *parts):
   return lambda: reader(_resolve(task, "files", parts))
 
 
+def _training_loader(task, reader, *parts):
+  """A loader of a training task's file: every example must carry its gold (the readers'
+  `training`), so an unlabelled line is an error naming file and line, not an empty target."""
+  return _loader(task, functools.partial(reader, training=True), *parts)
+
+
 def _location(*parts, root="$XTREME_DATA_DIR"):
   *directory, names = parts
   if isinstance(names, tuple):
@@ -140,7 +146,8 @@ class Family:
 
   def _register_train(self):
     name = f"{catalog.PREFIX}{self.name}_train"
-    loaders = {s: _loader(name, self.train_reader, *p) for s, p in self.train_files.items()}
+    loaders = {s: _training_loader(name, self.train_reader, *p)
+               for s, p in self.train_files.items()}
     tfds_fn = tfds_targets.train_dataset_fn(self.name)
     alternative = (lambda: paths.target_source(self.name) == "tfds", tfds_fn) if tfds_fn else None
     data = ", ".join(_location(*p) for p in self.train_files.values())
@@ -241,12 +248,13 @@ def _mlqa_file(split):
   return lambda lang: ("mlqa", "MLQA_V1", split, f"{split}-context-{lang}-question-{lang}.json")
 
 
-def _lareqa_pairs(path):
+def _lareqa_pairs(path, training=False):
   """SQuAD v1.1 as (question, candidate) pairs for dual-encoder training, as XTREME-R's LAReQA
   baseline builds them (third_party/processors/lareqa.py): the candidate is the sentence that
   holds the first answer's start, followed by its paragraph (newlines removed). Sentences are
   cut by `sentence_breaks` below, a simpler rule than the baseline's sb_sed sentence breaker
-  (evaluation reads XQuAD-R's own sentence_breaks, as the baseline does)."""
+  (evaluation reads XQuAD-R's own sentence_breaks, as the baseline does). Unanswered
+  questions are left out, as there; with `training`, a file without a single pair is an error."""
   document = readers.read_json(path)
   pairs = []
   for i, article in enumerate(document.get("data", ())):
@@ -266,6 +274,8 @@ def _lareqa_pairs(path):
         if sentence:
           pairs.append({"query": qa["question"],
                         "candidate": (sentence + context).replace("\n", "")})
+  if training and not pairs:
+    raise DataFormatError(path, None, "no answered question to make a training pair of")
   return pairs
 
 
@@ -493,7 +503,8 @@ SIQA_TASK = f"{catalog.PREFIX}xcopa_siqa_train"
 def register_siqa():
   """`xlt_xcopa_siqa_train`: English SIQA in the XCOPA format (three choices), the first of
   XTREME-R's two XCOPA training stages; fine-tune on it, then on `xlt_xcopa_train` (COPA)."""
-  loaders = {s: _loader(SIQA_TASK, readers.read_siqa, *p) for s, p in SIQA_FILES.items()}
+  loaders = {s: _training_loader(SIQA_TASK, readers.read_siqa, *p)
+             for s, p in SIQA_FILES.items()}
   catalog.register_task(
       SIQA_TASK, kind="target", family="xcopa", language="en",
       data=", ".join(_location(*p) for p in SIQA_FILES.values()),

@@ -45,8 +45,9 @@ def register_translated_task(name: str, lang: str) -> str:
 
   def loader(split):
     filename = f"{FILE_SPLITS[split]}-{lang}.{extension}"
+    # Both splits feed training (the train loss and its validation): gold is required.
     return lambda: reader(paths.require_file(
-        paths.user_path(task, "translated", name, filename), task))
+        paths.user_path(task, "translated", name, filename), task), training=True)
 
   fns, postprocess = intermediate.metric_fns(name)
   catalog.register_task(

@@ -24,7 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from xltransfer.errors import ConfigError
+from xltransfer.errors import ConfigError, UserError
 from xltransfer.train import feature_converters
 
 SHARDING_MODES = ("source", "host_slice")
@@ -100,6 +100,8 @@ def host_dataset(config: DatasetConfig, shard_index: int, num_shards: int, per_h
       ds = ds.batch(per_host_batch * num_shards, drop_remainder=num_epochs is None)
       start = shard_index * per_host_batch
       ds = ds.map(lambda b: {k: v[start:start + per_host_batch] for k, v in b.items()})
+  except UserError:
+    raise  # A data error (DataFormatError is a ValueError too) already names its file and line.
   except ValueError as e:
     raise ConfigError(f"cannot read {config.mixture_or_task_name!r} split {config.split!r} "
                       f"with lengths {config.task_feature_lengths}: {e}") from e
@@ -128,10 +130,24 @@ class TrainInput:
     return self
 
   def __next__(self) -> Dict[str, jax.Array]:
-    host_batch = next(self._iterator)
+    try:
+      host_batch = next(self._iterator)
+    except StopIteration:
+      # The training stream repeats forever, so it ends only when there is nothing to repeat.
+      raise UserError(
+          f"MIXTURE_OR_TASK_NAME {self.config.mixture_or_task_name!r} split "
+          f"{self.config.split!r} gave no training batch: its data is empty, or its "
+          f"preprocessors dropped every example{_data_location(self.config)}") from None
     self.position += 1
     self.last_host_batch = host_batch
     return to_global_batch(host_batch, self.partitioner, self.config.batch_size)
+
+
+def _data_location(config: DatasetConfig) -> str:
+  """Where an xltransfer task reads its data (as `xltransfer tasks list` shows it), if known."""
+  from xltransfer.tasks import catalog  # pylint: disable=import-outside-toplevel
+  entry = catalog.ENTRIES.get(config.mixture_or_task_name)
+  return f" (data: {entry.data})" if entry is not None and entry.data else ""
 
 
 def to_global_batch(host_batch: Mapping[str, np.ndarray], partitioner,

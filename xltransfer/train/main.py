@@ -10,6 +10,10 @@ literals (quote strings). The config is checked before anything expensive happen
 unknown configurable or parameter fails with gin's message and the file and line; a required
 macro left unset, a macro used but never defined, and a macro defined but used nowhere (a
 typo such as TRAIN_STEP) fail with the macro name and the file that mentions it.
+
+SIGTERM is caught from the first line on (`termination.py`): during start-up the run stops
+before its first step, with nothing to save, and exits 0. Errors the user can fix print as
+one line (gin's "In call to configurable" note removed) and exit 2.
 """
 import argparse
 import difflib
@@ -22,7 +26,9 @@ from typing import Optional, Sequence
 import gin
 
 from xltransfer import gin_paths
-from xltransfer.errors import ConfigError
+from xltransfer import errors
+from xltransfer.errors import ConfigError, UserError
+from xltransfer.train import termination
 
 T5X_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
               "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH", "DROPOUT_RATE", "LEARNING_RATE",
@@ -181,6 +187,20 @@ def _drop_gin_include_probe(record: logging.LogRecord) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  # Before anything slow (jax, gin, the data): a SIGTERM during start-up is then a clean stop.
+  installed_here = termination.install()
+  try:
+    return _main(argv)
+  except UserError as error:
+    message = errors.one_line_message(error)
+    print(f"xltransfer train: error: {message}", file=sys.stderr)
+    return 2
+  finally:
+    if installed_here:
+      termination.REQUEST.uninstall()
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   rest, cli_bindings = split_gin_flags(argv)
   args = _parser().parse_args(rest)
@@ -193,6 +213,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # miss as an ERROR although the file is then found; that line would only alarm users.
   for handler in logging.getLogger().handlers:
     handler.addFilter(_drop_gin_include_probe)
+  if args.run_mode != "train":
+    # Only the training loop checks the flag; an evaluation stops on SIGTERM as usual.
+    if termination.requested():
+      logging.warning("stopping on SIGTERM before the %s started: nothing to save",
+                      args.run_mode)
+      return 0
+    termination.REQUEST.uninstall()
   from xltransfer import partitioning  # pylint: disable=import-outside-toplevel
   # Multi-host set-up must precede any jax computation, including in registrations.
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes,

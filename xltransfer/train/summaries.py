@@ -3,6 +3,13 @@
 Per-step metrics stay on the device until a log period ends, so logging never stalls the
 step pipeline; then the period's steps are fetched together and reduced: losses averaged,
 token/example counts summed, throughput measured on the host clock.
+
+Each record says the steps it reduces (`first_step` .. `step`). A run that starts at step S
+(a resume) first drops the records of steps after S from train_metrics.jsonl (an earlier
+segment logged them before it was killed; rewritten atomically), and its first interval
+starts at S+1, so no value mixes steps of two segments. The TensorBoard event files of the
+earlier segments lose their events after S the same way (each file rewritten without them),
+so TensorBoard shows every step once, from the segment that the checkpoints continue.
 """
 import json
 import logging
@@ -12,8 +19,10 @@ from typing import Dict, List, Optional
 
 import jax
 import numpy as np
+import tensorflow as tf
 from clu import metric_writers
 
+from xltransfer.disk_full import reporting_disk_full
 from xltransfer.train.trainer import fetch
 
 AVERAGED = ("loss", "z_loss", "cross_ent_loss", "grad_norm")
@@ -30,6 +39,57 @@ def _format_duration(seconds: float) -> str:
   return f"{secs}s"
 
 
+def drop_records_after(path: str, step: int):
+  """Removes the records of steps after `step` from a metrics JSON-lines file (a temporary
+  copy renamed over it, so a crash leaves either the old or the new file)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      record_step = json.loads(line).get("step")
+    except ValueError:
+      continue  # a line cut short by a kill in mid-write
+    if isinstance(record_step, int) and record_step <= step:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if len(kept) == len(lines):
+    return
+  with reporting_disk_full(path):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+  logging.info("%s: dropped %d records after step %d, the step this run resumes from", path,
+               len(lines) - len(kept), step)
+
+
+def drop_events_after(log_dir: str, step: int):
+  """Rewrites the TensorBoard event files in `log_dir` without their summaries of steps after
+  `step` (each file via a temporary copy renamed over it); a record cut short by a kill ends
+  the file's readable part."""
+  for path in sorted(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+    kept, dropped = [], 0
+    try:
+      for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        event = tf.compat.v1.Event.FromString(raw)
+        if event.HasField("summary") and event.step > step:
+          dropped += 1
+        else:
+          kept.append(raw)
+    except tf.errors.DataLossError:
+      dropped += 1  # the truncated tail
+    if not dropped:
+      continue
+    with reporting_disk_full(path):
+      with tf.io.TFRecordWriter(path + ".tmp") as writer:
+        for raw in kept:
+          writer.write(raw)
+      os.replace(path + ".tmp", path)
+    logging.info("%s: dropped %d TensorBoard events after step %d, the step this run resumes "
+                 "from", path, dropped, step)
+
+
 class TrainSummaries:
   """Collects per-step metrics and writes them every `log_period` steps."""
 
@@ -42,7 +102,12 @@ class TrainSummaries:
     self._eval_writer = metric_writers.create_default_writer(
         os.path.join(model_dir, "validation"), just_logging=not self._is_chief, asynchronous=True)
     self._jsonl = os.path.join(model_dir, "train_metrics.jsonl")
+    if self._is_chief:
+      drop_records_after(self._jsonl, start_step)
+      for name in ("train", "validation"):
+        drop_events_after(os.path.join(model_dir, name), start_step)
     self._pending: List[Dict[str, jax.Array]] = []
+    self._first_pending_step = start_step + 1
     self._period_start = time.time()
     self._run_start_time = time.time()
     self._run_start_step = start_step
@@ -73,12 +138,14 @@ class TrainSummaries:
         "tokens_per_second": tokens / elapsed,
         "examples_per_second": examples / elapsed,
     })
+    first_step = self._first_pending_step
     self._pending = []
+    self._first_pending_step = step + 1
     self._period_start = now
     if self._is_chief:
-      self._writer.write_scalars(step, reduced)
-      with open(self._jsonl, "a") as f:
-        f.write(json.dumps(dict(step=step, **reduced)) + "\n")
+      with reporting_disk_full(os.path.join(os.path.dirname(self._jsonl), "train")):
+        self._writer.write_scalars(step, reduced)
+      self._append(dict(step=step, first_step=first_step, **reduced))
     logging.info("%s", self._log_line(step, reduced, now))
     return reduced
 
@@ -96,14 +163,20 @@ class TrainSummaries:
 
   def write_eval(self, step: int, metrics: Dict[str, float]):
     if self._is_chief:
-      self._eval_writer.write_scalars(step, metrics)
-      with open(self._jsonl, "a") as f:
-        f.write(json.dumps(dict(step=step, **{f"eval/{k}": v for k, v in metrics.items()})) + "\n")
+      with reporting_disk_full(os.path.join(os.path.dirname(self._jsonl), "validation")):
+        self._eval_writer.write_scalars(step, metrics)
+      self._append(dict(step=step, **{f"eval/{k}": v for k, v in metrics.items()}))
     logging.info("eval at step %d: %s", step,
                  " | ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
 
+  def _append(self, record: Dict[str, float]):
+    with reporting_disk_full(self._jsonl):
+      with open(self._jsonl, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
   def close(self):
-    self._writer.flush()
-    self._eval_writer.flush()
-    self._writer.close()
-    self._eval_writer.close()
+    with reporting_disk_full(os.path.dirname(self._jsonl), what="TensorBoard summaries into"):
+      self._writer.flush()
+      self._eval_writer.flush()
+      self._writer.close()
+      self._eval_writer.close()
