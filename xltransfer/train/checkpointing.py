@@ -588,8 +588,9 @@ class InitialState:
   restored: str     # what of it, for the log
 
 
-class _Negated:
-  """An array source read with the opposite sign (T5X's momentum vs optax's EMA)."""
+class NegatedArray:
+  """An array source read with the opposite sign: T5X's momentum `m` vs optax's EMA (used both
+  ways, by the import here and by the T5X export)."""
 
   def __init__(self, source):
     self.source = source
@@ -598,9 +599,6 @@ class _Negated:
 
   def read(self, index=None):
     return -np.asarray(self.source.read(index))
-
-
-NegatedArray = _Negated  # public for the export, which negates our EMA back into T5X's `m`
 
 
 def _flat_names(tree, is_leaf=None) -> List[str]:
@@ -756,7 +754,7 @@ def t5x_optimizer_state(checkpoint, model, trainer) -> Any:
       per_slot[slot].append(moments[slot])
     if momentum is None:
       no_momentum.append(name)
-    per_slot["m"].append(None if momentum is None else _Negated(momentum))
+    per_slot["m"].append(None if momentum is None else NegatedArray(momentum))
   if problems:
     raise CheckpointError(
         f"INITIAL_CHECKPOINT_PATH {path}: its Adafactor state does not fit this optimizer:\n  "
