@@ -386,6 +386,25 @@ def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, gree
   assert os.path.isfile(meta) and _json(out, evaluator.IDENTITY_FILE)["step"] == 3
 
 
+def test_another_data_source_is_not_served_from_old_predictions(tmp_path, model_and_params,
+                                                                greedy, caplog, monkeypatch):
+  # First the download (no gold), then the labelled release, same checkpoint and dir: the
+  # second run must read the new source, not report the first run's "no gold".
+  data = _write(tmp_path / "test.jsonl", [greedy[0], "x", "y", "z"])
+  _register("xlt_goldsrc_eval_en", data, _unlabelled(data))
+  out = tmp_path / "out"
+  first = _run(model_and_params, "xlt_goldsrc_eval_en", out, checkpoint="/runs/a")
+  assert first.no_gold and not first.metrics
+  _register("xlt_goldsrc_eval_en", data, _labelled(data))
+  monkeypatch.setenv("XLTRANSFER_TARGET_SOURCE", "original")
+  caplog.set_level("WARNING")
+  second = _run(model_and_params, "xlt_goldsrc_eval_en", out, checkpoint="/runs/a")
+  assert "recomputing" in caplog.text and "'source': 'files'" in caplog.text
+  assert second.metrics == {"goldsrc": {"en": {"accuracy": 25.0}}} and not second.no_gold
+  meta = _json(out, "predictions/goldsrc/en.meta.json")
+  assert meta["data"]["source"] == "original"
+
+
 def test_empty_checkpoint_dir_names_the_flag(tmp_path, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()

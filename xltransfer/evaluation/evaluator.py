@@ -13,7 +13,8 @@ official metrics of `xltransfer.evaluation.metrics`) and writes, into the output
   eval_identity.json                  the checkpoint and step these outputs belong to
   predictions/{target}/{lang}.jsonl   id, input, target, prediction, example_score (+ extras)
   predictions/{target}/{lang}.meta.json  what that file was made from: task, checkpoint, step,
-                                      split, prediction settings, provenance, no_gold
+                                      split, prediction settings, data source/dirs and
+                                      vocabulary, provenance, no_gold
   metrics.json                        {"checkpoint", "step", "tasks": {target: {lang: {...}}},
                                        "no_gold": {target: {lang: why}},
                                        "failed": {target: {lang: error}}}
@@ -54,8 +55,8 @@ checkpoint and step (eval_identity.json, and each predictions file's .meta.json)
 Another checkpoint. Evaluating another checkpoint or step into a directory that holds an
 evaluation (or predictions without eval_identity.json) recomputes it: DONE, metrics.json,
 eval_info.json and tensorboard/ are removed, eval_identity.json is rewritten, then every
-predictions file whose .meta.json names another checkpoint, step, task, split or prediction
-settings is removed (predictions before their .meta.json) and recomputed; a log line names
+predictions file whose .meta.json names another checkpoint, step, task, split, prediction
+settings, data source or directory or vocabulary is removed (predictions before their .meta.json) and recomputed; a log line names
 what is replaced. A crash midway leaves only files whose .meta.json says what made them,
 which the next run checks again, so predictions are never described as another checkpoint's.
 With `EvalSettings.no_overwrite` (`xltransfer eval --no_overwrite`) such a directory is
@@ -90,7 +91,9 @@ from xltransfer import disk_full
 from xltransfer import partitioning
 from xltransfer import run_lock
 from xltransfer.data import gold as gold_lib
+from xltransfer.data import paths
 from xltransfer.data import retrieval as retrieval_data
+from xltransfer.data import vocab
 from xltransfer.data import vocab_check
 from xltransfer.errors import CheckpointError, ConfigError, DataFormatError, UserError
 from xltransfer.evaluation import inference as inference_lib
@@ -321,6 +324,15 @@ def retrieval_metrics(target: str, records: List[dict]) -> Dict[str, float]:
     return scores
   return metrics_lib.map_at_k([r["target"] for r in records],
                               [r["prediction"] for r in records], k=MAP_K)
+
+
+def _data_inputs(task: "EvalTask") -> dict:
+  """Where the task's data comes from, known without reading it: a predictions file made from
+  another source (e.g. the download, before `target_source` 'original'), data dir or
+  vocabulary is not reused."""
+  return {"source": paths.target_source(task.target), "xtreme_data_dir": paths.xtreme_data_dir(),
+          "original_data_dir": paths.original_data_dir(), "user_data_dir": paths.user_data_dir(),
+          "vocabulary": vocab.task_vocabulary_spec()}
 
 
 def gold_status(provenance: Optional[gold_lib.Provenance], targets: Sequence,
@@ -658,7 +670,7 @@ class Evaluator:
       else:
         provenance, no_gold, records = self._seqio_task(runner, seqio_task, task, split)
       meta = {"task": task.name, **self._identity, "split": split,
-              "settings": self.settings.prediction_settings(),
+              "settings": self.settings.prediction_settings(), "data": _data_inputs(task),
               "provenance": provenance.to_json() if provenance is not None else None,
               "no_gold": no_gold, "records": len(records)}
       # The meta first: a predictions file never exists without it.
@@ -678,7 +690,7 @@ class Evaluator:
       return f"{path} has no {os.path.basename(meta_file)} saying what it was made from"
     meta = _read_json(meta_file)
     expected = {"task": task.name, **self._identity, "split": split,
-                "settings": self.settings.prediction_settings()}
+                "settings": self.settings.prediction_settings(), "data": _data_inputs(task)}
     differ = [f"{key} {meta.get(key)!r} (this run: {value!r})" for key, value in expected.items()
               if meta.get(key) != value]
     if differ:
