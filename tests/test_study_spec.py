@@ -198,3 +198,30 @@ def test_check_names_reports_unregistered_mixtures_with_suggestions(tmp_path):
     study_main.check_names(stages, "spec.gin", known)
   known.add("xlt_inter_mnlj")
   study_main.check_names(stages, "spec.gin", known)
+
+
+def test_run_checks_the_labelled_data_dir_before_any_stage(tmp_path):
+  spec = spec_lib.load_spec(_write(tmp_path, MINIMAL + 'StudySpec.target_source = "original"\n'))
+  stages = grid.build_stages(spec, str(tmp_path / "study"))
+  with pytest.raises(ConfigError, match=r"spec.gin: stage (eval|direct)/.*"
+                                        r"StudySpec.original_data_dir or \$XTREME_ORIGINAL_DATA_DIR"):
+    study_main.check_labelled_data(stages, "spec.gin", environ={})
+  with pytest.raises(ConfigError, match=r"labelled original releases in /no/such/dir, which "
+                                        r"does not exist"):
+    study_main.check_labelled_data(stages, "spec.gin",
+                                   environ={"XTREME_ORIGINAL_DATA_DIR": "/no/such/dir"})
+  study_main.check_labelled_data(stages, "spec.gin",
+                                 environ={"XTREME_ORIGINAL_DATA_DIR": str(tmp_path)})
+  # The spec's own directory wins over the environment.
+  bound = spec_lib.load_spec(_write(tmp_path, MINIMAL + f"""
+StudySpec.target_source = "original"
+StudySpec.original_data_dir = "{tmp_path / 'missing'}"
+""", name="bound.gin"))
+  with pytest.raises(ConfigError, match="missing, which does not exist"):
+    study_main.check_labelled_data(grid.build_stages(bound, str(tmp_path / "s2")), "bound.gin",
+                                   environ={"XTREME_ORIGINAL_DATA_DIR": str(tmp_path)})
+  # Without target_source 'original' nothing is required.
+  plain = spec_lib.load_spec(_write(tmp_path, MINIMAL, name="plain.gin"))
+  study_main.check_labelled_data(grid.build_stages(plain, str(tmp_path / "s3")), "plain.gin",
+                                 environ={})
+

@@ -21,6 +21,7 @@ import os
 import shlex
 import sys
 
+from xltransfer.data import paths
 from xltransfer.errors import ConfigError, UserError
 from xltransfer.study import grid, report, runner
 from xltransfer.study import spec as spec_lib
@@ -131,6 +132,32 @@ def check_data(stages, where, environ=None) -> None:
           f"download layout), {fix}")
 
 
+def check_labelled_data(stages, where, environ=None) -> None:
+  """Raises ConfigError when eval stages still to run read the labelled original releases
+  (StudySpec.target_source = "original") but their directory is unset or missing: those
+  stages run only after hours of training, so check before any stage."""
+  environ = os.environ if environ is None else environ
+  for stage in stages:
+    bound = dict(stage.bindings)
+    if (stage.command != "eval" or bound.get(grid.TARGET_SOURCE_BINDING) != "original"
+        or runner.own_state(stage) == "done"):
+      continue
+    if any(b.split("=", 1)[0].strip() == grid.ORIGINAL_DATA_BINDING for b in stage.raw_bindings):
+      continue  # set by the spec's own bindings (maybe a macro): the stage reports a bad dir
+    data_dir = bound.get(grid.ORIGINAL_DATA_BINDING) or environ.get(paths.ORIGINAL_ENV_VAR, "")
+    if not data_dir:
+      raise ConfigError(
+          f"{where}: stage {stage.id} scores on the labelled original releases "
+          f"(StudySpec.target_source = 'original'), but no directory holds them: set "
+          f"StudySpec.original_data_dir or ${paths.ORIGINAL_ENV_VAR} (docs/tasks.md, "
+          "\"Labelled evaluation data\", lists what goes there)")
+    if "://" not in data_dir and not os.path.isdir(data_dir):
+      raise ConfigError(
+          f"{where}: stage {stage.id} scores on the labelled original releases in {data_dir}, "
+          "which does not exist (StudySpec.original_data_dir; docs/tasks.md, \"Labelled "
+          "evaluation data\", lists what goes there)")
+
+
 def _run(args, bindings) -> int:
   spec = spec_lib.load_spec(args.spec, bindings)
   if args.output_dir:
@@ -157,6 +184,7 @@ def _run(args, bindings) -> int:
                     "state in local directories; use --emit DIR to launch the stages elsewhere")
   _check_compatible(study_dir, stages)
   check_data(stages, args.spec)
+  check_labelled_data(stages, args.spec)
   grid.write_study_file(os.path.join(study_dir, grid.STUDY_FILE), spec, stages, study_dir)
   print(f"[study] {spec.name}: {len(stages)} stages in {study_dir}")
   summary = runner.run_stages(stages, study_dir, program or runner.DEFAULT_PROGRAM)
