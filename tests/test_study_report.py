@@ -279,7 +279,8 @@ def test_markdown_numbers_are_the_metric_files_numbers(written):
            and c["condition"] == "xlt_span_lowres" and c["scope"] == "task"
            and c["column"] == "panx")
   assert deltas[labels["xlt_span_lowres"]]["panx"].startswith(f"{d['delta']:+.2f} [")
-  assert "## Significant differences" in markdown
+  assert "## Exploratory contrasts significant after adjustment" in markdown
+  assert markdown.index("## Primary contrast") < markdown.index("## XTREME-R score per condition")
 
 
 def test_plots_exist(written):
@@ -490,3 +491,98 @@ def test_unlabeled_examples_give_no_interval(tmp_path):
   data = report.build_report(spec.study_dir(), samples=50)
   by_lang = {c["language"]: c for c in data["comparisons"] if c["scope"] == "language"}
   assert by_lang["de"]["ci_low"] is None and by_lang["zh"]["ci_low"] is not None
+
+
+def _drop_language(stage, lang):
+  """A stage that evaluated one language fewer (its metrics and predictions)."""
+  path = os.path.join(stage.stage_dir, "metrics.json")
+  data = json.load(open(path))
+  del data["tasks"][stage.target][lang]
+  with open(path, "w") as f:
+    json.dump(data, f)
+  os.remove(os.path.join(stage.stage_dir, "predictions", stage.target, f"{lang}.jsonl"))
+
+
+def test_deltas_compare_the_same_languages_and_say_which_are_missing(tmp_path):
+  spec, stages, study_dir, files = _write_study(tmp_path)
+  # The baseline lacks Swahili, the hard language, on XNLI (both seeds).
+  for stage in stages:
+    if stage.id in ("eval/none/seed0/xnli", "eval/none/seed1/xnli"):
+      _drop_language(stage, "sw")
+  paths = report.write_report(study_dir, samples=100, plot=False)
+  data = json.load(open(paths["json"]))
+  expected = _expected_per_language(spec, stages, {k: v for k, v in files.items()})
+  [task] = [c for c in data["comparisons"] if c["reference"] == "none"
+            and c["condition"] == "xlt_inter_all9" and c["scope"] == "task"
+            and c["column"] == "xnli"]
+  # Over de and en only, for both sides; not xlt_inter_all9's three languages vs none's two.
+  shared = {l: expected["xnli"][c] for c in ("xlt_inter_all9", "none") for l in ("de", "en")}
+  assert shared
+  over_shared = np.mean([expected["xnli"]["xlt_inter_all9"][l]["accuracy"]
+                         - expected["xnli"]["none"][l]["accuracy"] for l in ("de", "en")])
+  assert task["delta"] == pytest.approx(over_shared)
+  assert task["ci_low"] <= task["delta"] <= task["ci_high"]
+  assert task["incomplete"] == ["xnli/sw (no none)"]
+  [mean] = [c for c in data["comparisons"] if c["reference"] == "none"
+            and c["condition"] == "xlt_inter_all9" and c["scope"] == "targets_mean"]
+  assert "xnli/sw (no none)" in mean["incomplete"]
+  markdown = open(paths["markdown"]).read()
+  assert "## Incomplete contrasts" in markdown
+  assert "xlt_inter_all9 vs baseline (none) on xnli: xnli/sw (no none)" in markdown
+
+
+def test_a_metric_file_that_disagrees_with_its_predictions_is_an_error(tmp_path):
+  _, stages, study_dir, _ = _write_study(tmp_path)
+  [stage] = [s for s in stages if s.id == "eval/xlt_inter_all9/seed0/xnli"]
+  path = os.path.join(stage.stage_dir, "metrics.json")
+  data = json.load(open(path))
+  data["tasks"]["xnli"]["de"]["accuracy"] += 1.0  # e.g. the metrics of an earlier eval
+  with open(path, "w") as f:
+    json.dump(data, f)
+  predictions = os.path.join(stage.stage_dir, "predictions", "xnli", "de.jsonl")
+  with pytest.raises(UserError, match="metrics.json says") as raised:
+    report.build_report(study_dir, samples=50)
+  assert predictions in str(raised.value) and path in str(raised.value)
+  from xltransfer import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["study", "report", study_dir, "--bootstrap_samples", "50"]) == 2
+  assert not os.path.exists(os.path.join(study_dir, "report", "report.md"))
+
+
+def test_primary_contrast_families_and_duplicates(written):
+  data = written["json"]
+  comparisons = data["comparisons"]
+  assert data["primary"] == {"pairs": [["xlt_span_lowres", "xlt_inter_all9"]],
+                             "languages": "low-resource"}
+  primary = [c for c in comparisons if c["family"] == "primary"]
+  assert sorted(c["scope"] for c in primary) == ["difference_of_differences", "primary"]
+  assert all((c["condition"], c["reference"]) == ("xlt_span_lowres", "xlt_inter_all9")
+             for c in primary)
+  [did] = [c for c in primary if c["scope"] == "difference_of_differences"]
+  # Only targets with languages of both groups (sw; de) enter: xquad and mewslix have no sw.
+  assert did["tasks"] == ["xnli", "panx", "tatoeba"]
+  per_task = {(c["column"], c["group"]): c["delta"] for c in comparisons
+              if c["condition"] == "xlt_span_lowres" and c["reference"] == "xlt_inter_all9"
+              and c["scope"] == "group_task"}
+  # The difference of differences: per task the low-resource delta minus the high-resource
+  # one, averaged over those tasks (the high-resource group mean also averages xquad and
+  # mewslix, which would mix the task mix into the gap).
+  assert did["delta"] == pytest.approx(np.mean(
+      [per_task[(t, "low-resource")] - per_task[(t, "high-resource")] for t in did["tasks"]]))
+  # Holm within each family: adjusted p-values at least the raw ones, flags from them.
+  for c in comparisons:
+    if c["family"] is not None:
+      assert c["p_adjusted"] >= c["p_value"] - 1e-15
+      assert c["significant_adjusted"] == (c["p_adjusted"] < 0.05)
+  # No category of one task (multiple choice is XCOPA alone), no "overall" twin of the mean.
+  assert not [c for c in comparisons if c["scope"] in ("overall",)]
+  assert not [c for c in comparisons if c["scope"] == "category" and c["column"] == "multi_choice"]
+  # A repeated test (tatoeba's group_task on sw = its language sw) is counted once.
+  twins = [c for c in comparisons if c["duplicate_of"]]
+  assert twins and all(c["family"] in ("primary", "secondary") for c in twins)
+  keys = [(c["condition"], c["reference"], c["scope"], c["column"], c["language"], c["group"])
+          for c in comparisons if c["family"] == "secondary" and not c["duplicate_of"]]
+  assert len(keys) == len(set(keys))
+  markdown = written["md"]
+  assert markdown.index("## Primary contrast") < markdown.index("## Methods") < markdown.index(
+      "## XTREME-R score per condition")
+  assert "Holm's step-down procedure" in markdown and "2 seed(s) each" in markdown

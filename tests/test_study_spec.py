@@ -39,6 +39,10 @@ def test_the_xxl_study_has_every_condition_target_and_seed():
   assert spec.xtreme_data_dir and spec.user_data_dir and spec.original_data_dir
   # Every zero-shot number comes from the labelled original releases (issue 18).
   assert spec.target_source == "original" and not spec.restore_optimizer_state
+  # The research question's contrast: each purely low-resource condition vs English-only.
+  assert spec.primary_pairs() == [(c, "xlt_inter_all9") for c in (
+      "xlt_span_lowres", "xlt_translated_lowres", "xlt_translated_lowres_plus_span")]
+  assert spec.primary_languages == "low-resource" and spec.multiple_comparisons == "holm"
   stages = grid.build_stages(spec, "/s")
   roles = [s.role for s in stages]
   conditions, seeds = len(spec.conditions), len(spec.seeds)
@@ -110,6 +114,12 @@ def test_grid_shapes_for_the_baseline_and_retrieval(tmp_path):
     ("StudySpec.target_source = 'download'", "StudySpec.target_source: 'download'"),
     ("StudySpec.restore_optimizer_state = 1", "StudySpec.restore_optimizer_state"),
     ("StudySpec.stepz = 3", "cannot parse"),
+    ("StudySpec.primary_conditions = ['xlt_inter_mnlj']", "StudySpec.primary_conditions"),
+    ("StudySpec.primary_reference = 'xlt_inter_all9'", "StudySpec.primary_reference"),
+    ("StudySpec.primary_languages = 'lowres'", "StudySpec.primary_languages: 'lowres'"),
+    ("StudySpec.multiple_comparisons = 'bonferroni'",
+     "StudySpec.multiple_comparisons: 'bonferroni'; valid: holm bh"),
+    ("StudySpec.significance_level = 0.5", "StudySpec.significance_level"),
 ])
 def test_spec_mistakes_name_the_file_and_key(tmp_path, binding, message):
   path = _write(tmp_path, MINIMAL)

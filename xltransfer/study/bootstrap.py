@@ -1,38 +1,66 @@
-"""Paired bootstrap confidence intervals for differences between study conditions.
+"""Intervals and tests for differences between study conditions.
 
-A cell is one (task, language) of one condition: per-seed, per-example statistics, with the
-examples aligned across conditions. Each bootstrap replicate
-  * resamples the cell's examples with replacement, the same draw for every condition (paired);
-  * when a condition has several seeds, resamples its seeds with replacement, the same draw for
-    all cells of that condition in the replicate (a seed is one trained model);
-  * recomputes the cell metric: the mean of per-example scores for mean-type metrics (accuracy,
-    per-example QA F1, per-query AP), or micro F1 from the resampled sentences' chunk counts
-    for seqeval F1 (F1 is not a mean over sentences).
-A difference over several cells (a task's average over languages, a language group, the
-XTREME-R score) is a weighted sum of cell differences, so the same replicates serve them all.
+Estimand. A contrast is Δ = Σ_c w_c (m_A,c − m_B,c) over cells c = (column, language), where
+m_X,c is condition X's expected metric on that cell: over test examples from the cell's
+population and over training seeds. A task's average over languages, a language group, the
+XTREME-R targets mean and a difference of differences are all such weighted sums.
+
+Point estimate: each seed's metric on the full test set from its per-example statistics
+(collect.py checks that these give the metric files' numbers), averaged over seeds.
+
+Its variance has two independent parts.
+  * Test-set sampling: a paired cluster bootstrap. Every replicate redraws the test set of each
+    column, the same draw for every condition and seed (paired). The unit drawn is a cluster:
+    translations of one item in every language of the target (records' "item") and the
+    questions on one paragraph ("paragraph") are drawn together, as they are not independent;
+    other examples are their own cluster. The cell metric is recomputed on each replicate: the
+    weighted mean of per-example scores, or micro F1 from the resampled sentences' chunk counts
+    (seqeval F1 is not a mean over sentences). A column's part is the variance of the
+    contrast's replicates times n/(n−1) for its n clusters (the bootstrap's plug-in variance of
+    a mean is biased low by (n−1)/n, which matters for the 15-40 example cells of small test
+    sets), with n − 1 degrees of freedom. Columns are separate test sets, drawn independently.
+  * Training seeds: the contrast evaluated on each seed of a condition; their sample variance
+    over the k seeds, divided by k, with k − 1 degrees of freedom. Conditions are trained
+    independently. Resampling 2-3 seeds, as a bootstrap over seeds would, shows only
+    (k−1)/k of that variance and hides how little k seeds say; the t quantile with few degrees
+    of freedom does not. A condition with one trained seed contributes nothing (its seed
+    variance cannot be estimated: the interval is about that model, and `Interval` says so);
+    a seedless evaluation (the initial checkpoint evaluated directly) has no training variance.
+The interval is Δ ± t_ν·SE with ν from Welch-Satterthwaite over the parts, the test two-sided
+with the same t. Δ and SE within TOLERANCE of zero count as zero, so a floating-point tie
+never makes a difference significant.
 """
 import dataclasses
+import math
 import warnings
 import zlib
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
+from scipy import sparse, stats
+from scipy.sparse import csgraph
 from seqeval.metrics.sequence_labeling import get_entities
 
 MEAN = "mean"
 F1 = "f1"
+# Metrics are on a 0-100 scale: differences and standard errors below this are float noise.
+TOLERANCE = 1e-9
 
 
 @dataclasses.dataclass
 class CellData:
-  """One condition's per-example statistics for one (task, language).
+  """One condition's per-example statistics for one (column, language).
 
-  values: [seeds, examples] scores (MEAN) or [seeds, examples, 3] chunk counts (F1:
-  correct, predicted, gold). seeds: the seed label of each row (None for a seedless run).
+  values: [seeds, examples] scores (MEAN) or [seeds, examples, 3] chunk counts (F1: correct,
+  predicted, gold). seeds: the seed label of each row (None for a seedless evaluation).
+  items / paragraphs: per example, the id shared by its translations in the target's other
+  languages and the id of its QA paragraph, None where the data has none.
   """
   kind: str
   values: np.ndarray
   seeds: tuple
+  items: Optional[Sequence] = None
+  paragraphs: Optional[Sequence] = None
 
   @property
   def num_examples(self) -> int:
@@ -41,14 +69,19 @@ class CellData:
   def per_seed_metric(self, weights: np.ndarray) -> np.ndarray:
     """[replicates, seeds] metric under example weights [replicates, examples]."""
     if self.kind == MEAN:
-      return weights @ self.values.T / weights.sum(axis=1, keepdims=True)
+      total = weights.sum(axis=1, keepdims=True)
+      with np.errstate(divide="ignore", invalid="ignore"):
+        return weights @ self.values.T / total
     sums = np.stack([weights @ self.values[..., k].T for k in range(3)], axis=-1)
     return f1_from_counts(sums)
 
+  def seed_points(self) -> np.ndarray:
+    """[seeds] metric of each seed on the full data."""
+    return self.per_seed_metric(np.ones((1, self.num_examples)))[0]
+
   def point(self) -> float:
     """The metric on the full data, averaged over seeds."""
-    ones = np.ones((1, self.num_examples), dtype=np.float64)
-    return float(self.per_seed_metric(ones).mean())
+    return float(self.seed_points().mean())
 
 
 def f1_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -77,27 +110,81 @@ def chunk_counts(target, prediction) -> tuple:
   return len(gold & predicted), len(predicted), len(gold)
 
 
+def cluster_ids(cells_by_lang: Dict[str, CellData]) -> tuple:
+  """({lang: [examples] cluster index}, number of clusters) of one column's test set.
+
+  Examples are linked when they share an item id (any language) or a paragraph id (within
+  their language); a cluster is a connected group of linked examples.
+  """
+  langs = sorted(cells_by_lang)
+  keys, rows, columns, offsets, total = {}, [], [], {}, 0
+  for lang in langs:
+    cell = cells_by_lang[lang]
+    offsets[lang] = total
+    for field, scope in ((cell.items, None), (cell.paragraphs, lang)):
+      for i, value in enumerate(field if field is not None else ()):
+        if value is not None:
+          rows.append(total + i)
+          columns.append(keys.setdefault((scope, str(value)), len(keys)))
+    total += cell.num_examples
+  # Examples and ids are the two sides of a bipartite graph: clusters are its components.
+  graph = sparse.coo_matrix((np.ones(len(rows)), (rows, np.array(columns, dtype=int) + total)),
+                            shape=(total + len(keys),) * 2)
+  _, component = csgraph.connected_components(graph, directed=False)
+  _, cluster = np.unique(component[:total], return_inverse=True)
+  return ({lang: cluster[offsets[lang]:offsets[lang] + cells_by_lang[lang].num_examples]
+           for lang in langs}, int(cluster.max()) + 1 if total else 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Interval:
+  """A contrast's estimate, interval and two-sided test.
+
+  seeds: {condition: seeds its numbers average; 0 for a seedless evaluation}.
+  seed_variance: False when a condition has one trained seed, whose training variance the
+  interval then cannot include. units: independent test units (clusters) it rests on.
+  """
   delta: float
   low: float
   high: float
+  std_error: float
+  df: float
+  p_value: float
   samples: int
   confidence: float
+  seeds: dict
+  seed_variance: bool
+  units: int
 
   @property
   def significant(self) -> bool:
-    """True when the interval excludes zero."""
-    return self.low > 0 or self.high < 0
+    """The two-sided test rejects Δ = 0 at 1 − confidence."""
+    return self.p_value < 1.0 - self.confidence
 
   def to_dict(self) -> dict:
     return {"delta": self.delta, "ci_low": self.low, "ci_high": self.high,
-            "significant": self.significant, "bootstrap_samples": self.samples,
-            "confidence": self.confidence}
+            "std_error": self.std_error, "df": _finite_or_none(self.df),
+            "p_value": self.p_value, "significant": self.significant,
+            "bootstrap_samples": self.samples, "confidence": self.confidence,
+            "seeds": dict(self.seeds), "seed_variance": self.seed_variance,
+            "units": self.units}
+
+
+def _finite_or_none(value: float):
+  return value if math.isfinite(value) else None
+
+
+@dataclasses.dataclass
+class _Replicates:
+  """What one condition's cell keeps after `add_column`: a few numbers per replicate."""
+  column: str
+  replicates: np.ndarray  # [samples] seed-averaged metric under each test-set redraw
+  seed_points: dict  # {seed: metric on the full data}
+  clusters: np.ndarray  # the cell's distinct cluster indices within its column
 
 
 class PairedBootstrap:
-  """Shared bootstrap draws for every comparison of one study (common random numbers)."""
+  """Shared test-set redraws for every comparison of one study (common random numbers)."""
 
   def __init__(self, samples: int = 1000, seed: int = 0, confidence: float = 0.95):
     if samples < 10:
@@ -105,77 +192,111 @@ class PairedBootstrap:
     self.samples = samples
     self.seed = seed
     self.confidence = confidence
-    self._replicates = {}
+    self._cells = {}
 
-  def _rng(self, *key) -> np.random.Generator:
-    """A generator fixed by (seed, key): the same draws whenever they are asked for again,
-    without keeping [samples, examples] matrices for every cell in memory."""
-    return np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())])
+  def _cluster_counts(self, column, num_clusters: int) -> np.ndarray:
+    """How often each cluster is drawn in each replicate: [samples, clusters]."""
+    rng = np.random.default_rng([self.seed, zlib.crc32(repr(("clusters", column)).encode())])
+    drawn = rng.integers(0, num_clusters, size=(self.samples, num_clusters))
+    offsets = np.arange(self.samples)[:, None] * num_clusters
+    counts = np.bincount((drawn + offsets).ravel(), minlength=self.samples * num_clusters)
+    return counts.reshape(self.samples, num_clusters).astype(np.float64)
 
-  def _weights(self, cell_key, num_examples: int) -> np.ndarray:
-    """Resampling counts [samples, examples] for a cell, the same for all conditions."""
-    drawn = self._rng("examples", cell_key, num_examples).integers(
-        0, num_examples, size=(self.samples, num_examples))
-    offsets = np.arange(self.samples)[:, None] * num_examples
-    counts = np.bincount((drawn + offsets).ravel(), minlength=self.samples * num_examples)
-    return counts.reshape(self.samples, num_examples).astype(np.float64)
-
-  def _seed_weights(self, condition, seeds: tuple) -> np.ndarray:
-    """[samples, len(seeds)] weights from the condition's seed draw in each replicate."""
-    if len(seeds) == 1:
-      return np.ones((self.samples, 1))
-    pool = tuple(sorted(seeds))
-    draws = self._rng("seeds", condition, pool).integers(
-        0, len(pool), size=(self.samples, len(pool)))
-    counts = np.stack([(draws == pool.index(s)).sum(axis=1) for s in seeds], axis=1)
-    return counts / counts.sum(axis=1, keepdims=True)
-
-  def add(self, cell_key, cells: dict) -> None:
-    """Computes and keeps the replicates and point estimate of each condition's cell.
-
-    cells: {condition: CellData} over the same examples in the same order. Only [samples]
-    numbers per condition stay in memory, so callers can drop the per-example data.
-    """
-    if not cells:
+  def add_column(self, column, cells_by_lang: Dict[str, Dict[str, CellData]]) -> None:
+    """Replicates of every condition's cell of one column: {lang: {condition: CellData}},
+    each language's cells over the same examples in the same order. Only a few numbers per
+    cell stay in memory, so callers can drop the per-example data afterwards."""
+    cells_by_lang = {lang: cells for lang, cells in cells_by_lang.items() if cells}
+    if not cells_by_lang:
       return
-    sizes = {cell.num_examples for cell in cells.values()}
-    if len(sizes) != 1:
-      raise ValueError(f"cell {cell_key}: conditions have different example counts {sizes}")
-    weights = self._weights(cell_key, sizes.pop())
-    for condition, cell in cells.items():
-      per_seed = cell.per_seed_metric(weights)
-      replicates = (per_seed * self._seed_weights(condition, cell.seeds)).sum(axis=1)
-      self._replicates[(cell_key, condition)] = (replicates, cell.point())
+    for lang, cells in cells_by_lang.items():
+      sizes = {cell.num_examples for cell in cells.values()}
+      if len(sizes) != 1:
+        raise ValueError(f"{column}/{lang}: conditions have different example counts {sizes}")
+    clusters, num_clusters = cluster_ids(
+        {lang: next(iter(cells.values())) for lang, cells in cells_by_lang.items()})
+    counts = self._cluster_counts(column, num_clusters)
+    for lang, cells in cells_by_lang.items():
+      weights = counts[:, clusters[lang]]
+      distinct = np.unique(clusters[lang])
+      for condition, cell in cells.items():
+        seed_points = cell.seed_points()
+        per_seed = cell.per_seed_metric(weights)
+        # A redraw without any of this cell's clusters says nothing about it: its point.
+        per_seed = np.where(np.isfinite(per_seed), per_seed, seed_points[None, :])
+        self._cells[((column, lang), condition)] = _Replicates(
+            column, per_seed.mean(axis=1), dict(zip(cell.seeds, seed_points.tolist())),
+            distinct)
+
+  def add(self, cell_key, cells: Dict[str, CellData]) -> None:
+    """One cell on its own: `cell_key` is its column, with one language."""
+    self.add_column(cell_key, {None: cells})
+    for condition in cells:
+      self._cells[(cell_key, condition)] = self._cells.pop(((cell_key, None), condition))
 
   def has(self, cell_key, condition) -> bool:
-    return (cell_key, condition) in self._replicates
+    return (cell_key, condition) in self._cells
 
-  def interval(self, terms, reported_delta: Optional[float] = None) -> Interval:
-    """CI of sum_i w_i * (metric_a_i - metric_b_i) over terms (w, cell_key, cond_a, cond_b),
-    each cell added first.
-
-    The interval is the percentile interval of the replicates. When reported_delta (from the
-    metric files) differs from the per-example point estimate (e.g. QA files without
-    per-example exact match), the interval moves with it: the bootstrap estimates the spread.
-    """
-    replicate_deltas = np.zeros(self.samples)
-    point = 0.0
+  def interval(self, terms) -> Interval:
+    """Interval of Σ_i w_i (metric_a_i − metric_b_i) over terms (w, cell_key, cond_a, cond_b),
+    every cell added first."""
+    by_column, clusters = {}, {}
+    seed_sums = {}  # {condition: {seed: Σ ± w·metric}} to measure the seed spread
+    delta = 0.0
     for weight, cell_key, condition_a, condition_b in terms:
-      replicates_a, point_a = self._replicates[(cell_key, condition_a)]
-      replicates_b, point_b = self._replicates[(cell_key, condition_b)]
-      replicate_deltas += weight * (replicates_a - replicates_b)
-      point += weight * (point_a - point_b)
-    delta = point if reported_delta is None else float(reported_delta)
-    tail = (1.0 - self.confidence) / 2 * 100
-    low, high = np.percentile(replicate_deltas, [tail, 100 - tail])
-    shift = delta - point
-    return Interval(delta, float(low + shift), float(high + shift), self.samples,
-                    self.confidence)
+      for sign, condition in ((1.0, condition_a), (-1.0, condition_b)):
+        cell = self._cells[(cell_key, condition)]
+        signed = sign * weight
+        column_replicates = by_column.setdefault(cell.column, np.zeros(self.samples))
+        column_replicates += signed * cell.replicates
+        clusters.setdefault(cell.column, set()).update(cell.clusters.tolist())
+        delta += signed * float(np.mean(list(cell.seed_points.values())))
+        per_seed = seed_sums.setdefault(condition, {})
+        # Only seeds every cell of the condition has enter its spread.
+        seeds = set(cell.seed_points) if condition not in per_seed else set(per_seed) & set(
+            cell.seed_points)
+        per_seed.update({s: per_seed.get(s, 0.0) + signed * cell.seed_points[s]
+                         for s in seeds})
+        for stale in set(per_seed) - seeds:
+          del per_seed[stale]
+    parts = []  # (variance, degrees of freedom)
+    for column, replicates in by_column.items():
+      n = len(clusters[column])
+      if n > 1:
+        parts.append((float(np.var(replicates)) * n / (n - 1), n - 1))
+    seeds_used, seed_variance = {}, True
+    for condition, per_seed in seed_sums.items():
+      trained = [s for s in per_seed if s is not None]
+      seeds_used[condition] = len(trained)
+      if len(trained) >= 2:
+        values = np.array([per_seed[s] for s in trained])
+        parts.append((float(np.var(values, ddof=1)) / len(trained), len(trained) - 1))
+      elif len(trained) == 1:
+        seed_variance = False
+    return self._interval(delta, parts, seeds_used, seed_variance,
+                          sum(len(c) for c in clusters.values()))
+
+  def _interval(self, delta, parts, seeds, seed_variance, units) -> Interval:
+    variance = sum(v for v, _ in parts)
+    std_error = math.sqrt(variance)
+    if abs(delta) <= TOLERANCE:
+      delta = 0.0
+    if std_error <= TOLERANCE:
+      p_value = 1.0 if delta == 0.0 else 0.0
+      return Interval(delta, delta, delta, 0.0, math.inf, p_value, self.samples,
+                      self.confidence, seeds, seed_variance, units)
+    # Welch-Satterthwaite degrees of freedom of the summed variance parts.
+    df = variance ** 2 / sum(v ** 2 / d for v, d in parts if v > 0)
+    quantile = float(stats.t.ppf(0.5 + self.confidence / 2, df))
+    p_value = float(2 * stats.t.sf(abs(delta) / std_error, df))
+    return Interval(delta, delta - quantile * std_error, delta + quantile * std_error,
+                    std_error, df, p_value, self.samples, self.confidence, seeds,
+                    seed_variance, units)
 
 
 def paired_delta_ci(a: CellData, b: CellData, samples: int = 1000, seed: int = 0,
                     confidence: float = 0.95) -> Interval:
-  """CI of metric(a) - metric(b) for one cell of two conditions."""
+  """Interval of metric(a) − metric(b) for one cell of two conditions."""
   bootstrap = PairedBootstrap(samples, seed, confidence)
   bootstrap.add("cell", {"a": a, "b": b})
   return bootstrap.interval([(1.0, "cell", "a", "b")])

@@ -193,6 +193,39 @@ def _example_values(target: str, lang: str, records: list, path: str):
     raise DataFormatError(path, None, f"a record lacks the field {e}") from None
 
 
+# Per-example values must give the metric file's number to this precision (0-100 scale);
+# anything further apart comes from another evaluation, and the report would mix two.
+AGREEMENT_TOLERANCE = 1e-4
+
+
+def _check_agrees(result: EvalResult, lang: str, values: np.ndarray, path: str) -> None:
+  from xltransfer.evaluation import scores  # pylint: disable=import-outside-toplevel
+  reported = result.metrics.get(lang)
+  if not reported:
+    return
+  kind = bootstrap.F1 if result.target in TAGGING_TARGETS else bootstrap.MEAN
+  recomputed = bootstrap.CellData(kind, values[None], (result.seed,)).point()
+  expected = scores.language_metric(result.target, reported)
+  if abs(recomputed - expected) > AGREEMENT_TOLERANCE:
+    raise DataFormatError(
+        path, None, f"its examples give {result.target}/{lang} = {recomputed:.6f}, but "
+        f"{os.path.join(result.stage_dir, METRICS_FILE)} says {expected:.6f}: the two files "
+        "are not from the same evaluation (rerun the eval stage)")
+
+
+def _optional_id(record: dict, field: str) -> Optional[str]:
+  value = record.get(field)
+  return None if value is None else str(value)
+
+
+def _in_order(values: list, ids: list, order: dict) -> list:
+  """values (in the order of ids) rearranged into the shared example order."""
+  arranged = [None] * len(order)
+  for value, example_id in zip(values, ids):
+    arranged[order[example_id]] = value
+  return arranged
+
+
 class ExampleStore:
   """Per-example data for bootstrap cells, loaded lazily and aligned by example id."""
 
@@ -207,6 +240,8 @@ class ExampleStore:
                   key=lambda r: -1 if r.seed is None else r.seed)
 
   def _load(self, result: EvalResult, lang: str):
+    """(ids, values, items, paragraphs) of one stage's predictions for a language, None when
+    it has none or they are unlabeled. Their metric must be the metric file's number."""
     key = (result.stage_id, lang)
     if key not in self._cache:
       path = os.path.join(result.stage_dir, PREDICTIONS_DIR, result.target, f"{lang}.jsonl")
@@ -218,13 +253,17 @@ class ExampleStore:
         if len(set(ids)) != len(ids):
           raise DataFormatError(path, None, "example ids are not unique")
         values = _example_values(result.target, lang, records, path)
-        self._cache[key] = None if values is None else (ids, values)
+        if values is not None:
+          _check_agrees(result, lang, values, path)
+        self._cache[key] = None if values is None else (
+            ids, values, [_optional_id(r, "item") for r in records],
+            [_optional_id(r, "paragraph") for r in records])
     return self._cache[key]
 
   def cells(self, conditions, column: str, lang: str) -> dict:
     """{condition: CellData} with examples in one shared order, for the conditions that have
     predictions for this column and language with the same example ids as the first one."""
-    cells, order = {}, None
+    cells, order, first = {}, None, None
     for condition in conditions:
       runs = self.runs(condition, column)
       data = [self._load(r, lang) for r in runs]
@@ -233,7 +272,7 @@ class ExampleStore:
       if order is None:
         order = {i: n for n, i in enumerate(data[0][0])}
       rows = []
-      for ids, values in data:
+      for ids, values, _, _ in data:
         if len(ids) != len(order) or any(i not in order for i in ids):
           break
         aligned = np.empty_like(values)
@@ -241,8 +280,12 @@ class ExampleStore:
         rows.append(aligned)
       else:
         kind = bootstrap.F1 if target_of(column) in TAGGING_TARGETS else bootstrap.MEAN
+        if first is None:
+          first = data[0]
         cells[condition] = bootstrap.CellData(kind, np.stack(rows),
-                                              tuple(r.seed for r in runs))
+                                              tuple(r.seed for r in runs),
+                                              _in_order(first[2], first[0], order),
+                                              _in_order(first[3], first[0], order))
     return cells
 
   def forget(self, column: str, lang: str) -> None:

@@ -42,7 +42,7 @@ def heatmap(report: dict, path: str) -> bool:
         d = _lookup(report, reference=baseline, condition=c, scope="task", column=column)
       if d is not None:
         values[i, j] = d["delta"]
-        marks[i][j] = f"{d['delta']:+.1f}" + ("*" if d["significant"] else "")
+        marks[i][j] = f"{d['delta']:+.1f}" + ("*" if d["significant_adjusted"] else "")
   if np.all(np.isnan(values)):
     return False
   limit = max(float(np.nanmax(np.abs(values))), 0.1)

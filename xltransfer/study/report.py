@@ -5,8 +5,9 @@ several) and are aggregated with `xltransfer.evaluation.scores`, as the official
 scorer does: per task every metric is averaged over languages, QA counts (F1 + EM)/2, a
 category is the mean of its tasks, the overall score needs all ten tasks. "targets mean" is the
 mean task score over the study's targets (the overall score when all ten are there).
-Confidence intervals come from the per-example prediction files (see bootstrap.py); a delta
-is significant when its 95% interval excludes zero. Writes report.md, report.csv,
+The primary contrast (StudySpec.primary_*) comes first; intervals and tests come from the
+per-example prediction files (bootstrap.py), contrasts, families and adjusted tests from
+contrasts.py, and the report's methods paragraph says how. Writes report.md, report.csv,
 report.json and PNG plots to DIR/report (or --out).
 
 Every number says where it comes from: the source and split recorded in each eval stage's
@@ -20,40 +21,15 @@ import json
 import os
 from typing import Optional
 
-from xltransfer.data import languages as language_sets
 from xltransfer.evaluation import scores
-from xltransfer.study import bootstrap, collect, grid
+from xltransfer.study import bootstrap, collect, contrasts, grid, multiplicity
 from xltransfer.study import spec as spec_lib
 
 TARGETS_MEAN = "targets mean"
-GROUPS = {"low-resource": language_sets.LOW_RESOURCE_LANGUAGES,
-          "high-resource": language_sets.HIGH_RESOURCE_LANGUAGES}
+GROUPS = spec_lib.LANGUAGE_GROUPS
 # Metrics shown per language, in order, for each target.
 DISPLAY_METRICS = {"xquad": ("f1", "exact_match"), "mlqa": ("f1", "exact_match"),
                    "tydiqa": ("f1", "exact_match")}
-
-
-@dataclasses.dataclass
-class Comparison:
-  reference: str
-  condition: str
-  scope: str  # language | task | category | targets_mean | overall | group | group_task
-  column: Optional[str]
-  language: Optional[str]
-  group: Optional[str]
-  delta: float
-  interval: Optional[bootstrap.Interval]
-
-  def to_dict(self) -> dict:
-    d = {"reference": self.reference, "condition": self.condition, "scope": self.scope,
-         "column": self.column, "language": self.language, "group": self.group,
-         "delta": self.delta}
-    if self.interval is not None:
-      d.update(ci_low=self.interval.low, ci_high=self.interval.high,
-               significant=self.interval.significant)
-    else:
-      d.update(ci_low=None, ci_high=None, significant=None)
-    return d
 
 
 def _mean(values):
@@ -140,96 +116,47 @@ def grid_columns(spec) -> list:
   return columns
 
 
-class Comparer:
-  """Deltas between two conditions from the metric files, CIs from the prediction files."""
-
-  def __init__(self, results: StudyResults, store: collect.ExampleStore,
-               boot: bootstrap.PairedBootstrap):
-    self.r, self.store, self.boot = results, store, boot
-
-  def add_cells(self) -> None:
-    """Bootstrap replicates of every (column, language) for all conditions, one cell at a
-    time, so only one cell's predictions are in memory at once."""
-    for column in self.r.columns:
-      langs = sorted({l for c in self.r.conditions if self.r.has(c, column)
-                      for l in self.r.metrics[(c, column)]})
-      for lang in langs:
-        self.boot.add((column, lang), self.store.cells(self.r.conditions, column, lang))
-        self.store.forget(column, lang)
-
-  def _interval(self, weights: dict, a: str, b: str, delta: float):
-    """weights: {(column, lang): w} of the aggregate; None when predictions are missing."""
-    terms = [(w, key, a, b) for key, w in weights.items()]
-    if not terms or not all(self.boot.has(key, c) for _, key, _, _ in terms for c in (a, b)):
-      return None
-    return self.boot.interval(terms, reported_delta=delta)
-
-  def _task_weights(self, column, a, b, scale=1.0) -> dict:
-    langs = [l for l in self.r.metrics[(a, column)] if l in self.r.metrics[(b, column)]]
-    return {(column, l): scale / len(langs) for l in langs} if langs else {}
-
-  def compare(self, a: str, b: str) -> list:
-    r, out = self.r, []
-    spec = r.spec
-    both = [c for c in r.columns if r.has(a, c) and r.has(b, c)]
-    for column in both:
-      for lang in r.metrics[(a, column)]:
-        if lang in r.metrics[(b, column)]:
-          delta = r.language_score(a, column, lang) - r.language_score(b, column, lang)
-          out.append(Comparison(b, a, "language", column, lang, None, delta,
-                                self._interval({(column, lang): 1.0}, a, b, delta)))
-      delta = r.task_score(a, column) - r.task_score(b, column)
-      out.append(Comparison(b, a, "task", column, None, None, delta,
-                            self._interval(self._task_weights(column, a, b), a, b, delta)))
-    summary_a, summary_b = r.summary(a), r.summary(b)
-    for category, tasks in scores.CATEGORIES["xtreme-r"].items():
-      if category in summary_a.categories and category in summary_b.categories:
-        delta = summary_a.categories[category] - summary_b.categories[category]
-        weights = {}
-        for t in tasks:
-          weights.update(self._task_weights(t, a, b, 1.0 / len(tasks)))
-        out.append(Comparison(b, a, "category", category, None, None, delta,
-                              self._interval(weights, a, b, delta)))
-    mean_a, mean_b = r.targets_mean(a), r.targets_mean(b)
-    if mean_a is not None and mean_b is not None:
-      weights = {}
-      for t in spec.targets:
-        weights.update(self._task_weights(t, a, b, 1.0 / len(spec.targets)))
-      interval = self._interval(weights, a, b, mean_a - mean_b)
-      out.append(Comparison(b, a, "targets_mean", None, None, None, mean_a - mean_b, interval))
-      if summary_a.overall is not None and summary_b.overall is not None:
-        out.append(Comparison(b, a, "overall", None, None, None,
-                              summary_a.overall - summary_b.overall, interval))
-    for group in GROUPS:
-      per_task, task_deltas = {}, []
-      for t in spec.targets:
-        if not (r.has(a, t) and r.has(b, t)):
-          continue
-        langs = [l for l in r.group_languages(a, t, group) if l in r.metrics[(b, t)]]
-        if langs:
-          weights = {(t, l): 1.0 / len(langs) for l in langs}
-          delta = r.group_score(a, t, group) - r.group_score(b, t, group)
-          per_task[t] = weights
-          task_deltas.append(delta)
-          out.append(Comparison(b, a, "group_task", t, None, group, delta,
-                                self._interval(weights, a, b, delta)))
-      if per_task:
-        weights = {k: w / len(per_task) for ws in per_task.values() for k, w in ws.items()}
-        delta = _mean(task_deltas)
-        out.append(Comparison(b, a, "group", None, None, group, delta,
-                              self._interval(weights, a, b, delta)))
-    return out
-
-
 def references(spec) -> list:
-  """(reference, [conditions compared with it]): the baseline, then English-only."""
+  """(reference, [conditions compared with it]): the baseline, then English-only, then the
+  primary reference if it is another condition."""
   refs = [(spec.baseline_condition,
            [c for c in spec.conditions if c != spec.baseline_condition])]
   if spec.english_condition and spec.english_condition != spec.baseline_condition:
     refs.append((spec.english_condition,
                  [c for c in spec.conditions
                   if c not in (spec.english_condition, spec.baseline_condition)]))
+  compared = {(c, ref) for ref, conditions in refs for c in conditions}
+  for condition, reference in spec.primary_pairs():
+    if (condition, reference) not in compared:
+      refs.append((reference, [condition]))
+      compared.add((condition, reference))
   return refs
+
+
+def methods_text(spec, samples: int, confidence: float) -> str:
+  """The methods paragraph: what was resampled, how seeds, clusters and multiplicity were
+  handled, in the report's words."""
+  level = spec.significance_level
+  seeds = len(spec.seeds)
+  return (
+      f"Each delta is `condition − reference`, computed on the cells (target, language) that "
+      f"both conditions have; a contrast that lacks a cell says so and is over the rest. "
+      f"Its {confidence:.0%} interval is delta ± t·SE. The standard error combines two "
+      f"independent parts. Test-set sampling: a paired cluster bootstrap ({samples} "
+      f"replicates) redraws each target's test set, the same draw for every condition and "
+      f"seed; translations of one test item across languages are drawn together, as are the "
+      f"questions on one QA paragraph; the replicate variance is scaled by n/(n−1) for n "
+      f"clusters. Training seeds: the sample variance over each condition's seeds of the "
+      f"contrast, divided by their number ({seeds} seed{'s' if seeds != 1 else ''} per "
+      f"condition in this study), conditions trained independently"
+      + (" — with one seed the training variance cannot be estimated, so the intervals "
+         "describe the trained models, not the training recipe" if seeds == 1 else "")
+      + ". The degrees of freedom of t come from Welch–Satterthwaite over the parts. "
+      f"Tests are two-sided. The primary contrasts (and their differences of differences) "
+      f"form the confirmatory family, every other contrast one exploratory family; each "
+      f"family is adjusted with {multiplicity.METHODS[spec.multiple_comparisons]} at "
+      f"{level:g}, and `*` marks a contrast significant after that adjustment. Intervals are "
+      f"not adjusted. Tests that repeat another (same cells, same weights) are counted once.")
 
 
 def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
@@ -238,13 +165,16 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
   notes = {}
   results, missing = collect.load_results(spec, stages, notes)
   study = StudyResults(spec, results)
-  comparer = Comparer(study, collect.ExampleStore(results),
-                      bootstrap.PairedBootstrap(samples=samples, seed=seed))
+  confidence = 1.0 - spec.significance_level
+  comparer = contrasts.Comparer(study, collect.ExampleStore(results),
+                                bootstrap.PairedBootstrap(samples=samples, seed=seed,
+                                                          confidence=confidence))
   comparer.add_cells()
   comparisons = []
   for reference, conditions in references(spec):
     for condition in conditions:
       comparisons += comparer.compare(condition, reference)
+  contrasts.assign_families(comparisons, spec)
   per_language = {
       column: {c: {lang: {**m, "score": study.language_score(c, column, lang)}
                    for lang, m in study.metrics[(c, column)].items()}
@@ -274,9 +204,15 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
       "baseline_condition": spec.baseline_condition,
       "english_condition": spec.english_condition,
       "language_groups": {g: list(langs) for g, langs in GROUPS.items()},
-      "bootstrap": {"samples": samples, "seed": seed, "confidence": 0.95,
-                    "resamples": "examples (paired across conditions)"
-                                 + (" and seeds" if len(spec.seeds) > 1 else "")},
+      "bootstrap": {"samples": samples, "seed": seed, "confidence": confidence,
+                    "resamples": "test-set clusters (paired across conditions); seeds "
+                                 "enter through their sample variance"},
+      "multiple_comparisons": {"method": spec.multiple_comparisons,
+                               "description": multiplicity.METHODS[spec.multiple_comparisons],
+                               "level": spec.significance_level},
+      "primary": {"pairs": [list(p) for p in spec.primary_pairs()],
+                  "languages": spec.primary_languages},
+      "methods": methods_text(spec, samples, confidence),
       "references": [[ref, conds] for ref, conds in references(spec)],
       "missing_stages": missing,
       "stage_notes": notes,
@@ -311,10 +247,67 @@ def _fmt(value) -> str:
 
 
 def _fmt_delta(d: dict) -> str:
+  """"+1.23 [+0.10, +2.36]*": `*` when significant after its family's adjustment."""
   text = f"{d['delta']:+.2f}"
   if d.get("ci_low") is not None:
-    text += f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]" + ("*" if d["significant"] else "")
+    text += (f" [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
+             + ("*" if d.get("significant_adjusted") else ""))
   return text
+
+
+def _fmt_p(value) -> str:
+  if value is None:
+    return "–"
+  return "<0.0001" if value < 1e-4 else f"{value:.4f}"
+
+
+def _fmt_seeds(d: dict) -> str:
+  seeds = d.get("seeds") or {}
+  return ", ".join(f"{seeds.get(k, 0)}" for k in (d["condition"], d["reference"]))
+
+
+def _primary_lines(report: dict, label: dict) -> list:
+  """The research question's contrasts, first in the report."""
+  lines = ["## Primary contrast", ""]
+  primary = report["primary"]
+  if not primary["pairs"]:
+    return lines + ["No primary contrast: the spec names neither `english_condition` nor "
+                    "`primary_reference` (StudySpec.primary_*).", ""]
+  group = primary["languages"]
+  lines += [f"Each primary condition against {label[primary['pairs'][0][1]]}, on the "
+            f"{group} target languages (per task the mean over its {group} languages, then "
+            "the mean over the tasks that have any), and the difference of differences: that "
+            "delta minus the delta on the other group's languages, over the tasks that have "
+            "languages of both groups. Confirmatory family: "
+            f"{report['multiple_comparisons']['description']} at "
+            f"{report['multiple_comparisons']['level']:g}.", ""]
+  rows, notes = [], []
+  for condition, reference in primary["pairs"]:
+    for scope, name in ((contrasts.PRIMARY, f"Δ on {group} languages"),
+                        (contrasts.DIFFERENCE_OF_DIFFERENCES, f"Δ {group} − Δ other")):
+      d = _find(report, reference=reference, condition=condition, scope=scope)
+      if d is None:
+        rows.append([label[condition], name, "– (no shared cells)", "–", "–", "–", "–"])
+        continue
+      rows.append([label[condition], name, _fmt_delta(d), _fmt_p(d["p_value"]),
+                   _fmt_p(d["p_adjusted"]), _fmt_seeds(d), ", ".join(d["tasks"])])
+      if d["incomplete"]:
+        notes.append(f"**Incomplete**: {label[condition]}, {name}: cells missing and left "
+                     f"out: {', '.join(d['incomplete'])}.")
+  lines += _table(["condition", "contrast", "delta [95% CI]", "p", "adjusted p",
+                   "seeds (condition, reference)", "tasks"], rows) + [""]
+  return lines + (notes + [""] if notes else [])
+
+
+def _seed_warning(report: dict) -> list:
+  counts = sorted({len(v["seeds"]) for v in report["conditions"].values() if v["seeds"]})
+  if not counts or min(counts) >= 5:
+    return []
+  return [f"**Seeds**: the conditions' numbers rest on {min(counts)}"
+          + (f"–{max(counts)}" if max(counts) != min(counts) else "")
+          + " seed(s) each. Under 5 seeds the training variance is poorly known: intervals "
+            "are wide" + (" (t with few degrees of freedom)" if min(counts) > 1 else
+                          ", and with one seed they leave it out") + ".", ""]
 
 
 def _table(header, rows) -> list:
@@ -338,11 +331,10 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
     lines += [f"> **Note:** {report['note']}", ""]
   lines += [
       f"Model mT5-{report['model_size']} from `{report['initial_checkpoint']}`; "
-      f"targets: {', '.join(report['targets'])}; seeds: {', '.join(map(str, report['seeds']))}.",
-      f"Deltas are `condition − reference` with paired-bootstrap 95% CIs "
-      f"({report['bootstrap']['samples']} samples over {report['bootstrap']['resamples']}); "
-      "`*` marks a CI that excludes 0. Values are seed means on a 0–100 scale; QA scores "
-      "are (F1 + EM)/2. No correction for multiple comparisons.", ""]
+      f"targets: {', '.join(report['targets'])}; seeds: {', '.join(map(str, report['seeds']))}. "
+      "Values are seed means on a 0–100 scale; QA scores are (F1 + EM)/2.", ""]
+  lines += _primary_lines(report, label)
+  lines += ["## Methods", "", report["methods"], ""] + _seed_warning(report)
   if report["missing_stages"]:
     lines += [f"**Incomplete**: {len(report['missing_stages'])} eval stages have no results "
               f"(their cells show –): {', '.join(report['missing_stages'])}.", ""]
@@ -390,7 +382,8 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
     row = [label[c]] + [_fmt(v["groups"][g]["mean"]) for g in GROUPS]
     for ref, compared in _reference_groups(report):
       for g in GROUPS:
-        d = _find(report, reference=ref, condition=c, scope="group", group=g)
+        d = (_find(report, reference=ref, condition=c, scope="group", group=g)
+             or _find(report, reference=ref, condition=c, scope=contrasts.PRIMARY, group=g))
         row.append(_fmt_delta(d) if d and c in compared else "–")
     rows.append(row)
   lines += _table(header, rows) + [""]
@@ -428,21 +421,36 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
       lines += ["Source: " + "; ".join(f"{text} ({' '.join(ls)})" for text, ls in groups),
                 ""]
 
-  significant = [d for d in report["comparisons"] if d["significant"]
-                 and d["scope"] in ("targets_mean", "task", "group", "category")]
-  lines += ["## Significant differences", ""]
-  if significant:
-    for d in significant:
-      where = d["column"] or d["group"] or TARGETS_MEAN
-      lines.append(f"- {label[d['condition']]} vs {label[d['reference']]} on {where} "
-                   f"({d['scope']}): {_fmt_delta(d)}")
-  else:
-    lines.append("None of the aggregate deltas has a 95% CI that excludes 0.")
-  lines.append("")
+  lines += ["## Exploratory contrasts significant after adjustment", "",
+            f"Every contrast other than the primary ones, as one family "
+            f"({report['multiple_comparisons']['description']}); exploratory: they suggest, "
+            "the primary contrast answers.", ""]
+  significant = [d for d in report["comparisons"] if d["family"] == contrasts.EXPLORATORY
+                 and d["significant_adjusted"] and d["duplicate_of"] is None]
+  tested = sum(1 for d in report["comparisons"] if d["family"] == contrasts.EXPLORATORY
+               and d["duplicate_of"] is None)
+  lines += [f"- {label[d['condition']]} vs {label[d['reference']]} on {_where(d)}: "
+            f"{_fmt_delta(d)}, adjusted p {_fmt_p(d['p_adjusted'])}" for d in significant]
+  lines += [f"{len(significant)} of {tested} exploratory tests.", ""]
+  incomplete = [d for d in report["comparisons"] if d["incomplete"]
+                and d["scope"] not in ("language",)]
+  if incomplete:
+    lines += ["## Incomplete contrasts", "",
+              "These compare only the cells both conditions have; the cells left out:", ""]
+    lines += [f"- {label[d['condition']]} vs {label[d['reference']]} on {_where(d)}: "
+              f"{', '.join(d['incomplete'])}" for d in incomplete] + [""]
   if plots:
     lines += ["## Plots", ""] + [f"- `{p}`" for p in plots] + [""]
   with open(path, "w") as f:
     f.write("\n".join(lines))
+
+
+def _where(d: dict) -> str:
+  return {"language": f"{d['column']}/{d['language']}", "task": d["column"],
+          "category": f"category {d['column']}", "targets_mean": TARGETS_MEAN,
+          "group": f"{d['group']} languages", "group_task": f"{d['column']} ({d['group']})",
+          contrasts.PRIMARY: f"{d['group']} languages (primary)",
+          contrasts.DIFFERENCE_OF_DIFFERENCES: f"Δ {d['group']} − Δ other"}[d["scope"]]
 
 
 def _metric_name(target: str) -> str:
@@ -455,7 +463,8 @@ def _reference_groups(report):
 
 
 CSV_FIELDS = ("kind", "condition", "reference", "column", "language", "group", "metric",
-              "value", "ci_low", "ci_high", "significant", "seeds", "source", "split")
+              "value", "ci_low", "ci_high", "p_value", "family", "p_adjusted",
+              "significant_adjusted", "duplicate_of", "incomplete", "seeds", "source", "split")
 
 
 def write_csv(report: dict, path: str) -> None:
@@ -493,7 +502,12 @@ def write_csv(report: dict, path: str) -> None:
     rows.append({"kind": "delta", "condition": d["condition"], "reference": d["reference"],
                  "column": d["column"], "language": d["language"], "group": d["group"],
                  "metric": d["scope"], "value": d["delta"], "ci_low": d["ci_low"],
-                 "ci_high": d["ci_high"], "significant": d["significant"]})
+                 "ci_high": d["ci_high"], "p_value": d["p_value"], "family": d["family"],
+                 "p_adjusted": d["p_adjusted"],
+                 "significant_adjusted": d["significant_adjusted"],
+                 "duplicate_of": d["duplicate_of"],
+                 "incomplete": " | ".join(d["incomplete"]) or None,
+                 "seeds": _fmt_seeds(d) if d["seeds"] else None})
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, CSV_FIELDS)
     writer.writeheader()

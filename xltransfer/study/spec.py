@@ -37,6 +37,10 @@ EVAL_ONLY_TARGETS = ("tatoeba",)
 # XTREME-R's XCOPA baseline fine-tunes on Social IQa first, then on COPA from that checkpoint.
 SIQA_TARGET = "xcopa"
 MODEL_SIZES = ("tiny", "small", "base", "large", "xl", "xxl")
+# The report's language groups (xltransfer.data.languages says how they were chosen).
+LANGUAGE_GROUPS = {"low-resource": language_sets.LOW_RESOURCE_LANGUAGES,
+                   "high-resource": language_sets.HIGH_RESOURCE_LANGUAGES}
+MULTIPLE_COMPARISON_METHODS = ("holm", "bh")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -55,6 +59,17 @@ class StudySpec:
   # The conditions the report compares every other condition against.
   baseline_condition: str = BASELINE
   english_condition: Optional[str] = None
+  # The research question's contrast, reported first and tested as a family of its own: each
+  # of primary_conditions (empty: every condition but the baseline and the reference) against
+  # primary_reference (None: english_condition) on the primary_languages group of target
+  # languages, and the difference of differences (that group's delta minus the other group's).
+  primary_conditions: tuple = ()
+  primary_reference: Optional[str] = None
+  primary_languages: str = "low-resource"
+  # Multiplicity control within each family of tests: "holm" (family-wise error rate) or
+  # "bh" (Benjamini-Hochberg false discovery rate), at significance_level.
+  multiple_comparisons: str = "holm"
+  significance_level: float = 0.05
   # A sentence shown at the top of the report (e.g. that a demo is not the scientific answer).
   note: str = ""
   # Display names for conditions in tables and plots (default: the mixture name).
@@ -119,6 +134,15 @@ class StudySpec:
     if condition in self.condition_labels:
       return self.condition_labels[condition]
     return "baseline (none)" if condition == BASELINE else condition
+
+  def primary_pairs(self) -> list:
+    """(condition, reference) of every primary contrast; empty without a reference."""
+    reference = self.primary_reference or self.english_condition
+    if reference is None:
+      return []
+    conditions = self.primary_conditions or [
+        c for c in self.conditions if c not in (self.baseline_condition, reference)]
+    return [(c, reference) for c in conditions if c != reference]
 
   def model_gin(self) -> str:
     return self.model_gin_file or f"models/mt5_{self.model_size}.gin"
@@ -188,6 +212,20 @@ def validate(spec: StudySpec, where: str) -> None:
     fail("baseline_condition", f"{spec.baseline_condition!r} is not one of the conditions")
   if spec.english_condition is not None and spec.english_condition not in spec.conditions:
     fail("english_condition", f"{spec.english_condition!r} is not one of the conditions")
+  for condition in spec.primary_conditions:
+    if condition not in spec.conditions:
+      fail("primary_conditions", f"{condition!r} is not one of the conditions")
+  if spec.primary_reference is not None and spec.primary_reference not in spec.conditions:
+    fail("primary_reference", f"{spec.primary_reference!r} is not one of the conditions")
+  if spec.primary_languages not in LANGUAGE_GROUPS:
+    fail("primary_languages", f"{spec.primary_languages!r}; valid: {' '.join(LANGUAGE_GROUPS)}")
+  if spec.multiple_comparisons not in MULTIPLE_COMPARISON_METHODS:
+    fail("multiple_comparisons", f"{spec.multiple_comparisons!r}; valid: "
+                                 f"{' '.join(MULTIPLE_COMPARISON_METHODS)}")
+  if (isinstance(spec.significance_level, bool)
+      or not isinstance(spec.significance_level, (int, float))
+      or not 0 < spec.significance_level < 0.5):
+    fail("significance_level", f"{spec.significance_level!r} must be a number in (0, 0.5)")
   if not spec.targets:
     fail("targets", f"list at least one of {' '.join(TARGETS)}")
   for target in spec.targets:
