@@ -81,7 +81,7 @@ def check_report_matches_metrics(metrics, report, condition="xlt_span_lowres"):
       data["conditions"][condition]["task_scores"]["xnli"]
       - data["conditions"]["none"]["task_scores"]["xnli"])
   assert delta["ci_low"] <= delta["delta"] <= delta["ci_high"]
-  assert os.path.exists(os.path.join(report["out"], "heatmap_deltas_vs_baseline.png"))
+  assert os.path.exists(os.path.join(report["out"], "heatmap_deltas.png"))
   assert os.path.exists(os.path.join(report["out"], "lowres_xnli.png"))
 
 

@@ -285,7 +285,7 @@ def test_markdown_numbers_are_the_metric_files_numbers(written):
 
 def test_plots_exist(written):
   out = written["out"]
-  for name in ("heatmap_deltas_vs_baseline.png", "lowres_xnli.png", "lowres_panx.png",
+  for name in ("heatmap_deltas.png", "lowres_xnli.png", "lowres_panx.png",
                "lowres_tatoeba.png"):
     path = os.path.join(out, name)
     with open(path, "rb") as f:
@@ -586,3 +586,47 @@ def test_primary_contrast_families_and_duplicates(written):
   assert markdown.index("## Primary contrast") < markdown.index("## Methods") < markdown.index(
       "## XTREME-R score per condition")
   assert "Holm's step-down procedure" in markdown and "2 seed(s) each" in markdown
+
+
+def test_the_majority_class_floor_is_shown_and_said(written, tmp_path):
+  data, markdown = written["json"], written["md"]
+  # Every xnli gold label in the fixture is "a": always predicting it scores 100.
+  assert data["majority_class"] == {"xnli": {"de": 100.0, "en": 100.0, "sw": 100.0}}
+  assert "**xnli: no condition beats the majority class on any language**" in markdown
+  table = _markdown_table(markdown, "### xnli: accuracy")
+  assert table["majority class"] == {"condition": "majority class", "de": "100.00",
+                                     "en": "100.00", "sw": "100.00"}
+  path = tmp_path / "predictions" / "xnli" / "de.jsonl"
+  path.parent.mkdir(parents=True)
+  path.write_text("".join(json.dumps({"id": str(i), "target": label, "prediction": "x",
+                                      "example_score": 0.0}) + "\n"
+                          for i, label in enumerate(["entailment"] * 3 + ["neutral"] * 2)))
+  result = collect.EvalResult("s", "c", 0, "xnli", "xnli", {}, str(tmp_path))
+  assert collect.majority_class([result], "xnli", "de") == pytest.approx(60.0)
+  assert collect.majority_class([result], "xnli", "sw") is None
+  label = {c: v["label"] for c, v in data["conditions"].items()}
+  lines = report._majority_lines(  # pylint: disable=protected-access
+      {"majority_class": {"xnli": {"de": 60.0}},
+       "per_language": {"xnli": {"none": {"de": {"accuracy": 61.0}}}}}, label)
+  assert lines[0] == ("xnli: above the majority class (the accuracy of always predicting the "
+                      "most frequent label): baseline (none) (de).")
+
+
+def test_plots_with_nothing_to_show_are_not_drawn_and_the_report_says_why(tmp_path):
+  from xltransfer.study import plots  # pylint: disable=import-outside-toplevel
+  zero = {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "significant_adjusted": False}
+  fake = {"study": "s", "baseline_condition": "none", "columns": ["xnli"],
+          "references": [["none", ["a"]]], "conditions": {"none": {"label": "none"},
+                                                          "a": {"label": "a"}},
+          "language_groups": {"low-resource": ["sw"], "high-resource": ["de"]},
+          "per_language": {"xnli": {"a": {"sw": {}}, "none": {"sw": {}}}},
+          "multiple_comparisons": {"method": "holm"},
+          "comparisons": [{**zero, "reference": "none", "condition": "a", "scope": s,
+                           "column": "xnli", "language": l}
+                          for s, l in (("task", None), ("language", "sw"))]}
+  (tmp_path / "lowres_xnli.png").write_bytes(b"old")  # an earlier report's plot
+  written, omitted = plots.write_plots(fake, str(tmp_path))
+  assert written == []
+  assert set(omitted) == {"heatmap_deltas.png", "lowres_xnli.png"}
+  assert all("every delta and interval is 0" in why for why in omitted.values())
+  assert not (tmp_path / "lowres_xnli.png").exists()

@@ -186,6 +186,15 @@ def test_dry_run_prints_each_stage_command(tmp_path, capsys):
   assert "# train/xlt_inter_mnli/seed0 (after nothing)" in out
   assert "xltransfer eval --gin_file=models/mt5_tiny.gin" in out
   assert not (tmp_path / "o").exists()
+  # What it costs: 1 intermediate (1000 steps x 128), 2 fine-tunings (xnli, lareqa; tatoeba has
+  # none), their 2 evals and 2 direct retrieval evals per model with an encoder to retrieve from.
+  stages = grid.build_stages(spec_lib.load_spec(path, ["StudySpec.seeds=[0]"]), "/s")
+  roles = [s.role for s in stages]
+  counts = ", ".join(f"{roles.count(r)} {r}" for r in grid.ROLES if r in roles)
+  assert f"# {len(stages)} stages: {counts}" in out
+  steps = 1000 * (1 + roles.count("finetune"))
+  assert (f"# training: {steps:,} steps in all (intermediate 1,000, finetune "
+          f"{1000 * roles.count('finetune'):,}); {steps * 128:,} training examples") in out
 
 
 def test_cli_errors(tmp_path):

@@ -295,3 +295,24 @@ class ExampleStore:
 
   def _stage_ids(self, column: str) -> set:
     return {r.stage_id for (_, c), runs in self._by_key.items() if c == column for r in runs}
+
+
+# Targets scored by accuracy over a fixed label set, where predicting the most frequent label
+# everywhere is the floor a model has to beat.
+LABEL_TARGETS = ("xnli", "pawsx", "xcopa")
+
+
+def majority_class(results, column: str, lang: str) -> Optional[float]:
+  """Accuracy (0-100) of always predicting the most frequent gold label of a column's
+  language, from the first prediction file that has it; None when none has gold labels."""
+  for result in results:
+    if result.column != column or result.target not in LABEL_TARGETS:
+      continue
+    path = os.path.join(result.stage_dir, PREDICTIONS_DIR, result.target, f"{lang}.jsonl")
+    if not os.path.exists(path):
+      continue
+    labels = [json.dumps(r.get("target")) for r in _records(path) if r.get("target") is not None]
+    if labels:
+      return 100.0 * max(labels.count(label) for label in set(labels)) / len(labels)
+  return None
+

@@ -256,3 +256,22 @@ def read_study_file(directory: str):
     return spec, stages, data["study_dir"]
   except (json.JSONDecodeError, KeyError, TypeError) as e:
     raise UserError(f"{path}: not a study file ({e})") from None
+
+
+def stage_counts(stages) -> list:
+  """[(role, stages, training steps, training examples)] in ROLES order: what a study costs
+  before any device time is known (steps as the stages bind TRAIN_STEPS, examples as steps
+  times BATCH_SIZE)."""
+  rows = []
+  for role in ROLES:
+    of_role = [s for s in stages if s.role == role]
+    if not of_role:
+      continue
+    steps = examples = 0
+    for stage in of_role:
+      bound = dict(stage.bindings)
+      steps += int(bound.get(TRAIN_STEPS, 0))
+      examples += int(bound.get(TRAIN_STEPS, 0)) * int(bound.get(BATCH_SIZE, 0))
+    rows.append((role, len(of_role), steps, examples))
+  return rows
+

@@ -178,6 +178,7 @@ def _run(args, bindings) -> int:
     for stage in stages:
       print(f"# {stage.id} (after {', '.join(stage.deps) or 'nothing'})")
       print(shlex.join(runner.stage_argv(stage, program or runner.DEFAULT_PROGRAM)))
+    _print_cost(stages)
     return 0
   if "://" in study_dir:
     raise UserError(f"StudySpec.output_dir {study_dir} is remote: `study run` keeps stage "
@@ -194,6 +195,18 @@ def _run(args, bindings) -> int:
   if args.report:
     _print_report(report.write_report(study_dir))
   return 0 if summary.ok else 1
+
+
+def _print_cost(stages) -> None:
+  """What the study costs in stages and training steps (device time: `xltransfer plan` on a
+  training stage's gin files gives its step time on a topology)."""
+  rows = grid.stage_counts(stages)
+  print(f"# {len(stages)} stages: " + ", ".join(f"{n} {role}" for role, n, _, _ in rows))
+  trained = [(role, steps, examples) for role, _, steps, examples in rows if steps]
+  if trained:
+    print(f"# training: {sum(s for _, s, _ in trained):,} steps in all ("
+          + ", ".join(f"{role} {steps:,}" for role, steps, _ in trained)
+          + f"); {sum(e for _, _, e in trained):,} training examples (steps x batch)")
 
 
 def _status(args) -> int:

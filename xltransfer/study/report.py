@@ -180,6 +180,10 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
                    for lang, m in study.metrics[(c, column)].items()}
                for c in study.conditions if study.has(c, column)}
       for column in study.columns}
+  majority = {column: {lang: share for lang in sorted({l for m in by_condition.values()
+                                                          for l in m})
+                       if (share := collect.majority_class(results, column, lang)) is not None}
+              for column, by_condition in per_language.items()}
   conditions = {}
   for c in study.conditions:
     summary = study.summary(c)
@@ -219,6 +223,7 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
       "sources": study.sources,
       "conditions": conditions,
       "per_language": per_language,
+      "majority_class": {column: langs for column, langs in majority.items() if langs},
       "comparisons": [c.to_dict() for c in comparisons],
   }
 
@@ -299,6 +304,23 @@ def _primary_lines(report: dict, label: dict) -> list:
   return lines + (notes + [""] if notes else [])
 
 
+def _majority_lines(report: dict, label: dict) -> list:
+  """Whether any condition beats always predicting the most frequent label, per target."""
+  lines = []
+  for column, floor in report.get("majority_class", {}).items():
+    above = [f"{label[c]} ({lang})" for c, langs in report["per_language"][column].items()
+             for lang, metrics in langs.items()
+             if lang in floor and metrics.get("accuracy", 0.0) > floor[lang] + 1e-9]
+    if above:
+      lines.append(f"{column}: above the majority class (the accuracy of always predicting "
+                   f"the most frequent label): {', '.join(above)}.")
+    else:
+      lines.append(f"**{column}: no condition beats the majority class on any language** "
+                   "(always predicting the most frequent label): the models have not learned "
+                   "the task, and its deltas say nothing about transfer.")
+  return lines + [""] if lines else []
+
+
 def _seed_warning(report: dict) -> list:
   counts = sorted({len(v["seeds"]) for v in report["conditions"].values() if v["seeds"]})
   if not counts or min(counts) >= 5:
@@ -357,7 +379,7 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
                 + ([_fmt(v["xtreme_r_overall"])] if overall else [])
                 + [_fmt(v["categories"].get(k)) for k in categories]
                 + [_fmt(v["task_scores"].get(col)) for col in columns])
-  lines += _table(header, rows) + [""]
+  lines += _table(header, rows) + [""] + _majority_lines(report, label)
 
   for reference, compared in _reference_groups(report):
     lines += [f"## Deltas against {label[reference]}", ""]
@@ -370,11 +392,16 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
                                        column=col)) else "–" for col in columns])
     lines += _table(header, rows) + [""]
 
+  evaluated = {lang for by_condition in report["per_language"].values()
+               for langs in by_condition.values() for lang in langs}
+  listed = {g: [l for l in langs if l in evaluated]
+            for g, langs in report["language_groups"].items()}
   lines += ["## Low- vs high-resource target languages", "",
-            "Low-resource: " + " ".join(report["language_groups"]["low-resource"])
-            + "; high-resource: " + " ".join(report["language_groups"]["high-resource"])
-            + " (xltransfer.data.languages). Each cell is the mean over the group's languages "
-              "that the target has; the group mean averages the targets.", ""]
+            "; ".join(f"{g} languages evaluated: " + (" ".join(langs) or "none")
+                      for g, langs in listed.items())
+            + " (groups from xltransfer.data.languages). Each cell is the mean over the "
+              "group's languages that the target has; the group mean averages the targets.",
+            ""]
   header = ["condition"] + [f"{g} mean" for g in GROUPS] + [
       f"Δ {g} vs {label[ref]}" for ref, _ in _reference_groups(report) for g in GROUPS]
   rows = []
@@ -417,6 +444,9 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
         continue
       rows = [[label[c]] + [_fmt(by_condition.get(c, {}).get(l, {}).get(metric))
                             for l in langs] for c in conds]
+      floor = report.get("majority_class", {}).get(column)
+      if floor and metric in ("score", "accuracy"):
+        rows.append(["majority class"] + [_fmt(floor.get(l)) for l in langs])
       lines += _table(["condition", *langs], rows) + [""]
       lines += ["Source: " + "; ".join(f"{text} ({' '.join(ls)})" for text, ls in groups),
                 ""]
@@ -439,8 +469,10 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
               "These compare only the cells both conditions have; the cells left out:", ""]
     lines += [f"- {label[d['condition']]} vs {label[d['reference']]} on {_where(d)}: "
               f"{', '.join(d['incomplete'])}" for d in incomplete] + [""]
-  if plots:
-    lines += ["## Plots", ""] + [f"- `{p}`" for p in plots] + [""]
+  if plots or report.get("plots_omitted"):
+    lines += ["## Plots", ""] + [f"- `{p}`" for p in plots]
+    lines += [f"- {name}: not drawn, {why}" for name, why in report["plots_omitted"].items()]
+    lines.append("")
   with open(path, "w") as f:
     f.write("\n".join(lines))
 
@@ -521,11 +553,11 @@ def write_report(study_dir: str, out_dir: Optional[str] = None, samples: int = 1
   out_dir = out_dir or os.path.join(study_dir, "report")
   os.makedirs(out_dir, exist_ok=True)
   report = build_report(study_dir, samples=samples, seed=seed)
-  plots = []
+  plots, omitted = [], {}
   if plot:
     from xltransfer.study import plots as plots_lib  # matplotlib only when plotting.
-    plots = plots_lib.write_plots(report, out_dir)
-  report["plots"] = plots
+    plots, omitted = plots_lib.write_plots(report, out_dir)
+  report["plots"], report["plots_omitted"] = plots, omitted
   paths = {"markdown": os.path.join(out_dir, "report.md"),
            "csv": os.path.join(out_dir, "report.csv"),
            "json": os.path.join(out_dir, "report.json"), "plots": plots}
