@@ -178,3 +178,17 @@ def test_build_script_regenerates_the_bundled_model(tmp_path):
   sizes = [os.path.getsize(os.path.join(vocab.SAMPLE_TEXT_DIR, n))
            for n in os.listdir(vocab.SAMPLE_TEXT_DIR)]
   assert sum(sizes) < 300_000 and len(sizes) >= 10
+
+
+def test_an_unreadable_released_vocabulary_is_one_line_saying_how_to_run_offline(tmp_path):
+  # What offline looks like: the file cannot be opened (gs:// without a network, here a
+  # local path that does not exist, so the test needs no network).
+  missing = str(tmp_path / "mc4.250000.100extra" / "sentencepiece.model")
+  vocabulary = vocab.ReleasedMt5Vocabulary(missing, extra_ids=0)
+  with pytest.raises(ConfigError) as raised:
+    vocabulary.encode("hello")
+  message = str(raised.value)
+  assert "\n" not in message and missing in message
+  assert "XLTRANSFER_VOCAB=builtin" in message and "--vocab builtin" in message
+  # Sizing the released vocabulary still needs no file (plan, start-of-run checks).
+  assert vocab.vocabulary_size(vocab.get_vocabulary("mt5")) == 250100

@@ -53,11 +53,28 @@ NAMED_SPECS = ("mt5", "builtin", "byte")
 ENV_VAR = "XLTRANSFER_VOCAB"
 
 
+class ReleasedMt5Vocabulary(seqio.SentencePieceVocabulary):
+  """The released mT5 vocabulary, read from Google's bucket when first used. Offline (or
+  without access) that read fails deep inside TensorFlow's file system; this says so in one
+  line, with the ways to run without it."""
+
+  def _model_context(self):
+    try:
+      return super()._model_context()
+    except (tf.errors.OpError, OSError) as e:
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+      raise ConfigError(
+          f"cannot read the mT5 vocabulary {self.sentencepiece_model_file} ({reason}); offline, "
+          f"use the bundled one (XLTRANSFER_VOCAB=builtin, or --vocab builtin for `xltransfer "
+          f"tasks`, or the gin binding task_vocabulary_spec.spec = 'builtin') or a local copy "
+          f"of the released file (XLTRANSFER_VOCAB=/path/to/sentencepiece.model)") from None
+
+
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(spec: str = "mt5") -> seqio.Vocabulary:
   """Returns the vocabulary for "mt5", "builtin", "byte" or a SentencePiece model path."""
   if spec == "mt5":
-    return seqio.SentencePieceVocabulary(MT5_MODEL_PATH, extra_ids=0)
+    return ReleasedMt5Vocabulary(MT5_MODEL_PATH, extra_ids=0)
   if spec == "builtin":
     return seqio.SentencePieceVocabulary(BUILTIN_MODEL_PATH, extra_ids=EXTRA_IDS)
   if spec == "byte":
