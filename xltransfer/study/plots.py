@@ -71,7 +71,8 @@ def heatmap(report: dict, path: str):
   if limit <= _ZERO:
     return "every delta and interval is 0 (the conditions' predictions score the same)"
   rows = sum(len(conditions) for _, conditions, _ in panels)
-  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+  # Constrained layout keeps each panel's condition labels clear of the panel to its left.
+  fig, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
                            figsize=(len(panels) * (1.3 * len(columns) + 2.5), 0.8 * rows + 2.5))
   image = None
   for ax, (reference, conditions, cells) in zip(axes[0], panels):
