@@ -1,7 +1,6 @@
 """`xltransfer plan`: prove that a gin config fits a machine before anyone pays for it.
 
-  xltransfer plan --gin_file=models/mt5_xxl.gin --gin_file=scale/mt5_xxl_finetune_v4.gin \
-      --topology v4:4x4x4
+  xltransfer plan --gin_file=scale/mt5_xxl_finetune_v4-128.gin --topology v4:4x4x4
   xltransfer plan --gin_file=models/mt5_small.gin --gin_file=runs/finetune.gin \
       --mesh_file=meshes/gpu_h100_8.gin --topology h100:8 --json
 

@@ -5,6 +5,7 @@ passed to `subprocess` as is, and shown to the user with `shlex.join` so that th
 is the exact command (copy-pasteable into a POSIX shell).
 """
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -75,6 +76,85 @@ def run_main(main, prog: str, argv=None) -> int:
     # flush from failing again on the closed pipe.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1
+
+
+# The launcher's own dry-run flag in both spellings (the xltransfer commands use `--dry_run`).
+DRY_RUN_FLAGS = ("--dry-run", "--dry_run")
+# What a command after `--` might mean as a dry run, abbreviations and `=VALUE` forms included.
+_DRY_RUN_LIKE = re.compile(r"^--dry([-_]?(r(u(n)?)?)?)?(=.*)?$")
+
+
+def take_dry_run(own_args: Sequence[str]) -> tuple[list[str], bool]:
+  """Removes the launcher's `--dry-run`/`--dry_run` from its flags, wherever they stand.
+
+  Any position before `--` counts, before the action too (`tpu --dry-run run NAME`), which
+  argparse's sub-parsers alone would reject or, worse, attach to the wrong parser.
+  """
+  kept = [arg for arg in own_args if arg not in DRY_RUN_FLAGS]
+  return kept, len(kept) != len(own_args)
+
+
+def dry_run_flags_in_command(command: Sequence[str]) -> list[str]:
+  """The dry-run-looking flags in the xltransfer command after `--` (they are not ours)."""
+  return [arg for arg in command if _DRY_RUN_LIKE.match(arg)]
+
+
+def check_command_dry_run(command: Sequence[str], launcher_dry_run: bool, what: str) -> None:
+  """A dry-run flag after `--` goes to the xltransfer command, not to the launcher.
+
+  Without a launcher `--dry-run` that would start the real thing (ssh to every worker, a
+  submitted job) while the user believes nothing runs, so it is refused; with one, a note
+  says whose flag it is.
+  """
+  flags = dry_run_flags_in_command(command)
+  if not flags:
+    return
+  name = f"`xltransfer {command[0]}`" if command else "the xltransfer command"
+  if not launcher_dry_run:
+    raise UserError(
+        f"{flags[0]} comes after `--`, so it would go to {name} and the launcher would "
+        f"{what} for real; nothing was run. To print the launcher's commands without running "
+        f"them, put --dry-run before `--` (to see a study's stages, run `xltransfer study run "
+        f"SPEC --dry_run` locally).")
+  print(f"note: {flags[0]} after `--` is passed to {name} itself; the launcher dry-runs "
+        "because of the --dry-run before `--`.", file=sys.stderr, flush=True)
+
+
+_GIN_FILE_FLAGS = ("--gin_file", "--mesh_file")
+
+
+def gin_files_in_command(command: Sequence[str]) -> list[str]:
+  """The gin files an xltransfer command names: --gin_file/--mesh_file values, a study spec."""
+  found = []
+  for i, arg in enumerate(command):
+    flag, sep, value = arg.partition("=")
+    if flag in _GIN_FILE_FLAGS:
+      if sep:
+        found.append(value)
+      elif i + 1 < len(command):
+        found.append(command[i + 1])
+    elif arg.endswith(".gin") and not arg.startswith("-") and (
+        i == 0 or command[i - 1] not in _GIN_FILE_FLAGS):
+      found.append(arg)  # a positional spec, as in `study run gin/study/x.gin`
+  return found
+
+
+def warn_missing_gin_files(command: Sequence[str], stream=None) -> list[str]:
+  """Warns about each gin file of `command` that this checkout does not have.
+
+  The workers run the checkout `setup` copied from here, so a file missing here would fail
+  there, after the slice or the job has started. Paths on remote storage are not checked.
+  """
+  from xltransfer import gin_paths  # pylint: disable=import-outside-toplevel
+  search = [v.partition("=")[2] for v in command if v.startswith("--gin_search_paths=")]
+  missing = [path for path in gin_files_in_command(command)
+             if "://" not in path and not os.path.isabs(path)
+             and not gin_paths.exists(path, search)]
+  for path in missing:
+    print(f"warning: gin file {path} is not in this checkout (nor under "
+          f"{gin_paths.config_dir()}); the command will fail on the workers",
+          file=stream or sys.stderr, flush=True)
+  return missing
 
 
 def split_at_double_dash(argv: Sequence[str]) -> tuple[list[str], list[str]]:

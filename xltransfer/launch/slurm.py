@@ -1,8 +1,11 @@
 """SLURM launcher for GPU clusters: writes an sbatch script that srun's xltransfer on every node.
 
     python -m xltransfer.launch.slurm submit --nodes=2 --partition=gpu --time=24:00:00 \
-        --account=my-lab --venv=.venv -- train --gin_file=gin/runs/x.gin --gin.MODEL_DIR=/runs/x
+        --account=my-lab --venv=.venv -- train \
+        --gin_file=gin/scale/mt5_xxl_finetune_8xh100.gin --gin.MODEL_DIR="'/runs/x'"
     python -m xltransfer.launch.slurm submit ... --dry-run    # print script and sbatch argv
+    (`--dry-run` or `--dry_run`, anywhere before `--`; after `--` it is the xltransfer
+    command's flag, and `submit` refuses it unless the launcher dry-runs too)
     python -m xltransfer.launch.slurm script ...               # print the script only
 
 One JAX process per node by default, owning all of the node's GPUs (so that the mesh keeps
@@ -139,7 +142,7 @@ def _check_command(xltransfer_args: Sequence[str]) -> tuple:
   from xltransfer import cli  # light: the CLI table imports no command modules
   if not xltransfer_args:
     raise UserError("give the xltransfer command after `--`, e.g. "
-                    "`-- train --gin_file=gin/runs/x.gin`")
+                    "`-- train --gin_file=gin/runs/finetune.gin ...`")
   if xltransfer_args[0] not in cli.COMMANDS:
     raise UserError(f"unknown xltransfer command {xltransfer_args[0]!r} after `--`; one of: "
                     f"{', '.join(cli.COMMANDS)}")
@@ -151,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
   script = sub.add_parser("script", help="print the sbatch script")
   submit = sub.add_parser("submit", help="write the script and submit it with sbatch")
-  submit.add_argument("--dry-run", action="store_true",
-                      help="print the script and the exact sbatch command; run nothing")
+  submit.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the script and the exact sbatch command; run nothing "
+                      "(anywhere before `--`)")
   submit.add_argument("--script-path", help="where to write the script "
                       "(default: launch_logs/slurm/JOB_NAME.sbatch)")
   for p in (script, submit):
@@ -205,8 +209,13 @@ def _prepare_output_dir(output: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   own_args, xltransfer_args = commands.split_at_double_dash(argv)
+  own_args, dry_run = commands.take_dry_run(own_args)
   args = build_parser().parse_args(own_args)
+  # `script` only prints, so a dry run of it is the same thing.
+  args.dry_run = getattr(args, "dry_run", False) or dry_run or args.action == "script"
   job = job_from_args(args, xltransfer_args)
+  commands.check_command_dry_run(job.xltransfer_args, args.dry_run, "submit the job")
+  commands.warn_missing_gin_files(job.xltransfer_args)
   if args.action == "script":
     sys.stdout.write(batch_script(job))
     return 0

@@ -3,12 +3,14 @@
     python -m xltransfer.launch.tpu create NAME --zone=Z --accelerator-type=v4-128
     python -m xltransfer.launch.tpu setup  NAME --zone=Z --install-python=3.11
     python -m xltransfer.launch.tpu run    NAME --zone=Z --accelerator-type=v4-128 -- \
-        train --gin_file=gin/runs/x.gin --gin.MODEL_DIR=gs://bucket/run
+        train --gin_file=gin/scale/mt5_xxl_finetune_v4-128.gin --gin.MODEL_DIR="'gs://bucket/run'"
     python -m xltransfer.launch.tpu delete NAME --zone=Z
 
 The same `xltransfer ...` command runs on every worker; on a multi-host slice the trainer's
 `jax.distributed.initialize()` finds its peers from the TPU VM metadata. Every subcommand takes
-`--dry-run`, which prints the exact gcloud commands and runs nothing.
+`--dry-run` (or `--dry_run`) anywhere before `--`, which prints the exact gcloud commands and
+runs nothing; a dry-run flag after `--` belongs to the xltransfer command, and `run` refuses
+it unless the launcher dry-runs too. `setup` packs the checkout holding the working directory.
 
 Quoting: local commands are argv lists (no local shell). The one shell string is the remote
 `--command` of `gcloud ... ssh`, which the worker's login shell parses; it is built from argv
@@ -94,7 +96,8 @@ def _check_xltransfer_command(command: Sequence[str]) -> list[str]:
   from xltransfer import cli  # light: the CLI table imports no command modules
   if not command:
     raise UserError("give the xltransfer command after `--`, e.g. "
-                    "`-- train --gin_file=gin/runs/x.gin` or `-- study run gin/study/x.gin`")
+                    "`-- train --gin_file=gin/runs/finetune.gin ...` or "
+                    "`-- study run gin/study/xtreme_r_lowres_mt5_xxl.gin`")
   if command[0] not in cli.COMMANDS:
     raise UserError(f"unknown xltransfer command {command[0]!r} after `--`; one of: "
                     f"{', '.join(cli.COMMANDS)}")
@@ -264,8 +267,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("name", help="TPU VM (node) name, e.g. mt5-xxl-v4")
   parser.add_argument("--zone", help="zone of the TPU, e.g. us-central2-b (required)")
   parser.add_argument("--project", help="GCP project (default: gcloud's configured project)")
-  parser.add_argument("--dry-run", action="store_true",
-                      help="print the exact commands and run nothing")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="print the exact commands and run nothing (anywhere before `--`)")
 
 
 def _ssh_options(parser: argparse.ArgumentParser) -> None:
@@ -328,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
   run = sub.add_parser(
       "run", help="run `xltransfer ...` (given after --) on every worker",
       epilog="After the flags: -- COMMAND [ARGS...], the xltransfer command for every worker, "
-      "e.g. `-- train --gin_file=gin/runs/x.gin --gin.MODEL_DIR=gs://b/x` or "
-      "`-- study run gin/study/x.gin`.")
+      "e.g. `-- train --gin_file=gin/scale/mt5_xxl_finetune_v4-128.gin "
+      "--gin.MODEL_DIR=\"'gs://b/x'\"` or `-- study run gin/study/xtreme_r_lowres_mt5_xxl.gin`. "
+      "--dry-run after `--` belongs to that command: put the launcher's before `--`.")
   _common(run)
   _ssh_options(run)
   _worker_count_options(run)
@@ -368,12 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- actions
 
 
-def _project_root() -> pathlib.Path:
-  root = pathlib.Path(__file__).resolve().parents[2]
-  if not (root / "setup.py").is_file():
-    raise UserError(f"cannot find the project checkout (no setup.py in {root}); "
-                    "pass --source-dir")
-  return root
+def _is_xltransfer_checkout(folder: pathlib.Path) -> bool:
+  return (folder / "setup.py").is_file() and (folder / "xltransfer" / "__init__.py").is_file()
+
+
+def source_checkout(cwd=None) -> pathlib.Path:
+  """The checkout `setup` packs: the xltransfer checkout holding the working directory.
+
+  The user edits and runs from that checkout; packing the one the running package was
+  imported from (another clone, a site-packages install) would ship other code. Outside any
+  checkout, the installed package's checkout (an editable install's) is the fallback.
+  """
+  here = pathlib.Path(cwd or pathlib.Path.cwd()).resolve()
+  for folder in (here, *here.parents):
+    if _is_xltransfer_checkout(folder):
+      return folder
+  installed = pathlib.Path(__file__).resolve().parents[2]
+  if _is_xltransfer_checkout(installed):
+    return installed
+  raise UserError(f"cannot find an xltransfer checkout (a folder with setup.py and "
+                  f"xltransfer/) holding {here} or the installed package; pass --source-dir")
 
 
 def _num_workers(args) -> int:
@@ -451,9 +469,10 @@ def _setup(args) -> int:
       install_python=args.install_python))
   plan = []
   if not args.git_url:
-    source_dir = pathlib.Path(args.source_dir) if args.source_dir else _project_root()
+    source_dir = pathlib.Path(args.source_dir) if args.source_dir else source_checkout()
     if not (source_dir / "setup.py").is_file():
       raise UserError(f"--source-dir={str(source_dir)!r} has no setup.py")
+    print(f"packing {source_dir}", file=sys.stderr, flush=True)
     archive = args.archive or str(pathlib.Path(tempfile.gettempdir()) /
                                   f"xltransfer-{args.name}-src.tar.gz")
     plan += [archive_command(source_dir, archive),
@@ -477,6 +496,9 @@ def _local_log_dir(args, run_name: str) -> pathlib.Path:
 
 def _run(args, xltransfer_args) -> int:
   xltransfer_args = _check_xltransfer_command(xltransfer_args)
+  commands.check_command_dry_run(xltransfer_args, args.dry_run,
+                                 "run it on every worker of the slice")
+  commands.warn_missing_gin_files(xltransfer_args)
   run_name = _check_run_name(args.run_name or _default_run_name(xltransfer_args))
   argv = worker_argv(_check_remote_dir(args.remote_dir), xltransfer_args, _parse_env(args.env))
   num_workers = _num_workers(args)
@@ -530,7 +552,9 @@ _ACTIONS = {"create": _create, "setup": _setup, "logs": _logs, "stop": _stop,
 def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   own_args, xltransfer_args = commands.split_at_double_dash(argv)
+  own_args, dry_run = commands.take_dry_run(own_args)
   args = build_parser().parse_args(own_args)
+  args.dry_run = args.dry_run or dry_run
   if xltransfer_args and args.action != "run":
     raise UserError(f"`{args.action}` takes no command after `--`")
   _check_name(args.name)

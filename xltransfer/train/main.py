@@ -20,6 +20,7 @@ import difflib
 import logging
 import os
 import re
+import shlex
 import sys
 from typing import Optional, Sequence
 
@@ -122,6 +123,28 @@ def _macro_names_used_and_defined():
   return defined, used
 
 
+def _unparsable_binding(error: Exception, bindings: Sequence[str]) -> Optional[str]:
+  """For a command-line binding gin cannot parse: a message naming it, with the quoted form.
+
+  gin reports such a value as "Unable to parse value. (line 1)" without the binding; the
+  usual cause is a string without gin's own quotes (the shell ate the ones typed).
+  """
+  line = getattr(error, "text", None)
+  if not isinstance(error, SyntaxError) or getattr(error, "filename", None) or not line:
+    return None  # a gin file's error already names the file and line
+  line = line.strip()
+  if line not in (b.strip() for b in bindings) or "=" not in line:
+    return None
+  name, value = (part.strip() for part in line.split("=", 1))
+  quoted = repr(value.strip("'\""))
+  shell = (f"--gin.{name}=\"{quoted}\"" if not any(c in quoted for c in '"$`\\')
+           else shlex.quote(f"--gin.{name}={quoted}"))
+  reason = str(error.msg).splitlines()[0]
+  return (f"binding `{line}`: {value!r} is not a gin value ({reason}); a string needs gin's "
+          f"quotes inside the shell's, e.g. {shell} (in a gin file or --gin_bindings: "
+          f"{name} = {quoted})")
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
   """Parses the config; every mistake becomes a ConfigError that names the file."""
   search = gin_paths.search_paths(search_paths)
@@ -146,6 +169,9 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], search_paths: S
       raise ConfigError(
           f"required macro {name} is not set (declared %gin.REQUIRED at {where}); pass "
           f"--gin.{name}=VALUE or bind it in a gin file{hint}") from e
+    unquoted = _unparsable_binding(e, bindings)
+    if unquoted:
+      raise ConfigError(unquoted) from e
     if undefined:
       name = undefined.group(1)
       defined, _ = _macro_names_used_and_defined()
