@@ -485,16 +485,35 @@ def test_tensorflow_and_python_disk_full_errors_are_recognised(tmp_path):
 
 def test_a_full_disk_under_the_summaries_is_named(tmp_path, model_and_params, greedy,
                                                   monkeypatch):
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from xltransfer.train import scalar_summaries  # pylint: disable=g-import-not-at-top
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
 
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
-  monkeypatch.setattr(metric_writers, "create_default_writer", full)
+  monkeypatch.setattr(scalar_summaries, "create_writer", full)
   out = tmp_path / "out"
   with pytest.raises(evaluator.DiskFullError,
                      match=f"writing TensorBoard summaries into {out}/tensorboard; free space"):
     _run(model_and_params, "xlt_goldlab_eval_en", out)
   assert _json(out, "metrics.json")["tasks"] == {"goldlab": {"en": {"accuracy": 25.0}}}
   assert not os.path.exists(out / "DONE")
+
+
+def test_predictions_written_before_the_cluster_fields_are_recomputed(tmp_path, model_and_params,
+                                                                      greedy, caplog):
+  data = _write(tmp_path / "dev.jsonl", [greedy[0], "b", "c", "d"])
+  _register("xlt_goldfmt_eval_en", data, _labelled(data))
+  out = tmp_path / "out"
+  _run(model_and_params, "xlt_goldfmt_eval_en", out, checkpoint="/runs/a")
+  meta_file = evaluator.meta_path(evaluator.predictions_path(str(out), "goldfmt", "en"))
+  meta = _json(out, "predictions/goldfmt/en.meta.json")
+  assert meta["record_format"] == evaluator.RECORD_FORMAT
+  del meta["record_format"]  # as an evaluator before "item"/"paragraph" wrote it
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  caplog.set_level("WARNING")
+  again = _run(model_and_params, "xlt_goldfmt_eval_en", out, checkpoint="/runs/a")
+  assert "recomputing" in caplog.text and "record_format None" in caplog.text
+  assert again.metrics == {"goldfmt": {"en": {"accuracy": 25.0}}}
+  assert _json(out, "predictions/goldfmt/en.meta.json")["record_format"] == 2

@@ -10,6 +10,10 @@ needs alongside predictions:
   - multiple choice: `choices` (candidate answer strings) and `label` (index of the right one,
     -1 when unlabeled); the target is the right choice, so rank classification scores each
     choice as a target for the same inputs (`xltransfer.data.multiple_choice`).
+Which examples are not independent (docs/interfaces.md, "Evaluation outputs"): an example
+whose source gives it an `item` (the same string for the translations of one test item in
+every language) keeps it; QA examples get `paragraph`, a fingerprint of their context, and
+`parallel_extractive_qa` makes the question id the `item`.
 """
 import seqio
 import tensorflow as tf
@@ -17,6 +21,20 @@ import tensorflow as tf
 
 def _text(*parts):
   return tf.strings.join(list(parts))
+
+
+def _with_item(ex, formatted):
+  """`formatted`, with the source example's `item` when it has one."""
+  if "item" in ex:
+    formatted["item"] = ex["item"]
+  return formatted
+
+
+def paragraph_id(context):
+  """A string naming a QA context: the decimal Fingerprint64 of its text (questions on one
+  context are not independent). A hash, not the article/paragraph position, because
+  XTREME-R's remove_qa_test_annotations writes every test question as its own article."""
+  return tf.strings.as_string(tf.strings.to_hash_bucket_fast(context, 2**63 - 1))
 
 
 def nli(prefix: str, label_names=("entailment", "neutral", "contradiction")):
@@ -28,8 +46,9 @@ def nli(prefix: str, label_names=("entailment", "neutral", "contradiction")):
     label = ex["label"]
     if label.dtype != tf.string:
       label = tf.where(label >= 0, tf.gather(names, tf.maximum(label, 0)), "")
-    return {"inputs": _text(prefix, ": premise: ", ex["premise"], " hypothesis: ", ex["hypothesis"]),
-            "targets": label, "label": label}
+    return _with_item(ex, {"inputs": _text(prefix, ": premise: ", ex["premise"], " hypothesis: ",
+                                           ex["hypothesis"]),
+                           "targets": label, "label": label})
   return fn
 
 
@@ -57,13 +76,25 @@ def single_sentence(prefix: str, label_names):
   return fn
 
 
-@seqio.map_over_dataset
-def extractive_qa(ex):
-  """`question: Q context: C` -> first gold answer ("" when unanswerable), as in mT5."""
+def _extractive_qa(ex):
   answers = ex["answers"]
   first = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(""))
   return {"inputs": _text("question: ", ex["question"], " context: ", ex["context"]),
-          "targets": first, "answers": answers, "id": ex["id"]}
+          "targets": first, "answers": answers, "id": ex["id"],
+          "paragraph": paragraph_id(ex["context"])}
+
+
+@seqio.map_over_dataset
+def extractive_qa(ex):
+  """`question: Q context: C` -> first gold answer ("" when unanswerable), as in mT5."""
+  return _extractive_qa(ex)
+
+
+@seqio.map_over_dataset
+def parallel_extractive_qa(ex):
+  """extractive_qa for data whose question ids name one question in every language (XQuAD:
+  SQuAD's ids; MLQA: one id per parallel instance): the id is also the `item`."""
+  return dict(_extractive_qa(ex), item=ex["id"])
 
 
 def tagging(prefix: str):
@@ -111,8 +142,9 @@ def xcopa(ex):
                                ex["question"]))
   target = tf.cond(ex["label"] >= 0, lambda: tf.gather(ex["choices"], tf.maximum(ex["label"], 0)),
                    lambda: tf.constant(""))
-  return {"inputs": _text("xcopa: premise: ", ex["premise"], " question: ", question),
-          "targets": target, "choices": ex["choices"], "label": ex["label"]}
+  return _with_item(ex, {"inputs": _text("xcopa: premise: ", ex["premise"], " question: ",
+                                         question),
+                         "targets": target, "choices": ex["choices"], "label": ex["label"]})
 
 
 def retrieval_pair(prefix_query: str, prefix_candidate: str, query: str, candidate: str):

@@ -116,10 +116,11 @@ def _csv_tsv_rows(path):
       raise DataFormatError(path, rows.line_num, f"bad quoting: {e}") from None
 
 
-def read_nli_tsv(path, labels=NLI_LABELS, quoted=False, training=False):
+def read_nli_tsv(path, labels=NLI_LABELS, quoted=False, training=False, line_items=False):
   """`premise\\thypothesis\\tlabel` lines; a test file may leave out the label column, a
   training file may not. `quoted`: the file was written by csv.writer (XTREME-R's xnli/
-  files), so `"` quotes."""
+  files), so `"` quotes. `line_items`: each example's `item` is its 0-based index in the file
+  (XTREME-R's XNLI files are line-aligned across languages: tasks/targets.py says why)."""
   examples = []
   for number, cols in (_csv_tsv_rows(path) if quoted else _tsv_rows(path)):
     if len(cols) not in (2, 3):
@@ -130,7 +131,10 @@ def read_nli_tsv(path, labels=NLI_LABELS, quoted=False, training=False):
       raise DataFormatError(path, number, f"unknown label {label!r}; valid: {', '.join(labels)}")
     if training and not label:
       raise _missing_gold(path, number, "no label (the third tab-separated field)")
-    examples.append({"premise": cols[0], "hypothesis": cols[1], "label": label})
+    example = {"premise": cols[0], "hypothesis": cols[1], "label": label}
+    if line_items:
+      example["item"] = str(len(examples))
+    examples.append(example)
   return _require_examples(examples, path, training)
 
 
@@ -283,8 +287,11 @@ def read_xcopa(path, training=False):
       raise DataFormatError(path, number, f"unknown label {label!r}; valid: 0, 1")
     if training and label == -1:
       raise _missing_gold(path, number, "missing field 'label'")
+    # `idx` numbers the COPA item that every XCOPA language translates (cambridgeltl/xcopa;
+    # xcopa_preprocess keeps it in the download): the example's cross-language `item`.
     examples.append({"premise": r["premise"], "question": r["question"],
-                     "choices": [r["choice1"], r["choice2"]], "label": label})
+                     "choices": [r["choice1"], r["choice2"]], "label": label,
+                     "item": str(r["idx"]) if "idx" in r else ""})
   return _require_examples(examples, path, training)
 
 
@@ -429,7 +436,8 @@ def _cached_by_mtime(fn):
 @_cached_by_mtime
 def _xnli_release_by_language(path):
   """XNLI 1.0's xnli.{dev,test}.tsv (a header row; columns language, gold_label, ...,
-  sentence1, sentence2, ...; quotes literal) -> {language: [examples]}."""
+  sentence1, sentence2, ..., pairID, ...; quotes literal) -> {language: [examples]}. The
+  translations of one pair share its pairID: the examples' `item` ("" without that column)."""
   by_language = {}
   header = None
   for number, cols in _tsv_rows(path):
@@ -450,7 +458,8 @@ def _xnli_release_by_language(path):
     # As xnli_preprocess: fields stripped, the XNLI 1.0 gold label, contradictory renamed.
     by_language.setdefault(cols[header["language"]].strip(), []).append(
         {"premise": cols[header["sentence1"]].strip(),
-         "hypothesis": cols[header["sentence2"]].strip(), "label": label})
+         "hypothesis": cols[header["sentence2"]].strip(), "label": label,
+         "item": cols[header["pairID"]].strip() if "pairID" in header else ""})
   return by_language
 
 

@@ -5,6 +5,8 @@
     rs.queries[i], rs.query_ids[i]        # texts to encode with the query side
     rs.candidates[j], rs.candidate_ids[j] # texts to encode with the candidate side
     rs.gold[i]                            # set of candidate ids that answer query i
+    rs.query_items[i], rs.query_paragraphs[i]  # LAReQA: query i's cross-language item and
+                                          #   its paragraph (None for the other sets)
     rs.provenance                         # what was read; provenance.no_gold: never score it
 
 Tatoeba scores accuracy of the nearest neighbour (xx -> en); Mewsli-X and LAReQA score
@@ -53,6 +55,10 @@ class RetrievalSet:
   candidate_ids: list
   gold: list  # list of sets of candidate ids, one per query (empty sets without gold)
   provenance: Optional[gold_lib.Provenance] = None
+  # Which queries are not independent (docs/interfaces.md, "Evaluation outputs"), where the
+  # data says: the same item string for a query's translations, the paragraph it asks about.
+  query_items: Optional[list] = None
+  query_paragraphs: Optional[list] = None
 
 
 def _source(data_dir, family, source):
@@ -313,7 +319,7 @@ def read_xquad_r(path):
         if answer is None:
           skipped += 1
           continue
-        questions.append({"id": qa["id"], "question": qa["question"],
+        questions.append({"id": qa["id"], "question": qa["question"], "paragraph": f"{i}/{j}",
                           "sentences": [(i, j, k) for k, s in enumerate(sentences) if s == answer]})
   if skipped:
     logging.warning("%s: skipped %d questions whose answer starts in no sentence (as XTREME-R's "
@@ -352,5 +358,10 @@ def load_lareqa(data_dir, lang, source=None) -> RetrievalSet:
   provenance = gold_lib.Provenance(
       DOWNLOAD + " (XQuAD-R as released)" if source == "files" else "XQuAD-R release",
       os.path.join(directory, "{" + ",".join(valid) + "}.json"), "test")
+  # The question id is the cross-language item (XQuAD's, hence SQuAD's, id). XQuAD-R is
+  # downloaded as released, each paragraph holding its questions, so "article/paragraph"
+  # (indices) names the paragraph a question is about.
   return RetrievalSet([q["question"] for q in questions], [q["id"] for q in questions],
-                      candidates, candidate_ids, gold, provenance)
+                      candidates, candidate_ids, gold, provenance,
+                      query_items=[str(q["id"]) for q in questions],
+                      query_paragraphs=[q["paragraph"] for q in questions])

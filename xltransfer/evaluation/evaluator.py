@@ -260,6 +260,19 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+# Record fields that say which examples are not independent (docs/interfaces.md,
+# "Evaluation outputs"): written where the example carries them, non-empty.
+CLUSTER_FIELDS = ("item", "paragraph")
+# The fields a predictions file's records carry; recorded in its .meta.json so that a file
+# written before a field existed is recomputed rather than reused without it.
+# 2: "item" / "paragraph" (cluster ids for the study's bootstrap).
+RECORD_FORMAT = 2
+
+
+def _cluster_fields(ex) -> dict:
+  return {k: _text(ex[k]) for k in CLUSTER_FIELDS if k in ex and _text(ex[k])}
+
+
 def _jsonable(value):
   if isinstance(value, bytes):
     return value.decode("utf-8")
@@ -671,6 +684,7 @@ class Evaluator:
         provenance, no_gold, records = self._seqio_task(runner, seqio_task, task, split)
       meta = {"task": task.name, **self._identity, "split": split,
               "settings": self.settings.prediction_settings(), "data": _data_inputs(task),
+              "record_format": RECORD_FORMAT,
               "provenance": provenance.to_json() if provenance is not None else None,
               "no_gold": no_gold, "records": len(records)}
       # The meta first: a predictions file never exists without it.
@@ -690,7 +704,8 @@ class Evaluator:
       return f"{path} has no {os.path.basename(meta_file)} saying what it was made from"
     meta = _read_json(meta_file)
     expected = {"task": task.name, **self._identity, "split": split,
-                "settings": self.settings.prediction_settings(), "data": _data_inputs(task)}
+                "settings": self.settings.prediction_settings(), "data": _data_inputs(task),
+                "record_format": RECORD_FORMAT}
     differ = [f"{key} {meta.get(key)!r} (this run: {value!r})" for key, value in expected.items()
               if meta.get(key) != value]
     if differ:
@@ -751,7 +766,7 @@ class Evaluator:
     for index, (ex, target, output, extra) in enumerate(zip(examples, targets, outputs, extras)):
       prediction = seqio_task.postprocess_fn(output, example=ex, is_target=False)
       records.append({"id": _text(ex["id"]) if "id" in ex else str(index),
-                      "input": _text(ex["inputs_pretokenized"]),
+                      **_cluster_fields(ex), "input": _text(ex["inputs_pretokenized"]),
                       "target": target if no_gold is None else None,
                       "prediction": _jsonable(prediction), **extra})
     scorer = None
@@ -784,6 +799,9 @@ class Evaluator:
       keep = self.settings.max_examples
       rs = dataclasses.replace(rs, queries=rs.queries[:keep], query_ids=rs.query_ids[:keep],
                                gold=rs.gold[:keep])
+      for field in ("query_items", "query_paragraphs"):
+        if getattr(rs, field) is not None:
+          rs = dataclasses.replace(rs, **{field: getattr(rs, field)[:keep]})
       if task.target == "tatoeba":  # Aligned pairs: keep both sides in step.
         rs = dataclasses.replace(rs, candidates=rs.candidates[:keep],
                                  candidate_ids=rs.candidate_ids[:keep])
@@ -812,26 +830,30 @@ class Evaluator:
            "example_score": 100.0 * (int(rs.candidate_ids[f]) in g) if labelled else None}
           for qid, q, g, f, b in zip(rs.query_ids, rs.queries, rs.gold, forward, backward)]
     _, indices = retrieval.cosine_top_k(queries, candidates, MAP_K, **search)
+    clusters = [_cluster_fields({"item": item, "paragraph": paragraph}) for item, paragraph in
+                zip(rs.query_items or [""] * len(rs.queries),
+                    rs.query_paragraphs or [""] * len(rs.queries))]
     records = []
-    for qid, q, g, row in zip(rs.query_ids, rs.queries, rs.gold, indices):
+    for qid, q, g, row, cluster in zip(rs.query_ids, rs.queries, rs.gold, indices, clusters):
       ranked = [rs.candidate_ids[j] for j in row]
       score = (100.0 * metrics_lib.average_precision_at_k(g, ranked, MAP_K) if labelled
                else None)
-      records.append({"id": str(qid), "input": q, "target": sorted(g) if labelled else None,
+      records.append({"id": str(qid), **cluster, "input": q,
+                      "target": sorted(g) if labelled else None,
                       "prediction": ranked, "example_score": score})
     return provenance, no_gold, records
 
   # ---- summaries ----
 
   def _write_summaries(self, results: Dict[str, Dict[str, dict]], step: int):
-    from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    # simple_value events: TensorBoard and EventAccumulator.Scalars both read them.
+    from xltransfer.train import scalar_summaries  # pylint: disable=import-outside-toplevel
     scalars = flat_scalars(results)
     if not scalars:
       return
     directory = os.path.join(self.output_dir, TENSORBOARD_DIR)
     try:
-      writer = metric_writers.create_default_writer(directory,
-                                                    just_logging=jax.process_index() != 0)
+      writer = scalar_summaries.create_writer(directory, just_logging=jax.process_index() != 0)
       writer.write_scalars(int(step), scalars)
       writer.flush()
       writer.close()

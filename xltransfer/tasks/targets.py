@@ -29,6 +29,9 @@ QA = {"id": STRING, "question": STRING, "context": STRING, "answers": STRINGS}
 TAGS = {"tokens": STRINGS, "tags": STRINGS}
 COPA = {"premise": STRING, "question": STRING, "choices": STRINGS, "label": INT}
 PAIR = {"query": STRING, "candidate": STRING}
+# Eval examples that carry their cross-language `item` (docs/interfaces.md, "Evaluation
+# outputs"; "" where a file lacks it). QA takes its item from the id (preprocessors).
+ITEM = {"item": STRING}
 
 
 def _resolve(task, root, parts, hint=""):
@@ -115,15 +118,17 @@ class Family:
   eval_files: split -> function(lang) -> path parts in the download layout (None: no such
   split for lang); download_gold: the splits whose gold the download keeps (its test gold is
   hidden); gold_check: recognises a stripped file; originals: split -> function(lang) ->
-  Origin in an original release (None: read the download).
+  Origin in an original release (None: read the download). eval_signature: the eval tasks'
+  fields, when they carry more than the training task's (an `item`).
   """
 
   def __init__(self, name, signature, preprocessor, metric_fns, postprocess_fn, train_files,
                eval_files, reader, train_reader=None, eval_metric_fns=None,
                download_gold=("validation",), gold_check=readers.no_gold_check, originals=None,
-               eval_reader=None, release_names=None):
+               eval_reader=None, release_names=None, eval_signature=None):
     self.name = name
     self.signature = signature
+    self.eval_signature = eval_signature or signature
     self.preprocessor = preprocessor
     self.metric_fns = metric_fns
     self.postprocess_fn = postprocess_fn
@@ -196,7 +201,7 @@ class Family:
         data=data + (f"; original: {'; '.join(originals)}" if originals else "")
         + (" (or tfds with gin target_source.value='tfds')" if tfds_fn else ""),
         source=sources.FileDataSource(
-            loaders, self.signature, alternative,
+            loaders, self.eval_signature, alternative,
             describe=lambda split: self.describe(lang, split, uses_tfds)),
         preprocessors=[self.preprocessor, *catalog.standard_tail()],
         metric_fns=self.eval_metric_fns(lang), postprocess_fn=self.postprocess_fn)
@@ -433,19 +438,29 @@ def _udpos_original(split):
 
 
 def families():
+  # The download's XNLI files carry no pairID: xnli_preprocess (google-research/xtreme
+  # utils_preprocess.py) writes each language's rows of XNLI 1.0's xnli.{dev,test}.tsv in the
+  # release's order, keeping only the sentences (and dev label). The release has every pair in
+  # every language (2490 dev / 5010 test rows each) and lists each language's rows in one
+  # pairID order (the per-language datasets cut from it in file order begin with the same pair
+  # in every language), so line k is one item in every language. Were a file not so aligned,
+  # its items would group unrelated lines: wrong clusters for the bootstrap, same scores.
   nli = Family(
       "xnli", NLI, preprocessors.nli("xnli"), [metrics.accuracy], metrics.text,
       {"train": ("xnli", "train-en.tsv"), "validation": ("xnli", "dev-en.tsv")},
       _split_files("xnli", "tsv"), functools.partial(readers.read_nli_tsv, quoted=True),
       gold_check=readers.nli_no_gold,
-      originals={"validation": _xnli_original("dev"), "test": _xnli_original("test")})
+      originals={"validation": _xnli_original("dev"), "test": _xnli_original("test")},
+      eval_reader=functools.partial(readers.read_nli_tsv, quoted=True, line_items=True),
+      eval_signature={**NLI, **ITEM})
   xcopa = Family(
       "xcopa", COPA, preprocessors.xcopa, [metrics.accuracy], metrics.text,
       {"train": ("xcopa", "train-en.jsonl"),
        "validation": ("xcopa", tuple(f"{p}-en.jsonl" for p in XCOPA_VALIDATION))},
       _split_files("xcopa", "jsonl", validation=XCOPA_VALIDATION), readers.read_xcopa,
       gold_check=readers.copa_no_gold, release_names={"validation": "val", "test": "test"},
-      originals={"validation": _xcopa_original("val"), "test": _xcopa_original("test")})
+      originals={"validation": _xcopa_original("val"), "test": _xcopa_original("test")},
+      eval_signature={**COPA, **ITEM})
   udpos = Family(
       "udpos", TAGS, preprocessors.tagging("udpos"), [metrics.seqeval], metrics.tag_sequence,
       {"train": ("udpos", "train-en.tsv"), "validation": ("udpos", "dev-en.tsv")},
@@ -458,12 +473,13 @@ def families():
       _split_files("panx", "tsv"), readers.read_panx, gold_check=readers.tags_no_gold,
       originals={"validation": _panx_original("dev"), "test": _panx_original("test")})
   xquad = Family(
-      "xquad", QA, preprocessors.extractive_qa, [metrics.squad], metrics.qa_answers,
+      "xquad", QA, preprocessors.parallel_extractive_qa, [metrics.squad], metrics.qa_answers,
       SQUAD_TRAIN, {"test": lambda lang: ("xquad", f"xquad.{lang}.json")},
       readers.read_squad_json, download_gold=(), gold_check=readers.qa_no_gold,
       originals={"test": _xquad_original})
   mlqa = Family(
-      "mlqa", QA, preprocessors.extractive_qa, [metrics.squad], metrics.qa_answers, SQUAD_TRAIN,
+      "mlqa", QA, preprocessors.parallel_extractive_qa, [metrics.squad], metrics.qa_answers,
+      SQUAD_TRAIN,
       {"validation": _mlqa_file("dev"), "test": _mlqa_file("test")}, readers.read_squad_json,
       eval_metric_fns=lambda lang: [metrics.mlqa(lang)], gold_check=readers.qa_no_gold,
       originals={"validation": _mlqa_original("dev"), "test": _mlqa_original("test")})

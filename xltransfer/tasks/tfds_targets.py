@@ -11,7 +11,7 @@ English training tasks: multi_nli (XNLI; validation from xnli's English), super_
 multilingual train split filtered to English). LAReQA's sentence pairs and Mewsli-X stay files.
 Each function maps TFDS features onto the fields the file readers produce, so the same
 preprocessors apply; `provenance(family, lang, split)` says which TFDS dataset and split an eval
-task reads (all of them carry gold).
+task reads (all of them carry gold). xnli examples also carry their cross-language `item`.
 """
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -55,9 +55,16 @@ def _xnli(lang):
 
     def pick(ex):
       hyp = ex["hypothesis"]
-      index = tf.argmax(tf.cast(tf.equal(hyp["language"], lang), tf.int32))
-      return {"premise": ex["premise"][lang], "hypothesis": hyp["translation"][index],
-              "label": _label_names(names, ex["label"])}
+
+      def hypothesis(language):
+        return hyp["translation"][tf.argmax(tf.cast(tf.equal(hyp["language"], language),
+                                                    tf.int32))]
+      # One TFDS example holds one pair in every language (no pairID feature): its English
+      # pair names the item, whatever order the split is read in.
+      item = tf.strings.as_string(tf.strings.to_hash_bucket_fast(
+          tf.strings.join([ex["premise"]["en"], hypothesis("en")], "\t"), 2**63 - 1))
+      return {"premise": ex["premise"][lang], "hypothesis": hypothesis(lang),
+              "label": _label_names(names, ex["label"]), "item": item}
     return _load("xnli", split, shuffle_files).map(pick)
   return fn
 

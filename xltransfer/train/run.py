@@ -35,7 +35,7 @@ from xltransfer.train import input as input_lib
 from xltransfer.train.optimizer import Adafactor
 from xltransfer.train.schedules import learning_rate_schedule
 from xltransfer.train import termination as termination_lib
-from xltransfer.train.summaries import TrainSummaries
+from xltransfer.train.summaries import TrainSummaries, check_log_period
 from xltransfer.train.trainer import Trainer, fetch
 
 
@@ -172,7 +172,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
           initial_checkpoint_path: Optional[str] = None,
           learning_rate: Optional[Callable] = None, optimizer: Optional[Adafactor] = None,
           partitioner=None, checkpoint_manager: Optional[Callable] = None,
-          num_microbatches: int = 1, log_period: int = 100, random_seed: int = 0,
+          num_microbatches: int = 1, log_period: Optional[int] = None, random_seed: int = 0,
           inference_evaluator: Optional[Callable] = None,
           record_input_digests: bool = False,
           restore_optimizer_state: bool = True,
@@ -183,6 +183,8 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
   teacher-forced evaluation (decoding-based metrics plug in here). With
   `record_input_digests` every process appends a hash of each of its batches to
   MODEL_DIR/input_digests-<process>.jsonl (to audit which data a run saw).
+  `log_period`: steps per metrics record (train_metrics.jsonl, TensorBoard, the log line);
+  None: min(100, max(1, N // 10)) for the N steps this run trains.
   `restore_optimizer_state` (T5X INITIAL_CHECKPOINT_PATH only, and only when MODEL_DIR has no
   checkpoint): True restores the checkpoint's Adafactor state and step with its parameters
   and the run trains from that step up to `total_steps` (which must exceed it); False loads
@@ -201,6 +203,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
     raise ConfigError(f"TRAIN_STEPS must be a positive integer, got {total_steps!r}")
   if eval_period is not None and eval_period <= 0:
     raise ConfigError(f"EVAL_PERIOD must be positive, got {eval_period!r}")
+  check_log_period(log_period)
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   # From here on a SIGTERM is a request to stop at the next safe point (termination.py).
   installed_here = termination_lib.install()
@@ -287,7 +290,7 @@ def _train_steps(model_dir: str, model, trainer: Trainer, manager, identity: Dic
                  state, position: int, total_steps: int,
                  train_dataset: input_lib.DatasetConfig,
                  eval_dataset: Optional[input_lib.DatasetConfig], eval_period: Optional[int],
-                 eval_steps: Optional[int], log_period: int,
+                 eval_steps: Optional[int], log_period: Optional[int],
                  inference_evaluator: Optional[Callable],
                  record_input_digests: bool) -> Dict[str, Any]:
   """`train`'s loop from the start-up state to TRAIN_STEPS, a SIGTERM or a non-finite loss."""

@@ -10,22 +10,46 @@ segment logged them before it was killed; rewritten atomically), and its first i
 starts at S+1, so no value mixes steps of two segments. The TensorBoard event files of the
 earlier segments lose their events after S the same way (each file rewritten without them),
 so TensorBoard shows every step once, from the segment that the checkpoints continue.
+
+Scalars are `simple_value` events (scalar_summaries.py), which TensorBoard's dashboard and
+`EventAccumulator(...).Scalars(tag)` both read. Unless `log_period` is set, a run logs
+every min(100, max(1, N // 10)) steps for the N steps it trains (about ten records for a
+short run). The log line's ETA uses only the time since the run's first step returned (that
+step includes compiling it), so before a second step there is none ("ETA after compilation").
 """
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import tensorflow as tf
-from clu import metric_writers
 
 from xltransfer.disk_full import reporting_disk_full
+from xltransfer.errors import ConfigError
+from xltransfer.train.scalar_summaries import create_writer
 from xltransfer.train.trainer import fetch
 
 AVERAGED = ("loss", "z_loss", "cross_ent_loss", "grad_norm")
+MAX_DEFAULT_LOG_PERIOD = 100
+DEFAULT_LOG_POINTS = 10
+
+
+def default_log_period(steps: int) -> int:
+  """The log period when none is set: about DEFAULT_LOG_POINTS records for a short run of
+  `steps` steps (every step below 2 * DEFAULT_LOG_POINTS), every MAX_DEFAULT_LOG_PERIOD steps
+  for a long one."""
+  return min(MAX_DEFAULT_LOG_PERIOD, max(1, steps // DEFAULT_LOG_POINTS))
+
+
+def check_log_period(log_period):
+  if log_period is not None and (isinstance(log_period, bool) or
+                                 not isinstance(log_period, int) or log_period <= 0):
+    raise ConfigError("xltransfer.train.train.log_period must be a positive integer or None "
+                      f"(the default: every min({MAX_DEFAULT_LOG_PERIOD}, max(1, N // "
+                      f"{DEFAULT_LOG_POINTS})) of the N steps a run trains), got {log_period!r}")
 
 
 def _format_duration(seconds: float) -> str:
@@ -91,15 +115,24 @@ def drop_events_after(log_dir: str, step: int):
 
 
 class TrainSummaries:
-  """Collects per-step metrics and writes them every `log_period` steps."""
+  """Collects per-step metrics and writes them every `log_period` steps (None: the default
+  for the steps from `start_step` to `total_steps`, `default_log_period`)."""
 
-  def __init__(self, model_dir: str, total_steps: int, start_step: int, log_period: int = 100):
+  def __init__(self, model_dir: str, total_steps: int, start_step: int,
+               log_period: Optional[int] = None):
+    check_log_period(log_period)
     self.total_steps = total_steps
-    self.log_period = max(1, log_period)
+    self.log_period = (default_log_period(total_steps - start_step) if log_period is None
+                       else log_period)
+    logging.info("logging training metrics every %d steps%s", self.log_period,
+                 "" if log_period is not None else
+                 f" (log_period unset: min({MAX_DEFAULT_LOG_PERIOD}, max(1, N // "
+                 f"{DEFAULT_LOG_POINTS})) for the N = {total_steps - start_step} steps of this "
+                 "run)")
     self._is_chief = jax.process_index() == 0
-    self._writer = metric_writers.create_default_writer(
+    self._writer = create_writer(
         os.path.join(model_dir, "train"), just_logging=not self._is_chief, asynchronous=True)
-    self._eval_writer = metric_writers.create_default_writer(
+    self._eval_writer = create_writer(
         os.path.join(model_dir, "validation"), just_logging=not self._is_chief, asynchronous=True)
     self._jsonl = os.path.join(model_dir, "train_metrics.jsonl")
     if self._is_chief:
@@ -109,11 +142,13 @@ class TrainSummaries:
     self._pending: List[Dict[str, jax.Array]] = []
     self._first_pending_step = start_step + 1
     self._period_start = time.time()
-    self._run_start_time = time.time()
-    self._run_start_step = start_step
+    # (step, time) when the run's first step returned: its compilation is over by then.
+    self._compiled: Optional[Tuple[int, float]] = None
 
   def add(self, step: int, metrics: Dict[str, jax.Array]) -> Optional[Dict[str, float]]:
     """Records the metrics of `step` (1-based); returns the reduced ones when it logged."""
+    if self._compiled is None:
+      self._compiled = (step, time.time())
     self._pending.append(metrics)
     if step % self.log_period and step != self.total_steps:
       return None
@@ -149,11 +184,17 @@ class TrainSummaries:
     logging.info("%s", self._log_line(step, reduced, now))
     return reduced
 
+  def eta_text(self, step: int, now: float) -> str:
+    """The time left after `step`, from the steps after the first one (its time is mostly
+    compilation, so it would inflate the estimate many times over for a short run)."""
+    if self._compiled is None or step <= self._compiled[0]:
+      return "after compilation"
+    compiled_step, compiled_time = self._compiled
+    seconds_per_step = max(now - compiled_time, 0.0) / (step - compiled_step)
+    return _format_duration((self.total_steps - step) * seconds_per_step)
+
   def _log_line(self, step: int, m: Dict[str, float], now: float) -> str:
-    done = step - self._run_start_step
-    rate = done / max(now - self._run_start_time, 1e-9)
-    eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
-    eta_text = _format_duration(eta) if np.isfinite(eta) else "?"
+    eta_text = self.eta_text(step, now)
     return (f"step {step}/{self.total_steps} ({100.0 * step / self.total_steps:.1f}%) | "
             f"loss {m['loss']:.4g} ({m['loss_per_token']:.4f}/token) | acc {m['accuracy']:.3f} | "
             f"lr {m['learning_rate']:.2e} | "
