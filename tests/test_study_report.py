@@ -630,3 +630,25 @@ def test_plots_with_nothing_to_show_are_not_drawn_and_the_report_says_why(tmp_pa
   assert set(omitted) == {"heatmap_deltas.png", "lowres_xnli.png"}
   assert all("every delta and interval is 0" in why for why in omitted.values())
   assert not (tmp_path / "lowres_xnli.png").exists()
+
+
+def test_the_report_says_what_the_bootstrap_treats_as_independent(tmp_path):
+  _, stages, study_dir, _ = _write_study(tmp_path)
+  # XNLI's examples are translations: the same item ids in en, de and sw (3 x 60 examples).
+  for stage in stages:
+    if stage.target != "xnli" or stage.command != "eval":
+      continue
+    for lang in ("en", "de", "sw"):
+      path = os.path.join(stage.stage_dir, "predictions", "xnli", f"{lang}.jsonl")
+      records = [json.loads(line) for line in open(path)]
+      with open(path, "w") as f:
+        f.writelines(json.dumps({**r, "item": r["id"].rsplit("-", 1)[1]}) + "\n"
+                     for r in records)
+  paths = report.write_report(study_dir, samples=50, plot=False)
+  data = json.load(open(paths["json"]))
+  assert data["resampling_units"]["xnli"] == {"examples": 180, "clusters": 60}
+  assert data["resampling_units"]["panx"] == {"examples": 180, "clusters": 180}
+  [task] = [c for c in data["comparisons"] if c["scope"] == "task" and c["column"] == "xnli"
+            and c["reference"] == "none" and c["condition"] == "xlt_inter_all9"]
+  assert task["units"] == 60
+  assert "xnli 180 → 60; panx 180 → 180" in open(paths["markdown"]).read()

@@ -193,6 +193,8 @@ class PairedBootstrap:
     self.seed = seed
     self.confidence = confidence
     self._cells = {}
+    # {column: (examples, clusters)}: what each column's redraws treat as independent.
+    self.units = {}
 
   def _cluster_counts(self, column, num_clusters: int) -> np.ndarray:
     """How often each cluster is drawn in each replicate: [samples, clusters]."""
@@ -216,6 +218,8 @@ class PairedBootstrap:
     clusters, num_clusters = cluster_ids(
         {lang: next(iter(cells.values())) for lang, cells in cells_by_lang.items()})
     counts = self._cluster_counts(column, num_clusters)
+    self.units[column] = (sum(next(iter(cells.values())).num_examples
+                              for cells in cells_by_lang.values()), num_clusters)
     for lang, cells in cells_by_lang.items():
       weights = counts[:, clusters[lang]]
       distinct = np.unique(clusters[lang])

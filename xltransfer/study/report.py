@@ -175,6 +175,9 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
     for condition in conditions:
       comparisons += comparer.compare(condition, reference)
   contrasts.assign_families(comparisons, spec)
+  units = {column: {"examples": examples, "clusters": clusters}
+           for column, (examples, clusters) in comparer.boot.units.items()
+           if column is not None}
   per_language = {
       column: {c: {lang: {**m, "score": study.language_score(c, column, lang)}
                    for lang, m in study.metrics[(c, column)].items()}
@@ -217,6 +220,7 @@ def build_report(study_dir: str, samples: int = 1000, seed: int = 0) -> dict:
       "primary": {"pairs": [list(p) for p in spec.primary_pairs()],
                   "languages": spec.primary_languages},
       "methods": methods_text(spec, samples, confidence),
+      "resampling_units": units,
       "references": [[ref, conds] for ref, conds in references(spec)],
       "missing_stages": missing,
       "stage_notes": notes,
@@ -321,6 +325,17 @@ def _majority_lines(report: dict, label: dict) -> list:
   return lines + [""] if lines else []
 
 
+def _units_lines(report: dict) -> list:
+  units = report.get("resampling_units") or {}
+  if not units:
+    return []
+  return ["Independent units the bootstrap redraws, per target column (examples in all its "
+          "languages → clusters): " + "; ".join(
+              f"{column} {u['examples']} → {u['clusters']}" for column, u in units.items())
+          + ". Equal numbers mean no example was linked to another (the data carries no "
+            "item or paragraph ids, or predictions predate them).", ""]
+
+
 def _seed_warning(report: dict) -> list:
   counts = sorted({len(v["seeds"]) for v in report["conditions"].values() if v["seeds"]})
   if not counts or min(counts) >= 5:
@@ -356,7 +371,8 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
       f"targets: {', '.join(report['targets'])}; seeds: {', '.join(map(str, report['seeds']))}. "
       "Values are seed means on a 0–100 scale; QA scores are (F1 + EM)/2.", ""]
   lines += _primary_lines(report, label)
-  lines += ["## Methods", "", report["methods"], ""] + _seed_warning(report)
+  lines += ["## Methods", "", report["methods"], ""] + _units_lines(report) + _seed_warning(
+      report)
   if report["missing_stages"]:
     lines += [f"**Incomplete**: {len(report['missing_stages'])} eval stages have no results "
               f"(their cells show –): {', '.join(report['missing_stages'])}.", ""]
