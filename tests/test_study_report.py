@@ -652,3 +652,26 @@ def test_the_report_says_what_the_bootstrap_treats_as_independent(tmp_path):
             and c["reference"] == "none" and c["condition"] == "xlt_inter_all9"]
   assert task["units"] == 60
   assert "xnli 180 → 60; panx 180 → 180" in open(paths["markdown"]).read()
+
+
+def test_contrasts_on_fewer_units_than_were_checked_are_named(tmp_path):
+  _, stages, study_dir, _ = _write_study(tmp_path)
+  for stage in stages:  # xnli/sw keeps 10 examples in every stage
+    if stage.target == "xnli" and stage.command == "eval":
+      path = os.path.join(stage.stage_dir, "predictions", "xnli", "sw.jsonl")
+      records = [json.loads(line) for line in open(path)][:10]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+      metrics_path = os.path.join(stage.stage_dir, "metrics.json")
+      metrics = json.load(open(metrics_path))
+      metrics["tasks"]["xnli"]["sw"] = _metrics("xnli", records)
+      with open(metrics_path, "w") as f:
+        json.dump(metrics, f)
+  markdown = open(report.write_report(study_dir, samples=50, plot=False)["markdown"]).read()
+  warning = markdown.split("**Small samples**: ", 1)[1].split("\n", 1)[0]
+  assert "fewer than 15 independent test units" in warning
+  # xnli/sw is the one low-resource xnli language: that contrast is listed once, as the
+  # group's (the language-level test duplicates it).
+  assert warning.startswith("3 contrast(s)")
+  assert "xlt_inter_all9 vs baseline (none) on xnli (low-resource) (10)" in warning
+  assert "on xnli/de" not in warning and "on xnli/sw" not in warning

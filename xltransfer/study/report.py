@@ -336,6 +336,23 @@ def _units_lines(report: dict) -> list:
             "item or paragraph ids, or predictions predate them).", ""]
 
 
+# The smallest test-set size benchmarks/bootstrap_coverage.py checks (coverage 0.94 there).
+SMALLEST_CHECKED_UNITS = 15
+
+
+def _small_sample_lines(report: dict, label: dict) -> list:
+  small = [d for d in report["comparisons"] if d.get("units") is not None
+           and d["units"] < SMALLEST_CHECKED_UNITS and d["duplicate_of"] is None]
+  if not small:
+    return []
+  listed = "; ".join(f"{label[d['condition']]} vs {label[d['reference']]} on {_where(d)} "
+                     f"({d['units']})" for d in small[:10])
+  more = f" and {len(small) - 10} more" if len(small) > 10 else ""
+  return [f"**Small samples**: {len(small)} contrast(s) rest on fewer than "
+          f"{SMALLEST_CHECKED_UNITS} independent test units, below the sizes whose interval "
+          f"coverage was checked (benchmarks/bootstrap_coverage.py): {listed}{more}.", ""]
+
+
 def _seed_warning(report: dict) -> list:
   counts = sorted({len(v["seeds"]) for v in report["conditions"].values() if v["seeds"]})
   if not counts or min(counts) >= 5:
@@ -372,7 +389,7 @@ def write_markdown(report: dict, path: str, plots: list) -> None:
       "Values are seed means on a 0–100 scale; QA scores are (F1 + EM)/2.", ""]
   lines += _primary_lines(report, label)
   lines += ["## Methods", "", report["methods"], ""] + _units_lines(report) + _seed_warning(
-      report)
+      report) + _small_sample_lines(report, label)
   if report["missing_stages"]:
     lines += [f"**Incomplete**: {len(report['missing_stages'])} eval stages have no results "
               f"(their cells show –): {', '.join(report['missing_stages'])}.", ""]
