@@ -1,4 +1,6 @@
 """Study specs: the shipped gin specs load and expand; mistakes name the file and the key."""
+import dataclasses
+import json
 import os
 
 import gin
@@ -244,3 +246,25 @@ StudySpec.original_data_dir = "{tmp_path / 'missing'}"
   study_main.check_labelled_data(grid.build_stages(plain, str(tmp_path / "s3")), "plain.gin",
                                  environ={})
 
+
+
+def test_dry_run_estimates_hours_from_stages_that_ran(tmp_path, capsys):
+  path = _write(tmp_path, MINIMAL)
+  out_dir = tmp_path / "o"
+  spec = spec_lib.load_spec(path, ["StudySpec.seeds=[0]"])
+  stages = grid.build_stages(dataclasses.replace(spec, output_dir=str(out_dir)),
+                             str(out_dir))
+  [intermediate] = [s for s in stages if s.role == "intermediate"]
+  os.makedirs(intermediate.stage_dir)
+  # 0.5 steps/s in the first record (compilation), then 4, 5 and 2 steps/s: median 0.25 s.
+  with open(os.path.join(intermediate.stage_dir, grid.TRAIN_METRICS_FILE), "w") as f:
+    f.writelines(json.dumps({"step": 10 * i, "steps_per_second": r}) + "\n"
+                 for i, r in enumerate((0.5, 4.0, 5.0, 2.0), 1))
+    f.write('{"step": 50, "steps_per')  # a torn line of a killed run
+  assert study_main.main(["run", path, "--output_dir", str(out_dir), "--dry_run",
+                          "--program", "xltransfer", "--gin.seeds=[0]"]) == 0
+  out = capsys.readouterr().out
+  # 1000 intermediate steps at 0.25 s.
+  assert ("# intermediate: 0.25 s/step measured on the 1 stage(s) that ran here -> about "
+          "0.1 hours for all intermediate stages on the same machine") in out
+  assert "# finetune:" not in out

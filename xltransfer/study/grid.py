@@ -275,3 +275,27 @@ def stage_counts(stages) -> list:
     rows.append((role, len(of_role), steps, examples))
   return rows
 
+
+TRAIN_METRICS_FILE = "train_metrics.jsonl"  # written by xltransfer/train/summaries.py
+
+
+def measured_seconds_per_step(stage) -> Optional[float]:
+  """Median seconds per step over the records of a training stage that has run (its
+  train_metrics.jsonl, whose steps_per_second excludes compilation after the first record),
+  None when it has not."""
+  path = os.path.join(stage.stage_dir, TRAIN_METRICS_FILE)
+  if stage.command != "train" or not os.path.isfile(path):
+    return None
+  rates = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rate = json.loads(line).get("steps_per_second")
+      except (ValueError, AttributeError):
+        continue  # a torn last line of a killed run
+      if isinstance(rate, (int, float)) and rate > 0:
+        rates.append(1.0 / rate)
+  if len(rates) > 1:
+    rates = rates[1:]  # the first record's steps include compilation
+  return sorted(rates)[len(rates) // 2] if rates else None
+

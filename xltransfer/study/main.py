@@ -207,6 +207,14 @@ def _print_cost(stages) -> None:
     print(f"# training: {sum(s for _, s, _ in trained):,} steps in all ("
           + ", ".join(f"{role} {steps:,}" for role, steps, _ in trained)
           + f"); {sum(e for _, _, e in trained):,} training examples (steps x batch)")
+  for role, _, steps, _ in rows:
+    measured = [t for s in stages if s.role == role
+                for t in [grid.measured_seconds_per_step(s)] if t is not None]
+    if steps and measured:
+      per_step = sorted(measured)[len(measured) // 2]
+      print(f"# {role}: {per_step:.3g} s/step measured on the {len(measured)} stage(s) that "
+            f"ran here -> about {per_step * steps / 3600:,.1f} hours for all {role} stages "
+            "on the same machine")
 
 
 def _status(args) -> int:
