@@ -239,3 +239,18 @@ def test_holm_and_benjamini_hochberg_adjustments():
   assert multiplicity.adjust([0.9, 0.8], "holm") == pytest.approx([1.0, 1.0])
   with pytest.raises(ValueError, match="bonferroni"):
     multiplicity.adjust(p, "bonferroni")
+
+
+def test_languages_are_redrawn_together_only_when_they_share_clusters():
+  blocks = bootstrap._blocks({  # pylint: disable=protected-access
+      "a": np.array([0, 1]), "b": np.array([1, 2]), "c": np.array([3]), "d": np.array([2, 2])})
+  assert blocks == [["a", "b", "d"], ["c"]]
+  # Untranslated languages: each its own block, each with its own n/(n-1) correction, so a
+  # task mean over two 15-example languages has 2 x 14 degrees of freedom, not 29.
+  rng = np.random.default_rng(11)
+  column = {lang: {c: _accuracy_cell(rng.random(15) < p) for c, p in (("a", 0.6), ("b", 0.4))}
+            for lang in ("de", "sw")}
+  bs = bootstrap.PairedBootstrap(samples=400)
+  bs.add_column("panx", column)
+  mean = bs.interval([(0.5, ("panx", lang), "a", "b") for lang in ("de", "sw")])
+  assert mean.units == 30 and 14 <= mean.df <= 28

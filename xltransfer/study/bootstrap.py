@@ -15,10 +15,12 @@ Its variance has two independent parts.
     questions on one paragraph ("paragraph") are drawn together, as they are not independent;
     other examples are their own cluster. The cell metric is recomputed on each replicate: the
     weighted mean of per-example scores, or micro F1 from the resampled sentences' chunk counts
-    (seqeval F1 is not a mean over sentences). A column's part is the variance of the
-    contrast's replicates times n/(n−1) for its n clusters (the bootstrap's plug-in variance of
-    a mean is biased low by (n−1)/n, which matters for the 15-40 example cells of small test
-    sets), with n − 1 degrees of freedom. Columns are separate test sets, drawn independently.
+    (seqeval F1 is not a mean over sentences). Languages of a column that share clusters
+    (translations) form one block; the others are blocks of their own, and columns are
+    separate test sets: blocks are drawn independently. A block's part is the variance of
+    the contrast's replicates times n/(n−1) for its n clusters (the bootstrap's plug-in
+    variance of a mean is biased low by (n−1)/n, which matters for the 15-40 example cells
+    of small test sets), with n − 1 degrees of freedom.
   * Training seeds: the contrast evaluated on each seed of a condition; their sample variance
     over the k seeds, divided by k, with k − 1 degrees of freedom. Conditions are trained
     independently. Resampling 2-3 seeds, as a bootstrap over seeds would, shows only
@@ -136,6 +138,21 @@ def cluster_ids(cells_by_lang: Dict[str, CellData]) -> tuple:
            for lang in langs}, int(cluster.max()) + 1 if total else 0)
 
 
+def _blocks(clusters: Dict[str, np.ndarray]) -> list:
+  """Groups of languages linked by shared clusters (translations), each a sorted list."""
+  owner, groups = {}, []
+  for lang in sorted(clusters, key=str):
+    linked = {owner[c] for c in np.unique(clusters[lang]).tolist() if c in owner}
+    merged = {lang}.union(*(groups[g] for g in linked))
+    for g in linked:
+      groups[g] = set()
+    groups.append(merged)
+    for member in merged:
+      for c in np.unique(clusters[member]).tolist():
+        owner[c] = len(groups) - 1
+  return sorted((sorted(g, key=str) for g in groups if g), key=lambda g: str(g[0]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Interval:
   """A contrast's estimate, interval and two-sided test.
@@ -177,7 +194,7 @@ def _finite_or_none(value: float):
 @dataclasses.dataclass
 class _Replicates:
   """What one condition's cell keeps after `add_column`: a few numbers per replicate."""
-  column: str
+  block: tuple  # (column, block): cells of one block share their redraws
   replicates: np.ndarray  # [samples] seed-averaged metric under each test-set redraw
   seed_points: dict  # {seed: metric on the full data}
   clusters: np.ndarray  # the cell's distinct cluster indices within its column
@@ -217,20 +234,24 @@ class PairedBootstrap:
         raise ValueError(f"{column}/{lang}: conditions have different example counts {sizes}")
     clusters, num_clusters = cluster_ids(
         {lang: next(iter(cells.values())) for lang, cells in cells_by_lang.items()})
-    counts = self._cluster_counts(column, num_clusters)
     self.units[column] = (sum(next(iter(cells.values())).num_examples
                               for cells in cells_by_lang.values()), num_clusters)
-    for lang, cells in cells_by_lang.items():
-      weights = counts[:, clusters[lang]]
-      distinct = np.unique(clusters[lang])
-      for condition, cell in cells.items():
-        seed_points = cell.seed_points()
-        per_seed = cell.per_seed_metric(weights)
-        # A redraw without any of this cell's clusters says nothing about it: its point.
-        per_seed = np.where(np.isfinite(per_seed), per_seed, seed_points[None, :])
-        self._cells[((column, lang), condition)] = _Replicates(
-            column, per_seed.mean(axis=1), dict(zip(cell.seeds, seed_points.tolist())),
-            distinct)
+    # Languages that share no cluster are independent blocks, drawn separately: a column of
+    # 40 untranslated test sets never needs one [samples, all clusters] matrix, and each
+    # block's variance gets its own small-sample correction.
+    for block, langs in enumerate(_blocks(clusters)):
+      ids = np.unique(np.concatenate([clusters[lang] for lang in langs]))
+      counts = self._cluster_counts((column, block), len(ids))
+      for lang in langs:
+        weights = counts[:, np.searchsorted(ids, clusters[lang])]
+        for condition, cell in cells_by_lang[lang].items():
+          seed_points = cell.seed_points()
+          per_seed = cell.per_seed_metric(weights)
+          # A redraw without any of this cell's clusters says nothing about it: its point.
+          per_seed = np.where(np.isfinite(per_seed), per_seed, seed_points[None, :])
+          self._cells[((column, lang), condition)] = _Replicates(
+              (column, block), per_seed.mean(axis=1),
+              dict(zip(cell.seeds, seed_points.tolist())), np.unique(clusters[lang]))
 
   def add(self, cell_key, cells: Dict[str, CellData]) -> None:
     """One cell on its own: `cell_key` is its column, with one language."""
@@ -244,16 +265,16 @@ class PairedBootstrap:
   def interval(self, terms) -> Interval:
     """Interval of Σ_i w_i (metric_a_i − metric_b_i) over terms (w, cell_key, cond_a, cond_b),
     every cell added first."""
-    by_column, clusters = {}, {}
+    by_block, clusters = {}, {}
     seed_sums = {}  # {condition: {seed: Σ ± w·metric}} to measure the seed spread
     delta = 0.0
     for weight, cell_key, condition_a, condition_b in terms:
       for sign, condition in ((1.0, condition_a), (-1.0, condition_b)):
         cell = self._cells[(cell_key, condition)]
         signed = sign * weight
-        column_replicates = by_column.setdefault(cell.column, np.zeros(self.samples))
-        column_replicates += signed * cell.replicates
-        clusters.setdefault(cell.column, set()).update(cell.clusters.tolist())
+        block_replicates = by_block.setdefault(cell.block, np.zeros(self.samples))
+        block_replicates += signed * cell.replicates
+        clusters.setdefault(cell.block, set()).update(cell.clusters.tolist())
         delta += signed * float(np.mean(list(cell.seed_points.values())))
         per_seed = seed_sums.setdefault(condition, {})
         # Only seeds every cell of the condition has enter its spread.
@@ -264,8 +285,8 @@ class PairedBootstrap:
         for stale in set(per_seed) - seeds:
           del per_seed[stale]
     parts = []  # (variance, degrees of freedom)
-    for column, replicates in by_column.items():
-      n = len(clusters[column])
+    for block, replicates in by_block.items():
+      n = len(clusters[block])
       if n > 1:
         parts.append((float(np.var(replicates)) * n / (n - 1), n - 1))
     seeds_used, seed_variance = {}, True
