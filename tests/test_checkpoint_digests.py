@@ -1,6 +1,7 @@
 """Trainer checkpoints carry a digest of every array and are verified on restore (issue 13 #4)."""
 import functools
 import glob
+import json
 import logging
 import os
 import re
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +58,81 @@ def test_digest_changes_with_any_single_element_and_with_positions():
       "b": "bfloat16", "n": "int32", "e": "float32"}
 
 
+def _fmix32(h):
+  """MurmurHash3's 32-bit finaliser (smhasher MurmurHash3.cpp, fmix32), in uint64 masked to
+  32 bits."""
+  mask = np.uint64(0xFFFFFFFF)
+  h = h ^ (h >> np.uint64(16))
+  h = (h * np.uint64(0x85EBCA6B)) & mask
+  h = h ^ (h >> np.uint64(13))
+  h = (h * np.uint64(0xC2B2AE35)) & mask
+  return h ^ (h >> np.uint64(16))
+
+
+def _reference_digest(x):
+  """The digest as digests.py's docstring defines it, in numpy: element i (row-major) with
+  bits b contributes h = fmix32(b ^ i * 0x9E3779B9) to the first lane and
+  fmix32(h ^ 0x85EBCA6B) to the second, each summed modulo 2**32."""
+  x = np.asarray(x)
+  if x.dtype == np.bool_:
+    bits = x.astype(np.uint64)
+  else:
+    bits = x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]).astype(np.uint64)
+  bits = bits.reshape(-1)
+  mask = np.uint64(0xFFFFFFFF)
+  position = np.arange(bits.size, dtype=np.uint64)
+  first = _fmix32(bits ^ ((position * np.uint64(0x9E3779B9)) & mask))
+  second = _fmix32(first ^ np.uint64(0x85EBCA6B))
+  return f"{int(first.sum()) % 2**32:08x}{int(second.sum()) % 2**32:08x}"
+
+
+def test_digest_is_the_documented_algorithm_for_small_and_large_arrays():
+  # Large arrays on the CPU are summed in rows of 32 (a different program, the same sum);
+  # both must give the documented digest, which checkpoints written since format 1 hold.
+  rs = np.random.RandomState(2)
+  arrays = {"large": rs.randn(300, 77).astype(np.float32),  # 23100 elements: rows and a rest
+            "large_rows": rs.randn(128, 256).astype(np.float32),
+            "large_bf16": np.asarray(jnp.asarray(rs.randn(200, 100), jnp.bfloat16)),
+            "large_int8": rs.randint(-128, 128, (70000,)).astype(np.int8),
+            "large_bool": rs.rand(3, 9000) > 0.5,
+            "small": rs.randn(7, 5).astype(np.float32), "scalar": np.int32(-7)}
+  assert digests._in_rows(arrays["large"]) and not digests._in_rows(arrays["small"])
+  record = digests.compute({"p": arrays})["items"]["p"]
+  for name, x in arrays.items():
+    assert record[name]["digest"] == _reference_digest(x), name
+
+
+def test_digests_dispatched_later_are_awaited_by_another_thread():
+  # CheckpointManager.save starts the digests after orbax's copy to the host; orbax's
+  # commit thread asks for the record before that and must wait for it.
+  x = jnp.asarray(np.random.RandomState(3).randn(300, 77).astype(np.float32))
+  expected = digests.compute({"p": {"x": np.asarray(x)}})
+  pending = digests.start({"p": {"x": x}}, dispatch=False)
+  records = []
+  waiter = threading.Thread(target=lambda: records.append(pending.result()))
+  waiter.start()
+  waiter.join(0.5)
+  assert waiter.is_alive() and not records
+  pending.dispatch()
+  pending.dispatch()  # a second call does nothing
+  x.delete()  # the caller's next step may donate the array once dispatched
+  waiter.join(60)
+  assert records == [expected]
+  # A computation that cannot start is an error for the waiting thread too, not a hang.
+  y = jnp.zeros(3)
+  failing = digests.start({"p": {"y": y}}, dispatch=False)
+  y.delete()
+  with pytest.raises(RuntimeError, match="deleted"):
+    failing.dispatch()
+  with pytest.raises(RuntimeError, match="the array digests could not be computed"):
+    failing.result()
+  cancelled = digests.start({"p": {"x": jnp.zeros(3)}}, dispatch=False)
+  cancelled.cancel("the checkpoint save failed before they started")
+  cancelled.dispatch()  # does nothing after cancel
+  with pytest.raises(RuntimeError, match="could not be computed: the checkpoint save failed"):
+    cancelled.result()
+
+
 def test_compare_names_each_array_that_differs():
   tree = {"a": np.ones((2, 3), np.float32), "b": {"c": np.zeros(4, np.float32)}}
   stored = digests.compute({"params": tree})
@@ -72,24 +149,28 @@ def test_digest_does_not_depend_on_the_sharding():
   # A checkpoint written on a mesh must verify when restored on another: 4 CPU devices, the
   # same array whole, split by rows, by columns and on both axes.
   script = textwrap.dedent("""
+      import json
       import numpy as np, jax
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from xltransfer.checkpoints import digests
-      x = np.random.RandomState(1).randn(8, 12).astype(np.float32)
       mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("a", "b"))
-      found = set()
-      for spec in [P(), P("a"), P(None, "b"), P("a", "b"), P(("a", "b"))]:
-        placed = jax.device_put(x, NamedSharding(mesh, spec))
-        found.add(digests.compute({"p": {"x": placed}})["items"]["p"]["x"]["digest"])
-      found.add(digests.compute({"p": {"x": x}})["items"]["p"]["x"]["digest"])
-      print(len(jax.devices()), sorted(found))
+      for shape in [(8, 12), (256, 96)]:  # (256, 96): in rows of 32 when replicated
+        x = np.random.RandomState(1).randn(*shape).astype(np.float32)
+        found, in_rows = set(), set()
+        for spec in [P(), P("a"), P(None, "b"), P("a", "b"), P(("a", "b"))]:
+          placed = jax.device_put(x, NamedSharding(mesh, spec))
+          in_rows.add(digests._in_rows(placed))
+          found.add(digests.compute({"p": {"x": placed}})["items"]["p"]["x"]["digest"])
+        found.add(digests.compute({"p": {"x": x}})["items"]["p"]["x"]["digest"])
+        print(json.dumps([len(jax.devices()), sorted(in_rows), sorted(found)]))
       """)
   proc = subprocess.run([sys.executable, "-c", script], env=helpers.train_env(4),
                         cwd=helpers.REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  devices, found = proc.stdout.strip().split(" ", 1)
-  assert devices == "4"
-  assert len(eval(found)) == 1, found  # pylint: disable=eval-used
+  small, large = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  # One digest per array, whatever the sharding; the large one took both programs.
+  assert small[:2] == [4, [False]] and len(small[2]) == 1, small
+  assert large[:2] == [4, [False, True]] and len(large[2]) == 1, large
 
 
 # ---- trainer checkpoints ----

@@ -154,20 +154,31 @@ class CheckpointManager:
     step = int(np.asarray(state.step.addressable_data(0)))
     if not (force or self._manager.should_save(step)):
       return False
-    pending = digests.start({"params": state.params, "opt_state": state.opt_state})
-    saved = self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        opt_state=ocp.args.StandardSave(state.opt_state),
-        progress=ocp.args.JsonSave({"step": step, "input_position": int(input_position),
-                                    "batch_size": batch_size,
-                                    LAYOUT_KEY: optimizer_lib.STATE_LAYOUT}),
-        run=ocp.args.JsonSave(identity),
-        digests=digests.DigestsSave(pending)), force=force)
-    if saved:
-      self._verified_steps.add(step)
-      logging.info("checkpoint: saving step %d to %s%s", step, self.step_dir(step),
-                   " (async)" if self.async_save else "")
-    return saved
+    # An async save copies the arrays to the host before it returns: the digests start after
+    # that (not competing with it for the cores) and are awaited in its background commit.
+    # A synchronous save awaits them inside `save`, so they start first.
+    pending = digests.start({"params": state.params, "opt_state": state.opt_state},
+                            dispatch=not self.async_save)
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          opt_state=ocp.args.StandardSave(state.opt_state),
+          progress=ocp.args.JsonSave({"step": step, "input_position": int(input_position),
+                                      "batch_size": batch_size,
+                                      LAYOUT_KEY: optimizer_lib.STATE_LAYOUT}),
+          run=ocp.args.JsonSave(identity),
+          digests=digests.DigestsSave(pending)), force=force)
+    except BaseException:
+      pending.cancel("the checkpoint save failed before they started")
+      raise
+    if not saved:
+      pending.cancel("orbax did not save this step")
+      return False
+    pending.dispatch()  # before the caller's next step may donate the arrays
+    self._verified_steps.add(step)
+    logging.info("checkpoint: saving step %d to %s%s", step, self.step_dir(step),
+                 " (async)" if self.async_save else "")
+    return True
 
   def wait_until_finished(self):
     self._manager.wait_until_finished()
