@@ -89,3 +89,14 @@ def test_one_device_2x2_mesh_and_two_hosts_agree(tmp_path):
   assert os.path.isdir(os.path.join(pair_dir, f"checkpoint_{STEPS + 2}"))
   resumed = helpers.read_jsonl(os.path.join(pair_dir, "input_digests-0.jsonl"))
   assert [d["step"] for d in resumed] == list(range(1, STEPS + 3))
+
+  # A lock held by another live writer: process 0 is refused and tells process 1, so both
+  # stop with an error (before, process 1 waited for process 0 at its first collective).
+  from xltransfer import run_lock  # pylint: disable=import-outside-toplevel
+  with run_lock.DirectoryLock(pair_dir, "test holding the run"):
+    procs = _start_pair(pair_dir, STEPS + 4)
+    outcomes = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], [err[-3000:] for _, err in outcomes]
+  assert "is in use by" in outcomes[0][1]
+  assert "process 0 could not take this run's lock" in outcomes[1][1]
+  assert not os.path.isdir(os.path.join(pair_dir, f"checkpoint_{STEPS + 4}"))

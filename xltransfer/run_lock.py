@@ -205,3 +205,28 @@ class DirectoryLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def acquire_for_all_processes(lock: Optional[DirectoryLock], directory: str) -> None:
+  """Process 0 takes `lock` (None on the other processes) and every process learns whether it
+  did: a refused run stops on all hosts, instead of leaving the others waiting for process 0
+  at their first collective. Process 0 re-raises its own error; the others raise one saying
+  that process 0 was refused."""
+  error = None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except (UserError, OSError) as e:
+      error = e
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if refused and error is None:
+      raise DirectoryLockedError(
+          f"{directory}: process 0 could not take this run's lock, so no process starts (its "
+          "log says why: another run holds it, or the disk is full)")
+  if error is not None:
+    raise error
+

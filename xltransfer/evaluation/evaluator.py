@@ -588,8 +588,7 @@ class Evaluator:
     dir is locked meanwhile (`run_lock`, process 0): a second eval into it is refused."""
     lock = (run_lock.DirectoryLock(self.output_dir, "evaluation")
             if jax.process_index() == 0 else None)
-    if lock is not None:
-      lock.acquire()
+    run_lock.acquire_for_all_processes(lock, self.output_dir)
     try:
       return self._run_locked(params, step, checkpoint)
     finally:

@@ -212,9 +212,9 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
   lock = (run_lock.DirectoryLock(model_dir, "training run") if jax.process_index() == 0
           else None)
   try:
-    if lock is not None:
-      with reporting_disk_full(lock.path, what="the MODEL_DIR lock"):
-        lock.acquire()
+    with reporting_disk_full(os.path.join(model_dir, run_lock.LOCK_NAME),
+                             what="the MODEL_DIR lock"):
+      run_lock.acquire_for_all_processes(lock, model_dir)
     os.makedirs(model_dir, exist_ok=True)
     if _stop_before_first_step("before start-up"):
       return {"status": "terminated", "step": None, "metrics": None}
