@@ -1,10 +1,13 @@
 """Greedy decoding throughput of xltransfer's mT5 against HF PyTorch `generate`, side by side.
 
-Both run on this machine's CPU, in float32, with the same weights (HF's random init converted)
-and the same inputs, each with its key/value cache. Every row decodes exactly `--new_tokens`
+Both run on this machine's CPU with the same weights (HF's random init converted) and the same
+inputs, each with its key/value cache, each in float32 and in bfloat16 (ours: bf16 activations,
+KV cache and matmul operands, float32 accumulation and logits; HF: `generate` under
+`torch.autocast("cpu", dtype=torch.bfloat16)`). Every row decodes exactly `--new_tokens`
 tokens on both sides: the output row of EOS is zeroed, so its logit (0) never beats the
-largest of the others and no row stops early. Prints new tokens per second of each (batch x
-new tokens / wall time, encoder included), the ratio, and how many tokens the two agree on.
+largest of the others and no row stops early. Prints new tokens per second of all four (batch
+x new tokens / wall time, encoder included), the best against the best, the model FLOP/s over a
+bf16 GEMM peak measured here, and how many tokens each pair of modes agrees on.
 
   python benchmarks/decode_vs_hf.py                     # mT5-small, batch 16, 256 in, 64 new
   python benchmarks/decode_vs_hf.py --size tiny --batch 2 --inputs 16 --new_tokens 4 --steps 1
@@ -14,7 +17,8 @@ import os
 
 import numpy as np
 
-from hf_reference import same_host_malloc_for_both, timed, untied_hf_mt5
+from hf_reference import (bf16_gemm_peak, decode_flops, hf_autocast, modes_from_flag, report,
+                          same_host_malloc_for_both, timed, untied_hf_mt5)
 
 EOS_ID = 1
 
@@ -29,6 +33,7 @@ def _args():
   parser.add_argument("--steps", type=int, default=3, help="timed decodes per framework")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
+  parser.add_argument("--dtype", default="both", help="float32, bfloat16 or both")
   return parser.parse_args()
 
 
@@ -48,45 +53,55 @@ def main():
   reference = untied_hf_mt5(config, zero_head_rows=(EOS_ID,)).eval()
   state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
   params = jax.device_put(hf.state_dict_to_params(state, config))
-  model = EncoderDecoderModel(config)
   rng = np.random.RandomState(0)
   inputs = rng.randint(2, config.vocab_size, size=(args.batch, args.inputs)).astype(np.int32)
   tokens = args.batch * args.new_tokens
 
   device_inputs = jnp.asarray(inputs)
 
-  def ours():
-    return np.asarray(jax.block_until_ready(
+  def ours(mode):
+    model = EncoderDecoderModel(config.replace(dtype=mode))
+    return lambda: np.asarray(jax.block_until_ready(
         model.greedy_decode(params, device_inputs, args.new_tokens)))
 
   torch_inputs = torch.from_numpy(inputs.astype(np.int64))
   mask = torch.ones_like(torch_inputs)
 
-  def theirs():
-    with torch.no_grad():
-      out = reference.generate(input_ids=torch_inputs, attention_mask=mask, do_sample=False,
-                               num_beams=1, max_new_tokens=args.new_tokens,
-                               min_new_tokens=args.new_tokens, use_cache=True)
-    return out[:, 1:].numpy()  # Drops the decoder start token.
+  def theirs(mode):
+    def run():
+      with torch.no_grad(), hf_autocast(mode):
+        out = reference.generate(input_ids=torch_inputs, attention_mask=mask, do_sample=False,
+                                 num_beams=1, max_new_tokens=args.new_tokens,
+                                 min_new_tokens=args.new_tokens, use_cache=True)
+      return out[:, 1:].numpy()  # Drops the decoder start token.
+    return run
 
+  modes = modes_from_flag(args.dtype)
   print(f"mT5-{args.size} greedy decoding, batch {args.batch}, inputs {args.inputs}, "
-        f"{args.new_tokens} new tokens, vocab {config.vocab_size}, float32, "
-        f"{args.threads} CPU threads, {args.steps} timed runs after {args.warmup} warm-up")
-  print(f"  host malloc (both sides): {malloc}")
-  seconds_ours, out_ours = timed(ours, args.warmup, args.steps)
-  seconds_theirs, out_theirs = timed(theirs, args.warmup, args.steps)
-  for name, out in (("xltransfer", out_ours), ("HF", out_theirs)):
-    if out.shape != (args.batch, args.new_tokens) or np.any(out == 0):
-      raise SystemExit(f"{name} did not decode {args.new_tokens} tokens in every row "
-                       f"(shape {out.shape}); the timings would not compare")
-  agree = float(np.mean(out_ours == out_theirs))
-  print(f"  xltransfer (jax {jax.__version__}): {seconds_ours:8.3f} s/decode "
-        f"{tokens / seconds_ours:10.1f} tokens/s")
-  print(f"  HF generate (torch {torch.__version__}): {seconds_theirs:8.3f} s/decode "
-        f"{tokens / seconds_theirs:10.1f} tokens/s")
-  print(f"  ratio xltransfer/HF: {seconds_theirs / seconds_ours:.2f}x")
-  print(f"  same tokens as HF: {100 * agree:.1f}% (float32 rounding can flip near-ties, and "
-        "a flip changes the rest of its row)")
+        f"{args.new_tokens} new tokens, vocab {config.vocab_size}, "
+        f"{args.threads} CPU threads, {args.steps} timed runs after {args.warmup} warm-up; "
+        f"jax {jax.__version__}, torch {torch.__version__}")
+  print(f"  host malloc (both sides): {malloc}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  peak, peaks = bf16_gemm_peak()
+  rows, outputs = [], {}
+  for framework, make in (("xltransfer (JAX)", ours), ("HF generate", theirs)):
+    for mode in modes:
+      name = f"{framework} {'bf16 autocast' if framework.startswith('HF') and mode == 'bfloat16' else mode}"
+      seconds, out = timed(make(mode), args.warmup, args.steps)
+      if out.shape != (args.batch, args.new_tokens) or np.any(out == 0):
+        raise SystemExit(f"{name} did not decode {args.new_tokens} tokens in every row "
+                         f"(shape {out.shape}); the timings would not compare")
+      rows.append((name.replace("HF generate", "HF"), seconds))
+      outputs[name] = out
+  report(rows, tokens, "tokens", decode_flops(config, args.batch, args.inputs, args.new_tokens),
+         peak, peaks, per="decode")
+  names = list(outputs)
+  for i, first in enumerate(names):
+    for second in names[i + 1:]:
+      agree = float(np.mean(outputs[first] == outputs[second]))
+      print(f"  same tokens, {first} vs {second}: {100 * agree:.1f}%")
+  print("  (rounding can flip a near-tie between two tokens, and a flip changes the rest of "
+        "its row)")
 
 
 if __name__ == "__main__":

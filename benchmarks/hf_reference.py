@@ -1,4 +1,5 @@
-"""What the side-by-side benchmarks share: the HF reference model and the timing loop.
+"""What the side-by-side benchmarks share: the HF reference model, the timing loop, the model's
+FLOPs and this CPU's measured bf16 GEMM peak (for a "CPU MFU"), and the four-way report.
 
 Scripts in this folder run as `python benchmarks/NAME.py`, so this module is importable as
 `hf_reference` from them.
@@ -51,3 +52,104 @@ def timed(run, warmup: int, steps: int):
   for _ in range(steps):
     result = run()
   return (time.perf_counter() - start) / steps, result
+
+
+MODES = ("float32", "bfloat16")
+
+
+def modes_from_flag(value: str):
+  """--dtype: float32, bfloat16 or both (the default: every mode, side by side)."""
+  if value == "both":
+    return MODES
+  if value not in MODES:
+    raise SystemExit(f"--dtype must be float32, bfloat16 or both, got {value!r}")
+  return (value,)
+
+
+def hf_autocast(mode: str):
+  """The context HF runs a mode in: bf16 autocast (its fastest CPU mode) or plain float32."""
+  import contextlib
+  import torch
+  if mode == "bfloat16":
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def bf16_gemm_peak(shapes=((2048, 2048, 2048), (4096, 512, 4096)), repeats: int = 3):
+  """This CPU's bf16 matmul rate (FLOP/s, float32 accumulation), the best of JAX and torch.
+
+  JAX: bf16 operands with `preferred_element_type=float32`, the form XLA hands to its GEMM
+  library. torch: a bf16 `matmul` (oneDNN accumulates in float32 and rounds the result).
+  Each [m, k] x [k, n] product is timed `repeats` times after a warm-up; returns the best
+  rate and each framework's best.
+  """
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  product = jax.jit(lambda x, y: jax.lax.dot(x, y, preferred_element_type=jnp.float32))
+  rates = {"jax": 0.0, "torch": 0.0}
+  for m, k, n in shapes:
+    flops = 2.0 * m * k * n
+    a, b = jnp.ones((m, k), jnp.bfloat16), jnp.ones((k, n), jnp.bfloat16)
+    seconds, _ = timed(lambda: product(a, b).block_until_ready(), 1, repeats)
+    rates["jax"] = max(rates["jax"], flops / seconds)
+    ta, tb = torch.ones((m, k), dtype=torch.bfloat16), torch.ones((k, n), dtype=torch.bfloat16)
+    seconds, _ = timed(lambda: torch.matmul(ta, tb), 1, repeats)
+    rates["torch"] = max(rates["torch"], flops / seconds)
+  return max(rates.values()), rates
+
+
+def _matmul_flops_per_token(config, *, attended: int, cross_attended: int = 0,
+                            decoder: bool):
+  """Forward matmul FLOPs of one layer for one query token (2 per multiply-add)."""
+  joined = config.num_heads * config.head_dim
+  flops = 2 * config.emb_dim * joined * 4 + 4 * attended * joined  # q, k, v, out; qk and av
+  flops += 2 * config.emb_dim * config.mlp_dim * 3  # gated-gelu mlp
+  if decoder:  # cross-attention: q and out here; its k and v are counted per encoder token
+    flops += 2 * config.emb_dim * joined * 2 + 4 * cross_attended * joined
+  return flops
+
+
+def model_flops(config, batch: int, inputs: int, targets: int, train: bool = True) -> float:
+  """Model FLOPs of a teacher-forced step: every matmul of the network (dense layers,
+  attention products, output layer), forward, times 3 with the backward pass. The relative
+  position one-hot, elementwise work, the loss and the optimizer are not counted."""
+  joined = config.num_heads * config.head_dim
+  encoder = inputs * config.num_encoder_layers * _matmul_flops_per_token(
+      config, attended=inputs, decoder=False)
+  cross_kv = inputs * config.num_decoder_layers * 2 * config.emb_dim * joined * 2
+  decoder = targets * config.num_decoder_layers * _matmul_flops_per_token(
+      config, attended=targets, cross_attended=inputs, decoder=True)
+  logits = targets * 2 * config.emb_dim * config.vocab_size
+  forward = batch * (encoder + cross_kv + decoder + logits)
+  return 3.0 * forward if train else float(forward)
+
+
+def decode_flops(config, batch: int, inputs: int, new_tokens: int) -> float:
+  """Model FLOPs of greedy decoding with a KV cache: the encoder once, then one token per step
+  (self-attention over the positions decoded so far, cross-attention over the inputs)."""
+  joined = config.num_heads * config.head_dim
+  encoder = inputs * config.num_encoder_layers * _matmul_flops_per_token(
+      config, attended=inputs, decoder=False)
+  cross_kv = inputs * config.num_decoder_layers * 2 * config.emb_dim * joined * 2
+  steps = sum(config.num_decoder_layers * _matmul_flops_per_token(
+      config, attended=t + 1, cross_attended=inputs, decoder=True)
+              + 2 * config.emb_dim * config.vocab_size for t in range(new_tokens))
+  return float(batch * (encoder + cross_kv + steps))
+
+
+def report(rows, work: float, unit: str, flops: float, peak: float, peaks, per: str = "step"):
+  """Prints each (name, seconds) row with work/s and achieved model FLOP/s, then the best of
+  ours against the best of HF and the CPU MFU of our best mode against the bf16 GEMM peak."""
+  print(f"  {'':34s} {'s/' + per:>9s} {unit + '/s':>12s} {'GFLOP/s':>9s} {'CPU MFU':>8s}")
+  for name, seconds in rows:
+    rate = flops / seconds
+    print(f"  {name:34s} {seconds:9.3f} {work / seconds:12.1f} {rate / 1e9:9.1f} "
+          f"{100 * rate / peak:7.1f}%")
+  ours = min((s, n) for n, s in rows if n.startswith("xltransfer"))
+  theirs = min((s, n) for n, s in rows if n.startswith("HF"))
+  print(f"  bf16 GEMM peak (max of jax {peaks['jax'] / 1e9:.0f}, torch {peaks['torch'] / 1e9:.0f}):"
+        f" {peak / 1e9:.0f} GFLOP/s; model FLOPs per {per} {flops / 1e9:.1f} GFLOP")
+  print(f"  best against best: {ours[1]} over {theirs[1]}: {theirs[0] / ours[0]:.2f}x")
+  print(f"  CPU MFU of {ours[1]}: {100 * flops / ours[0] / peak:.1f}% of the bf16 GEMM peak")

@@ -2,8 +2,11 @@
 
 Both train the same network (mT5-small by default: untied output layer, no dropout) with
 Adafactor as T5X configures it (factored, decay 0.8, clipping 1.0, parameter scaling,
-constant 1e-3) on the same random batches (batch 8, inputs 512, targets 128), in float32.
-Compilation / the first steps are excluded from the timing.
+constant 1e-3) on the same random batches (batch 8, inputs 512, targets 128), each in two
+modes: float32, and bfloat16 (ours: bf16 activations and matmul operands, float32
+accumulation, parameters and optimizer; HF: `torch.autocast("cpu", dtype=torch.bfloat16)`,
+its fastest CPU mode). Prints all four, the best against the best, and the model FLOP/s over
+a bf16 GEMM peak measured here ("CPU MFU"). Compilation / the first steps are not timed.
 
   python benchmarks/train_vs_hf.py                       # the full comparison (minutes)
   python benchmarks/train_vs_hf.py --size tiny --input_length 32 --target_length 16 --steps 3
@@ -14,7 +17,8 @@ import time
 
 import numpy as np
 
-from hf_reference import same_host_malloc_for_both, untied_hf_mt5
+from hf_reference import (bf16_gemm_peak, hf_autocast, model_flops, modes_from_flag, report,
+                          same_host_malloc_for_both, untied_hf_mt5)
 
 
 def _parse_args():
@@ -26,7 +30,8 @@ def _parse_args():
   parser.add_argument("--target_length", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10, help="timed steps per framework")
   parser.add_argument("--warmup_steps", type=int, default=2, help="untimed steps first")
-  parser.add_argument("--dtype", default="float32", help="activation dtype of the JAX model")
+  parser.add_argument("--dtype", default="both",
+                      help="float32, bfloat16 or both (modes run on each side)")
   parser.add_argument("--seed", type=int, default=0)
   return parser.parse_args()
 
@@ -80,7 +85,7 @@ def bench_jax(args, config):
                      args.warmup_steps)
 
 
-def bench_hf(args, config):
+def bench_hf(args, config, mode):
   import torch  # pylint: disable=import-outside-toplevel
   from transformers.optimization import Adafactor as HFAdafactor  # pylint: disable=import-outside-toplevel
 
@@ -91,9 +96,10 @@ def bench_hf(args, config):
                           warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
 
   def step(batch):
-    out = model(input_ids=torch.from_numpy(batch["encoder_input_tokens"]).long(),
-                decoder_input_ids=torch.from_numpy(batch["decoder_input_tokens"]).long(),
-                labels=torch.from_numpy(batch["decoder_target_tokens"]).long())
+    with hf_autocast(mode):
+      out = model(input_ids=torch.from_numpy(batch["encoder_input_tokens"]).long(),
+                  decoder_input_ids=torch.from_numpy(batch["decoder_input_tokens"]).long(),
+                  labels=torch.from_numpy(batch["decoder_target_tokens"]).long())
     out.loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -106,18 +112,22 @@ def main():
   args = _parse_args()
   malloc = same_host_malloc_for_both()
   from xltransfer.model.config import get_config  # pylint: disable=import-outside-toplevel
-  config = get_config(args.size, dtype=args.dtype, dropout_rate=0.0)
+  modes = modes_from_flag(args.dtype)
+  config = get_config(args.size, dropout_rate=0.0)
   tokens = args.batch_size * (args.input_length + args.target_length)
-  print(f"mT5-{args.size}: batch {args.batch_size}, inputs {args.input_length}, targets "
+  print(f"mT5-{args.size} training: batch {args.batch_size}, inputs {args.input_length}, targets "
         f"{args.target_length}; {args.steps} timed steps after {args.warmup_steps} warm-up; "
         f"{os.cpu_count()} CPU threads")
-  print(f"  host malloc (both sides): {malloc}")
-  results = {"xltransfer (JAX)": bench_jax(args, config), "HF PyTorch": bench_hf(args, config)}
-  print(f"{'':20s} {'s/step':>9s} {'steps/s':>9s} {'tokens/s':>10s}")
-  for name, seconds in results.items():
-    print(f"{name:20s} {seconds:9.3f} {1.0 / seconds:9.3f} {tokens / seconds:10.0f}")
-  ratio = results["HF PyTorch"] / results["xltransfer (JAX)"]
-  print(f"ratio (xltransfer steps/s over HF steps/s): {ratio:.2f}")
+  print(f"  host malloc (both sides): {malloc}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  peak, peaks = bf16_gemm_peak()
+  rows = []
+  for mode in modes:
+    rows.append((f"xltransfer (JAX) {mode}", bench_jax(args, config.replace(dtype=mode))))
+  for mode in modes:
+    label = "bf16 autocast" if mode == "bfloat16" else mode
+    rows.append((f"HF PyTorch {label}", bench_hf(args, config, mode)))
+  report(rows, tokens, "tokens",
+         model_flops(config, args.batch_size, args.input_length, args.target_length), peak, peaks)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,10 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
 
   `cache_batch_axis` is 1 for scanned models (their cache has a leading layer axis).
   """
+  from xltransfer.model.decoding import weights_in_compute_dtype
   from xltransfer.model.network import Transformer
 
+  params = weights_in_compute_dtype(params, module.config.activation_dtype)
   batch = encoder_input_tokens.shape[0]
   k = beam_size
   tokens_k = jnp.repeat(encoder_input_tokens, k, axis=0)

@@ -3,7 +3,9 @@
 Every parameter is created through `nn.with_logical_partitioning`, so the partitioner can derive
 its sharding from names like ('embed', 'mlp') without knowing the module structure.
 Parameters are float32; computation runs in `dtype` (bfloat16 by default), with softmax and
-normalisation statistics in float32 for stability.
+normalisation statistics in float32 for stability. In bfloat16 every matrix product takes
+bfloat16 operands and accumulates in float32 (`mixed_einsum`), the form the matrix units of
+CPUs (avx512_bf16, AMX), TPUs and GPUs run at full rate.
 """
 import functools
 from typing import Callable, Optional
@@ -45,20 +47,27 @@ class RMSNorm(nn.Module):
 
 
 class Dense(nn.Module):
-  """A bias-free dense layer with a 2-D kernel named `kernel`, as T5X stores it."""
+  """A bias-free dense layer with a 2-D kernel named `kernel`, as T5X stores it.
+
+  `out_dtype` (default: `dtype`) is the dtype of the result; the output layer asks for
+  float32 logits from bfloat16 operands.
+  """
   features: int
   kernel_axes: tuple
   kernel_init: Initializer = default_kernel_init
   dtype: jnp.dtype = jnp.float32
+  out_dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), jnp.float32)
-    return dense_2d(x.astype(self.dtype), kernel.astype(self.dtype))
+    out_dtype = self.out_dtype or self.dtype
+    return dense_2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                    out_dtype=out_dtype).astype(out_dtype)
 
 
-def dense_2d(x, kernel, kernel_contracting_axis: int = 0):
+def dense_2d(x, kernel, kernel_contracting_axis: int = 0, out_dtype=jnp.float32):
   """`x` times a 2-D kernel over x's last axis, with x's leading axes flattened into one.
 
   With [batch, length, embed] activations the kernel gradient contracts over two axes, and
@@ -66,10 +75,172 @@ def dense_2d(x, kernel, kernel_contracting_axis: int = 0):
   slow generic GEMM (for the 250k-vocab logits layer, seconds per step). One flattened row
   axis keeps every dot of the forward and backward pass a plain matrix product. The reshape
   only merges leading axes, so the sharding of the batch axis carries through unchanged.
+  Low-precision operands accumulate in float32 and return `out_dtype` (`mixed_einsum`).
   """
   rows = x.reshape(-1, x.shape[-1])
-  out = jax.lax.dot_general(rows, kernel, (((1,), (kernel_contracting_axis,)), ((), ())))
+  if _is_low_precision(rows, kernel):
+    spec = "re,ef->rf" if kernel_contracting_axis == 0 else "re,fe->rf"
+    out = mixed_einsum(spec, rows, kernel, out_dtype)
+  else:
+    out = jax.lax.dot_general(rows, kernel, (((1,), (kernel_contracting_axis,)), ((), ())))
   return out.reshape(x.shape[:-1] + out.shape[-1:])
+
+
+def _is_low_precision(*operands):
+  return any(jnp.dtype(x.dtype).itemsize < 4 for x in operands)
+
+
+def einsum(spec: str, a, b, out_dtype=jnp.float32):
+  """`jnp.einsum` in float32; with low-precision operands, `mixed_einsum`."""
+  if _is_low_precision(a, b):
+    return mixed_einsum(spec, a, b, out_dtype)
+  return jnp.einsum(spec, a, b).astype(out_dtype)
+
+
+# --- Mixed precision products: low-precision operands, float32 accumulation and result. ---
+#
+# XLA:CPU hands a dot to its fast GEMM library (YNNPACK: bf16 x bf16 -> f32 on avx512_bf16 /
+# AMX) only when the dot is "canonical": operands and result row-major, the left operand's
+# contracted axes last (the right one's may be first or last), batch axes leading. Any other
+# bf16 dot is upcast to float32 and runs on the generic GEMM at less than half the rate. The
+# backward pass of a plain dot breaks this twice: its cotangent is float32 (so the backward
+# dots are mixed f32 x bf16) and a weight gradient contracts over the rows, the leading axis
+# of both operands. `mixed_einsum` has its own VJP that casts the cotangent to the operands'
+# dtype (exact where the result is cast to bf16 right after; for the float32 logits it rounds
+# their gradient to bf16, as T5X's and torch autocast's bf16 output layers do) and writes every
+# product, forward and backward, in canonical form, transposing an operand into a fresh
+# row-major copy when it must (see `_row_major`).
+
+
+def _row_major(x, perm, always: bool = False):
+  """`x` transposed by `perm` into a row-major array of its own.
+
+  XLA gives a transpose a permuted layout (a free bitcast), which a dot reading it sees as
+  non-canonical. Passing the flattened data through an optimization barrier forces a real
+  copy with the default layout: one memory pass over an operand that a GEMM then reads many
+  times. With `always`, the identity permutation goes through it too: that is free for an
+  array already row-major, and copies one that arrives as a transpose from upstream (such as
+  heads-major keys and values).
+  """
+  if not always and list(perm) == list(range(x.ndim)):
+    return x
+  moved = jnp.transpose(x, perm)
+  if _target_platform() != "cpu":
+    return moved  # The layout problem is XLA:CPU's; elsewhere let XLA choose (and shard) freely.
+  return jax.lax.optimization_barrier(moved.reshape(-1)).reshape(moved.shape)
+
+
+def _target_platform() -> str:
+  """The platform being compiled for: the active mesh's (which may be an ahead-of-time TPU
+  topology on a CPU host), else the default backend's."""
+  try:
+    # Semi-private (jax 0.10-0.11): where `with mesh:` keeps the active physical mesh.
+    from jax.interpreters import pxla  # pylint: disable=import-outside-toplevel
+    mesh = pxla.thread_resources.env.physical_mesh
+  except (ImportError, AttributeError):  # a jax without it: the default backend decides
+    return jax.default_backend()
+  if not mesh.empty:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
+def _parse_einsum(spec: str):
+  try:
+    inputs, out = spec.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+  except ValueError:
+    raise ValueError(f"mixed_einsum takes 'ab,bc->ac' with two operands, got {spec!r}") from None
+  for name, labels in (("left operand", lhs), ("right operand", rhs), ("result", out)):
+    if not labels.isalpha() or len(set(labels)) != len(labels):
+      raise ValueError(f"mixed_einsum {spec!r}: the {name} needs distinct letters, got {labels!r}")
+  stray = (set(out) - set(lhs) - set(rhs)) | ((set(lhs) ^ set(rhs)) - set(out))
+  if stray:
+    raise ValueError(f"mixed_einsum {spec!r}: axes {sorted(stray)} are summed within one operand "
+                     "or appear from nowhere; only products of two operands are supported")
+  return lhs, rhs, out
+
+
+def _canonical_plan(lhs: str, rhs: str, out: str):
+  """How to run `lhs,rhs->out` as a canonical dot: the operand permutations, the right
+  operand's axis order after its permutation, the dot's result labels, and the numbers of
+  batch and contracted axes."""
+  batch = [c for c in out if c in lhs and c in rhs]
+  contract = [c for c in lhs if c in rhs and c not in out]
+  lhs_free = [c for c in lhs if c not in rhs]
+  rhs_free = [c for c in rhs if c not in lhs]
+  lhs_order = batch + lhs_free + contract
+  rhs_orders = (batch + contract + rhs_free, batch + rhs_free + contract)
+  rhs_order = next((o for o in rhs_orders if "".join(o) == rhs), rhs_orders[0])
+  result = batch + lhs_free + rhs_free
+  return ([lhs.index(c) for c in lhs_order], [rhs.index(c) for c in rhs_order],
+          "".join(rhs_order), "".join(result), len(batch), len(contract))
+
+
+def _copied(lhs, rhs, out, sizes):
+  """Elements transposed by the plan for `lhs,rhs->out` (to choose the cheaper operand order)."""
+  lhs_perm, rhs_perm, _, result, _, _ = _canonical_plan(lhs, rhs, out)
+  count = lambda labels: int(np.prod([sizes[c] for c in labels]))
+  return ((lhs_perm != sorted(lhs_perm)) * count(lhs) + (rhs_perm != sorted(rhs_perm)) * count(rhs)
+          + (result != out) * count(out))
+
+
+def _canonical_einsum(lhs: str, rhs: str, out: str, a, b, out_dtype):
+  """`lhs,rhs->out` of a and b as one canonical dot_general accumulating in float32.
+
+  A transpose of the result also goes through `_row_major`: XLA would otherwise fold it into
+  the dot by swapping the operands, which makes the dot non-canonical again.
+  """
+  lhs_perm, rhs_perm, rhs_order, result, num_batch, num_contract = _canonical_plan(lhs, rhs, out)
+  a = _row_major(a, lhs_perm, always=True)
+  b = _row_major(b, rhs_perm, always=True)
+  batch_axes = tuple(range(num_batch))
+  lhs_contract = tuple(range(a.ndim - num_contract, a.ndim))
+  contracted = [c for c in rhs_order if c not in result]
+  rhs_contract = tuple(rhs_order.index(c) for c in contracted)
+  product = jax.lax.dot_general(a, b, ((lhs_contract, rhs_contract), (batch_axes, batch_axes)),
+                                preferred_element_type=jnp.float32).astype(out_dtype)
+  return _row_major(product, [result.index(c) for c in out])
+
+
+def _ordered_einsum(x_labels, y_labels, out, x, y, sizes, out_dtype):
+  """The product of x and y into `out`, with the operands in whichever order copies less."""
+  if _copied(y_labels, x_labels, out, sizes) < _copied(x_labels, y_labels, out, sizes):
+    return _canonical_einsum(y_labels, x_labels, out, y, x, out_dtype)
+  return _canonical_einsum(x_labels, y_labels, out, x, y, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _mixed_einsum(spec, a, b, out_dtype):
+  return _canonical_einsum(*_parse_einsum(spec), a, b, out_dtype)
+
+
+def _mixed_einsum_fwd(spec, a, b, out_dtype):
+  return _mixed_einsum(spec, a, b, out_dtype), (a, b)
+
+
+def _mixed_einsum_bwd(spec, out_dtype, residuals, g):
+  del out_dtype
+  a, b = residuals
+  lhs, rhs, out = _parse_einsum(spec)
+  sizes = dict(zip(lhs, a.shape)) | dict(zip(rhs, b.shape))
+  # Low-precision cotangents: every backward product is again bf16 x bf16 -> f32.
+  g = g.astype(a.dtype)
+  ga = _ordered_einsum(out, rhs, lhs, g, b, sizes, a.dtype)
+  gb = _ordered_einsum(lhs, out, rhs, a, g, sizes, b.dtype)
+  return ga, gb
+
+
+_mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
+
+
+def mixed_einsum(spec: str, a, b, out_dtype=jnp.float32):
+  """`jnp.einsum(spec, a, b)` accumulated in float32 and returned in `out_dtype`, every product
+  (also in the backward pass) a canonical low-precision x low-precision -> float32 dot. Two
+  operands of one dtype, single-letter axes."""
+  _parse_einsum(spec)  # Errors at the call site rather than inside the VJP.
+  if a.dtype != b.dtype:
+    raise ValueError(f"mixed_einsum {spec!r}: operands of one dtype, got {a.dtype} and {b.dtype}")
+  return _mixed_einsum(spec, a, b, jnp.dtype(out_dtype))
 
 
 class Embed(nn.Module):
@@ -87,8 +258,9 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x):
+    # float32 logits, whatever the operands' dtype.
     return dense_2d(x.astype(self.dtype), self.embedding.astype(self.dtype),
-                    kernel_contracting_axis=1)
+                    kernel_contracting_axis=1).astype(jnp.float32)
 
 
 def relative_position_buckets(query_length: int, key_length: int, bidirectional: bool,
@@ -120,7 +292,10 @@ def relative_position_buckets(query_length: int, key_length: int, bidirectional:
 
 
 class RelativePositionBiases(nn.Module):
-  """One learned scalar per (head, bucket), shared by all layers of a stack."""
+  """One learned scalar per (head, bucket), shared by all layers of a stack.
+
+  The bias is float32 whatever `dtype` says (the field stays for configuration compatibility).
+  """
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -135,8 +310,10 @@ class RelativePositionBiases(nn.Module):
     buckets = relative_position_buckets(query_length, key_length, self.bidirectional,
                                         self.num_buckets, self.max_distance)
     # Gather as a one-hot product: it lowers to a matmul that shards cleanly over heads.
-    onehot = jax.nn.one_hot(buckets, self.num_buckets, dtype=self.dtype)
-    values = jnp.einsum("hb,qkb->hqk", table.astype(self.dtype), onehot)
+    # float32 in every mode: the bias joins float32 attention scores, and this product is a
+    # rounding error of the step's work.
+    onehot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
+    values = jnp.einsum("hb,qkb->hqk", table, onehot)
     return values[None]  # [1, heads, q, k]
 
 
@@ -180,13 +357,13 @@ class MultiHeadAttention(nn.Module):
     key = constrain(key, ("batch", "heads", "length", "kv"))
     value = constrain(value, ("batch", "heads", "length", "kv"))
 
-    scores = jnp.einsum("bqhd,bhkd->bhqk", query, key).astype(jnp.float32)
+    scores = einsum("bqhd,bhkd->bhqk", query, key)
     if bias is not None:
       scores = scores + bias.astype(jnp.float32)
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
+    out = einsum("bhqk,bhkd->bqhd", weights, value, out_dtype=self.dtype)
     out = out.reshape(out.shape[:-2] + (joined,))
     return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"), dtype=self.dtype,
                  name="out")(out)

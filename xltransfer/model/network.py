@@ -154,7 +154,9 @@ class Decoder(nn.Module):
       # Tied output (T5 v1.0): rescale as the input embedding is not scaled down.
       logits = self.token_embedder.attend(x) / jnp.sqrt(x.shape[-1]).astype(x.dtype)
     else:
-      logits = layers.Dense(cfg.vocab_size, kernel_axes=("embed", "vocab"), dtype=jnp.float32,
+      # Operands in the activation dtype, accumulation and logits in float32.
+      logits = layers.Dense(cfg.vocab_size, kernel_axes=("embed", "vocab"),
+                            dtype=cfg.activation_dtype, out_dtype=jnp.float32,
                             name="logits_dense")(x)
     logits = logits.astype(jnp.float32)
     return layers.constrain(logits, ("batch", "length", "vocab"))

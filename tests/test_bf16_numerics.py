@@ -1,0 +1,145 @@
+"""bfloat16 training (bf16 activations and matmul operands, float32 accumulation, parameters,
+optimizer, softmax, norms and loss) against float32, and the mixed-precision product itself."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from xltransfer.model import layers
+from xltransfer.model.config import get_config
+from xltransfer.model.losses import NUM_REAL_TARGET_TOKENS
+from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.partitioning import create_partitioner
+from xltransfer.train.input import to_global_batch
+from xltransfer.train.optimizer import Adafactor
+from xltransfer.train.schedules import learning_rate_schedule
+from xltransfer.train.trainer import Trainer, fetch
+
+STEPS = 200
+BATCH, LENGTH = 8, 16
+TOKENS = 34  # ids 2..33: a small alphabet, so 200 steps learn the task well past its unigram loss
+
+
+def _copy_batches(seed: int = 0):
+  """A copy task: the targets repeat the inputs; learnable by the tiny model in 200 steps."""
+  rng = np.random.default_rng(seed)
+  for _ in range(STEPS):
+    tokens = rng.integers(2, TOKENS, (BATCH, LENGTH), dtype=np.int32)
+    decoder_inputs = np.concatenate([np.zeros((BATCH, 1), np.int32), tokens[:, :-1]], axis=1)
+    yield {"encoder_input_tokens": tokens, "decoder_input_tokens": decoder_inputs,
+           "decoder_target_tokens": tokens,
+           "decoder_loss_weights": np.ones_like(tokens, dtype=np.float32)}
+
+
+def _train_losses(dtype: str, initial_params):
+  model = EncoderDecoderModel(get_config("tiny", dtype=dtype),
+                              loss_normalizing_factor=NUM_REAL_TARGET_TOKENS)
+  partitioner = create_partitioner()
+  optimizer = Adafactor().create(learning_rate_schedule("constant", 0.01),
+                                 model.abstract_params(), model.param_logical_axes())
+  trainer = Trainer(model, optimizer, partitioner)
+  state = trainer.state_from_params(jax.tree.map(jnp.copy, initial_params))
+  losses = []
+  for batch in _copy_batches():
+    state, metrics = trainer.train_step(state, to_global_batch(batch, partitioner, BATCH))
+    losses.append(metrics["loss"])
+  return np.array([float(x) for x in fetch(losses)])
+
+
+def test_bf16_training_ends_within_2_percent_of_float32():
+  initial = jax.jit(EncoderDecoderModel(get_config("tiny")).init)(jax.random.PRNGKey(0))
+  f32 = _train_losses("float32", initial)
+  bf16 = _train_losses("bfloat16", initial)
+  # It learned past the loss of guessing uniformly among the 32 ids (ln 32 = 3.47; it starts
+  # near ln 1024 = 6.9): the comparison means something.
+  assert f32[-10:].mean() < np.log(TOKENS - 2) < f32[0], f32
+  assert not np.allclose(f32, bf16, rtol=1e-6)  # the two modes did compute differently
+  final_f32, final_bf16 = f32[-10:].mean(), bf16[-10:].mean()  # the last 10 steps, less noisy
+  assert abs(final_bf16 - final_f32) <= 0.02 * final_f32, (final_f32, final_bf16)
+
+
+SPECS = [("re,ef->rf", (24, 16), (16, 40)), ("re,fe->rf", (24, 16), (40, 16)),
+         ("bqhd,bhkd->bhqk", (2, 12, 3, 8), (2, 3, 10, 8)),
+         ("bhqk,bhkd->bqhd", (2, 3, 12, 10), (2, 3, 10, 8))]
+
+
+@pytest.mark.parametrize("spec,shape_a,shape_b", SPECS)
+def test_mixed_einsum_and_its_gradients_match_float32(spec, shape_a, shape_b):
+  rng = np.random.RandomState(0)
+  a = jnp.asarray(rng.randn(*shape_a), jnp.bfloat16)
+  b = jnp.asarray(rng.randn(*shape_b), jnp.bfloat16)
+  a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
+  out = layers.mixed_einsum(spec, a, b)
+  assert out.dtype == jnp.float32
+  # bf16 inputs are exact in float32, so only the float32 summation order differs.
+  np.testing.assert_allclose(out, jnp.einsum(spec, a32, b32), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, y: jnp.sum(jnp.sin(f(x, y)))
+  grads = jax.grad(loss(lambda x, y: layers.mixed_einsum(spec, x, y)), (0, 1))(a, b)
+  expected = jax.grad(loss(lambda x, y: jnp.einsum(spec, x, y)), (0, 1))(a32, b32)
+  for got, want in zip(grads, expected):
+    assert got.dtype == jnp.bfloat16
+    # The cotangent is rounded to bf16 before the backward products: bf16 accuracy.
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.02,
+                               atol=0.02 * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("spec", ["ab,bc", "ab,bc->ad", "aa,ab->b", "ab,bc->c", "a1,1c->ac"])
+def test_mixed_einsum_rejects_what_it_cannot_compute(spec):
+  x = jnp.ones((2, 2), jnp.bfloat16)
+  with pytest.raises(ValueError, match="mixed_einsum"):
+    layers.mixed_einsum(spec, x, x)
+
+
+def test_mixed_einsum_rejects_operands_of_two_dtypes():
+  with pytest.raises(ValueError, match="one dtype"):
+    layers.mixed_einsum("ab,bc->ac", jnp.ones((2, 2), jnp.bfloat16), jnp.ones((2, 2)))
+
+
+def _dots(hlo_text):
+  """(operand dtypes, result dtype, op name) of every dot in an optimized HLO module."""
+  declared = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
+  found = []
+  for line in hlo_text.splitlines():
+    match = re.search(r"= (\w+)\[[^\]]*\]\{[^}]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", line)
+    if match:
+      name = re.search(r'op_name="([^"]*)"', line)
+      found.append((declared.get(match.group(2)), declared.get(match.group(3)), match.group(1),
+                    name.group(1) if name else ""))
+  return found
+
+
+def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
+  """XLA:CPU upcasts a bf16 dot it cannot give its GEMM library (a transposed operand, a
+  float32 cotangent) to a float32 dot at less than half the speed; none may be left.
+
+  The relative position bias stays a float32 product by design (its one-hot is tiny)."""
+  model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16"))
+  batch = {k: jnp.asarray(v) for k, v in next(_copy_batches()).items()}
+  grad_fn = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b)[0]))
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+  text = grad_fn.lower(params, batch).compile().as_text()
+  dots = _dots(text)
+  assert len(dots) > 30
+  # (HLO instruction names are unique within a module, so a name's declaration gives its type.)
+  upcast = [d for d in dots if d[:3] != ("bf16", "bf16", "f32") and "hb,qkb->hqk" not in d[3]]
+  assert not upcast, upcast[:5]
+
+
+def test_decoding_casts_the_weights_once_with_the_same_tokens(monkeypatch):
+  """Greedy decoding in bf16 casts kernels and embeddings before its loop (not once per
+  step); the layers cast the same way, so the tokens are exactly those without it."""
+  from xltransfer.model import decoding  # pylint: disable=import-outside-toplevel
+  model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16"))
+  params = model.init(jax.random.PRNGKey(1))
+  cast = decoding.weights_in_compute_dtype(params, jnp.bfloat16)
+  assert cast["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
+  assert cast["token_embedder"]["embedding"].dtype == jnp.bfloat16
+  assert cast["decoder"]["decoder_norm"]["scale"].dtype == jnp.float32
+  assert decoding.weights_in_compute_dtype(params, jnp.float32) is params
+  inputs = jnp.asarray(np.random.RandomState(0).randint(2, 1024, (3, 12)), jnp.int32)
+  tokens = model.greedy_decode(params, inputs, 10)
+  monkeypatch.setattr(decoding, "weights_in_compute_dtype", lambda p, dtype: p)
+  uncast = jax.jit(lambda p, x: decoding.greedy_decode(model.module, p, x, 10))(params, inputs)
+  np.testing.assert_array_equal(tokens, uncast)
