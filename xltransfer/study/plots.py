@@ -127,8 +127,11 @@ def lowres_bars(report: dict, column: str, path: str):
       errors[0].append(delta - d["ci_low"] if has_ci else 0.0)
       errors[1].append(d["ci_high"] - delta if has_ci else 0.0)
     x = np.arange(len(langs)) + (k - (len(conditions) - 1) / 2) * width
-    ax.bar(x, deltas, width, yerr=np.array(errors), capsize=2,
-           label=report["conditions"][c]["label"])
+    bars = ax.bar(x, deltas, width, yerr=np.array(errors), capsize=2,
+                  label=report["conditions"][c]["label"])
+    # The value on each bar: a delta of 0 is a bar of no height, visible only by its label.
+    ax.bar_label(bars, labels=["" if np.isnan(d) else f"{d:+.1f}" for d in deltas],
+                 fontsize=7, padding=2)
   ax.axhline(0, color="black", linewidth=0.8)
   ax.set_xticks(range(len(langs)), langs)
   ax.set_ylabel("Δ vs baseline (points, 95% CI)")
