@@ -254,3 +254,18 @@ def test_languages_are_redrawn_together_only_when_they_share_clusters():
   bs.add_column("panx", column)
   mean = bs.interval([(0.5, ("panx", lang), "a", "b") for lang in ("de", "sw")])
   assert mean.units == 30 and 14 <= mean.df <= 28
+
+
+def test_a_seed_missing_from_one_cell_stays_out_of_the_seed_spread():
+  # Condition a has seeds 0 and 1 on cell x, and 0, 1 and 2 on cell y (seed 2's x stage
+  # failed). Seed 2's aggregate would be only its y term: the spread uses seeds 0 and 1.
+  def cell(rows, seeds):
+    return bootstrap.CellData(bootstrap.MEAN, np.array(rows, dtype=float), seeds)
+  reference = cell([[50.0] * 4], (None,))
+  bs = bootstrap.PairedBootstrap(samples=50)
+  bs.add("x", {"a": cell([[60.0] * 4, [62.0] * 4], (0, 1)), "b": reference})
+  bs.add("y", {"a": cell([[70.0] * 4, [74.0] * 4, [0.0] * 4], (0, 1, 2)), "b": reference})
+  ci = bs.interval([(0.5, "x", "a", "b"), (0.5, "y", "a", "b")])
+  assert ci.seeds == {"a": 2, "b": 0}
+  # Per seed the mean of the two cells: 65 and 68; their variance over 2 seeds, divided by 2.
+  assert ci.std_error == pytest.approx(np.sqrt(np.var([65.0, 68.0], ddof=1) / 2))

@@ -276,14 +276,14 @@ class PairedBootstrap:
         block_replicates += signed * cell.replicates
         clusters.setdefault(cell.block, set()).update(cell.clusters.tolist())
         delta += signed * float(np.mean(list(cell.seed_points.values())))
-        per_seed = seed_sums.setdefault(condition, {})
-        # Only seeds every cell of the condition has enter its spread.
-        seeds = set(cell.seed_points) if condition not in per_seed else set(per_seed) & set(
-            cell.seed_points)
-        per_seed.update({s: per_seed.get(s, 0.0) + signed * cell.seed_points[s]
-                         for s in seeds})
-        for stale in set(per_seed) - seeds:
-          del per_seed[stale]
+        # Only seeds every cell of the condition has enter its spread: a seed missing from
+        # one cell would otherwise enter with part of the contrast.
+        if condition not in seed_sums:
+          seed_sums[condition] = {s: signed * v for s, v in cell.seed_points.items()}
+        else:
+          seed_sums[condition] = {s: total + signed * cell.seed_points[s]
+                                  for s, total in seed_sums[condition].items()
+                                  if s in cell.seed_points}
     parts = []  # (variance, degrees of freedom)
     for block, replicates in by_block.items():
       n = len(clusters[block])
