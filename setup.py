@@ -11,6 +11,7 @@ CORE = [
     "flax>=0.12,<0.13",
     "optax>=0.2.8,<0.3",
     "orbax-checkpoint>=0.12,<0.13",
+    "clu>=0.0.12,<0.1",  # metric writers (xltransfer/scalar_summaries.py)
     "seqio==0.0.20",
     "tensorflow>=2.21,<2.22",
     "tensorflow-text>=2.21,<2.22",

@@ -2,7 +2,8 @@
 """SLURM launcher for GPU clusters; the code is `xltransfer.launch.slurm`. See launch/README.md."""
 import sys
 
-from xltransfer.launch import commands, slurm
+from xltransfer import command_line
+from xltransfer.launch import slurm
 
 if __name__ == "__main__":
-  sys.exit(commands.run_main(slurm.main, "launch/slurm.py"))
+  sys.exit(command_line.run_command(slurm.main, "launch/slurm.py"))

@@ -2,7 +2,8 @@
 """Cloud TPU VM launcher; the code is `xltransfer.launch.tpu`. See launch/README.md."""
 import sys
 
-from xltransfer.launch import commands, tpu
+from xltransfer import command_line
+from xltransfer.launch import tpu
 
 if __name__ == "__main__":
-  sys.exit(commands.run_main(tpu.main, "launch/tpu.py"))
+  sys.exit(command_line.run_command(tpu.main, "launch/tpu.py"))

@@ -4,7 +4,7 @@ import os
 import shlex
 import sys
 
-from xltransfer.study import main as study_main
+from xltransfer.commands import study as study_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(REPO, "tests", "test_study_fake_stage.py")
@@ -20,5 +20,5 @@ def executions(log):
 
 def run_study(study, *extra):
   """`xltransfer study run SPEC --output_dir DIR --program FAKE ...`: its exit code."""
-  return study_main.main(["run", study["spec"], "--output_dir", study["dir"],
+  return study_command.main(["run", study["spec"], "--output_dir", study["dir"],
                           "--program", PROGRAM, *extra])

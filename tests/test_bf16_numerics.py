@@ -15,7 +15,7 @@ from xltransfer.partitioning import create_partitioner
 from xltransfer.train.input import to_global_batch
 from xltransfer.train.optimizer import Adafactor
 from xltransfer.train.schedules import learning_rate_schedule
-from xltransfer.train.trainer import Trainer, fetch
+from xltransfer.train.trainer import Trainer, to_host
 
 STEPS = 200
 BATCH, LENGTH = 8, 16
@@ -45,7 +45,7 @@ def _train_losses(dtype: str, initial_params):
   for batch in _copy_batches():
     state, metrics = trainer.train_step(state, to_global_batch(batch, partitioner, BATCH))
     losses.append(metrics["loss"])
-  return np.array([float(x) for x in fetch(losses)])
+  return np.array([float(x) for x in to_host(losses)])
 
 
 def test_bf16_training_ends_within_2_percent_of_float32():

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train"))
 
 import train_cli_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
@@ -29,7 +28,7 @@ from xltransfer.train import checkpointing, run  # noqa: E402
 from xltransfer.train import input as input_lib  # noqa: E402
 from xltransfer.train.optimizer import Adafactor  # noqa: E402
 from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
-from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
+from xltransfer.train.trainer import Trainer, to_host  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
@@ -308,7 +307,7 @@ def test_checkpoint_without_digests_restores_with_a_log_line(tiny_trainer, tmp_p
   with caplog.at_level(logging.INFO):
     restored, position = reader.restore(0, trainer.abstract_state, trainer.state_shardings)
   assert position == 5
-  for a, b in zip(jax.tree.leaves(fetch(restored)), jax.tree.leaves(fetch(state))):
+  for a, b in zip(jax.tree.leaves(to_host(restored)), jax.tree.leaves(to_host(state))):
     np.testing.assert_array_equal(a, b)
   assert (f"checkpoint {tmp_path}/checkpoint_0 has no array digests (it was written before "
           "xltransfer recorded them): restored WITHOUT verification, it could not be verified"

@@ -8,7 +8,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 
 import gin
 import jax
@@ -18,18 +17,20 @@ import optax
 import pytest
 
 from xltransfer import cli
-from xltransfer.checkpoints import native, run_dir, t5x, t5x_export, tree_utils
+from xltransfer.checkpoints import native, t5x, tree_utils
+from xltransfer.train import t5x_export, trained_run
 from xltransfer.errors import CheckpointError, UserError
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 from xltransfer.partitioning import create_partitioner
 from xltransfer.train import checkpointing
+from xltransfer.train import initial_state
 from xltransfer.train import input as input_lib
 from xltransfer.train import optimizer as opt_lib
 from xltransfer.train import run as run_lib
 from xltransfer.train.schedules import learning_rate_schedule
 from xltransfer.train.state import TrainState
-from xltransfer.train.trainer import Trainer, fetch
+from xltransfer.train.trainer import Trainer, to_host
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
 SHARED_T5X = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -204,7 +205,7 @@ def test_trainer_checkpoint_gives_its_recorded_config_and_step(tmp_path):
   params = EncoderDecoderModel(config).init(jax.random.PRNGKey(1))
   run = tmp_path / "run"
   _write_trainer_checkpoint(run, checkpointing.run_identity(config, "task", None), params, 9)
-  trained = run_dir.load_trained_params(str(run))
+  trained = trained_run.load_trained_params(str(run))
   assert trained.step == 9 and trained.step_dir == str(run / "checkpoint_9")
   assert trained.config.num_decoder_layers == 1 and trained.config.scan_layers
   for name, value in _flat(params).items():
@@ -289,11 +290,7 @@ def _adafactor(momentum):
 def trained_runs(tmp_path_factory):
   """Two tiny runs trained RUN_STEPS steps by the real trainer (a checkpoint every step):
   unscanned without momentum (mT5's setting), and scanned with momentum."""
-  sys.path.insert(0, FIXTURES)
-  try:
-    import train_fixture_tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  finally:
-    sys.path.remove(FIXTURES)
+  import train_fixture_tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   runs = {}
   for name, scan_layers, momentum in (("unscanned", False, None), ("scanned", True, 0.9)):
     gin.clear_config()
@@ -335,10 +332,10 @@ def _run_state(model_dir, trainer, step=RUN_STEPS):
 def _state_slots(opt_state):
   """{slot: {param name: array}} of our optimizer state: v_row/v_col/v, and `ema` if any."""
   (moments,) = [s for s in opt_state if isinstance(s, opt_lib.FactoredRmsState)]
-  slots = {slot: _flat(fetch(getattr(moments, slot))) for slot in _SLOTS}
+  slots = {slot: _flat(to_host(getattr(moments, slot))) for slot in _SLOTS}
   emas = [s for s in opt_state if isinstance(s, optax.EmaState)]
   if emas:
-    slots["ema"] = _flat(fetch(emas[0].ema))
+    slots["ema"] = _flat(to_host(emas[0].ema))
   return slots
 
 
@@ -432,7 +429,7 @@ def _one_step(trainer, state):
   batch = {"encoder_input_tokens": tokens(), "decoder_input_tokens": tokens(),
            "decoder_target_tokens": tokens(), "decoder_loss_weights": jnp.ones((8, 32), jnp.int32)}
   new_state, _ = trainer.train_step(state, batch)
-  return _flat(fetch(new_state.params)), _state_slots(new_state.opt_state)
+  return _flat(to_host(new_state.params)), _state_slots(new_state.opt_state)
 
 
 @pytest.mark.parametrize("run_name,scanned_output", [("unscanned", False), ("scanned", False),
@@ -449,17 +446,17 @@ def test_t5x_export_resumes_with_the_runs_state(trained_runs, tmp_path, run_name
                   + (["--scanned"] if scanned_output else [])) == 0
   model, trainer = _trainer(scan_layers, momentum)
   original = _run_state(model_dir, trainer)
-  restored = checkpointing.load_initial_state(str(out), model, trainer).state
-  assert int(fetch(restored.step)) == int(fetch(original.step)) == RUN_STEPS
-  flat_original = jax.tree_util.tree_flatten_with_path(fetch(original.opt_state))[0]
-  flat_restored = jax.tree_util.tree_flatten_with_path(fetch(restored.opt_state))[0]
+  restored = initial_state.load_initial_state(str(out), model, trainer).state
+  assert int(to_host(restored.step)) == int(to_host(original.step)) == RUN_STEPS
+  flat_original = jax.tree_util.tree_flatten_with_path(to_host(original.opt_state))[0]
+  flat_restored = jax.tree_util.tree_flatten_with_path(to_host(restored.opt_state))[0]
   assert [path for path, _ in flat_restored] == [path for path, _ in flat_original]
   for (path, want), (_, got) in zip(flat_original, flat_restored):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
                                   err_msg=jax.tree_util.keystr(path))
-  before = _flat(fetch(original.params))
+  before = _flat(to_host(original.params))
   for name, value in before.items():
-    np.testing.assert_array_equal(_flat(fetch(restored.params))[name], value, err_msg=name)
+    np.testing.assert_array_equal(_flat(to_host(restored.params))[name], value, err_msg=name)
   params_original, slots_original = _one_step(trainer, original)
   params_restored, slots_restored = _one_step(trainer, restored)
   assert not np.array_equal(params_original["token_embedder/embedding"],
@@ -536,7 +533,7 @@ def test_full_second_moments_become_t5x_row_and_column_means(tmp_path):
   flat = _flat(params)
   full = {n: rng.uniform(0.5, 2.0, v.shape).astype(np.float32) for n, v in flat.items()}
   placeholder = {n: np.zeros((1,), np.float32) for n in flat}
-  trained = run_dir.TrainedOptimizerState(step_dir="run/checkpoint_5", step=5, v_row=placeholder,
+  trained = trained_run.TrainedOptimizerState(step_dir="run/checkpoint_5", step=5, v_row=placeholder,
                                           v_col=placeholder, v=full, momentum=None)
   out = tmp_path / "t5x"
   t5x_export.save_t5x_checkpoint(params, config, str(out), 5, trained_state=trained,

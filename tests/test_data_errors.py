@@ -11,7 +11,6 @@ column. The files are small ones in the formats of the XTREME-R download
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import seqio
@@ -182,11 +181,7 @@ def test_empty_training_file_is_named_when_the_trainer_reads_it(xtreme_copy):
 
 
 def test_a_task_that_yields_nothing_names_the_task_instead_of_stop_iteration(tmp_path):
-  sys.path.insert(0, os.path.join(FIXTURES, "train"))
-  try:
-    import train_fixture_tasks  # pylint: disable=g-import-not-at-top
-  finally:
-    sys.path.pop(0)
+  import train_fixture_tasks  # pylint: disable=g-import-not-at-top
   from xltransfer.partitioning import create_partitioner  # pylint: disable=g-import-not-at-top
   from xltransfer.train import input as input_lib  # pylint: disable=g-import-not-at-top
   empty = _write(tmp_path, "empty_train.tsv", "")

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from xltransfer import cli, demo
+from xltransfer import cli
+from xltransfer.commands import demo
 from xltransfer.errors import UserError
 from xltransfer.study import grid, runner
 from xltransfer.study import spec as spec_lib
@@ -149,7 +150,7 @@ def test_demo_forwards_spec_overrides(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   calls = []
   monkeypatch.setattr(demo, "ensure_initial_checkpoint", lambda path, size: False)
-  monkeypatch.setattr(demo.study_main, "main", lambda argv: calls.append(argv) or 0)
+  monkeypatch.setattr(demo.study_command, "main", lambda argv: calls.append(argv) or 0)
   override = '--gin.targets=["xnli", "panx", "tatoeba"]'
   assert demo.main([override]) == 0
   assert calls == [["run", demo.SPEC, "--report", override]]

@@ -3,7 +3,7 @@
 Collected from README.md, launch/README.md, docs/*.md (fenced code blocks, one command per
 line after joining `\\` continuations, and inline `code` spans) and from the --help text of
 every command and sub-command. Each gin path must resolve as the trainer resolves it
-(xltransfer/gin_paths.py); each command must parse with its command's own argument parser
+(xltransfer/gin_utils.py); each command must parse with its command's own argument parser
 (the launchers run a real --dry-run, with recording fakes of gcloud/sbatch/tar first on
 PATH); each --gin.NAME=VALUE must parse as gin parses a binding. Nothing is trained, nothing
 touches the network.
@@ -26,12 +26,13 @@ import gin
 import pytest
 
 from xltransfer import cli
-from xltransfer import gin_paths
+from xltransfer import command_line
+from xltransfer import gin_utils
 from xltransfer.errors import UserError
-from xltransfer.launch import main as launch_main
+from xltransfer.commands import launch as launch_main
 from xltransfer.launch import slurm
 from xltransfer.launch import tpu
-from xltransfer.train import main as train_main
+from xltransfer import gin_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "launch/README.md"] + sorted(
@@ -139,7 +140,7 @@ def help_texts():
   with contextlib.redirect_stdout(out):
     cli.main(["demo", "--help"])
   texts.append(("xltransfer demo --help", out.getvalue()))
-  roots = [(f"xltransfer {c}", top_parser(c)) for c in cli.COMMANDS if c not in ("demo",
+  roots = [(f"xltransfer {c}", top_parser(c)) for c in command_line.COMMANDS if c not in ("demo",
                                                                                   "launch")]
   roots += [("xltransfer launch tpu", tpu.build_parser()),
             ("xltransfer launch slurm", slurm.build_parser())]
@@ -183,13 +184,13 @@ def gin_problem(path):
   """None if `path` resolves as the trainer resolves --gin_file; else what is wrong."""
   if re.search(r"[{}]|[A-Z]{2,}", path):
     return f"{path}: unknown placeholder (add it to PLACEHOLDERS in this test)"
-  search = gin_paths.search_paths()
+  search = gin_utils.search_paths()
   if "*" in path:
     pattern = path[4:] if path.startswith("gin/") else path
-    return None if glob.glob(os.path.join(gin_paths.config_dir(), pattern)) else \
+    return None if glob.glob(os.path.join(gin_utils.config_dir(), pattern)) else \
         f"{path}: matches no file"
   try:
-    gin_paths.resolve(path, search)
+    gin_utils.resolve(path, search)
   except UserError as e:
     return str(e)
   return None
@@ -230,12 +231,12 @@ def _commands_in_tokens(tokens, strict=False):
         found.append(("launcher", [script] + tokens[start:]))
         return found
     if token == "xltransfer" or token.endswith("/bin/xltransfer"):
-      if (strict and i == 0) or tokens[i + 1:i + 2] and tokens[i + 1] in cli.COMMANDS:
+      if (strict and i == 0) or tokens[i + 1:i + 2] and tokens[i + 1] in command_line.COMMANDS:
         found.append(("xltransfer", tokens[i + 1:]))
         return found
     if token.startswith("--command="):
       found += _commands_in_tokens(shlex.split(token[len("--command="):]))
-    if token == "--" and i + 1 < len(tokens) and tokens[i + 1] in cli.COMMANDS and \
+    if token == "--" and i + 1 < len(tokens) and tokens[i + 1] in command_line.COMMANDS and \
         tokens[0] == "...":
       found.append(("xltransfer", tokens[i + 1:]))
       return found
@@ -265,7 +266,7 @@ def check_binding(binding):
   try:
     list(parser)
   except SyntaxError as e:
-    return (train_main._unparsable_binding(e, [binding])  # pylint: disable=protected-access
+    return (gin_utils._unparsable_binding(e, [binding])  # pylint: disable=protected-access
             or f"binding `{binding}`: {e}")
   return None
 
@@ -274,7 +275,7 @@ def check_synopsis(tokens):
   command = tokens[0] if tokens else ""
   if command in ("...", "COMMAND"):
     return None
-  if command not in cli.COMMANDS:
+  if command not in command_line.COMMANDS:
     return f"unknown command {command!r}"
   if command == "demo":
     parsers = []
@@ -314,7 +315,7 @@ def check_xltransfer(tokens, where):
   for argv in _sized(tokens):
     shown = f"{where}: `xltransfer {shlex.join(argv)}`"
     problems += [f"{shown}: {p}" for p in map(gin_problem, gin_files(argv)) if p]
-    rest, bindings = train_main.split_gin_flags(argv[1:])
+    rest, bindings = gin_utils.split_gin_flags(argv[1:])
     bindings += [v for flag, v in zip(rest, rest[1:]) if flag == "--gin_bindings"]
     bindings += [a.split("=", 1)[1] for a in rest if a.startswith("--gin_bindings=")]
     problems += [f"{shown}: {p}" for p in map(check_binding, bindings) if p]
@@ -332,18 +333,18 @@ def gin_files(argv):
 def parse_problem(argv):
   """Parses `xltransfer ARGV` with the command's own parser and stops before it runs."""
   command = argv[0]
-  if command not in cli.COMMANDS:
+  if command not in command_line.COMMANDS:
     return f"unknown command {command!r}"
   if command == "launch":
     if len(argv) < 2 or argv[1] not in launch_main.LAUNCHERS:
       return "launch needs tpu or slurm"
     return launcher_problem(launch_main.LAUNCHERS[argv[1]][0], argv[2:])
   if command == "demo":
-    from xltransfer.study import main as study_main  # pylint: disable=import-outside-toplevel
-    rest, _ = study_main.split_gin_flags(argv[1:])
+    from xltransfer.commands import study as study_command  # pylint: disable=import-outside-toplevel
+    rest, _ = study_command.split_gin_flags(argv[1:])
     return f"unexpected arguments {rest}" if rest else None
   if command == "plan":
-    from xltransfer import plan  # pylint: disable=import-outside-toplevel
+    from xltransfer.commands import plan  # pylint: disable=import-outside-toplevel
     err = io.StringIO()
     try:
       with contextlib.redirect_stderr(err):
@@ -450,7 +451,7 @@ def test_every_documented_command_parses(helps):
 
 def test_help_texts_cover_every_command(helps):
   names = {where.split(" --help")[0] for where, _ in helps}
-  for command in cli.COMMANDS:
+  for command in command_line.COMMANDS:
     assert f"xltransfer {command}" in names
   assert {"xltransfer study run", "xltransfer tasks show", "xltransfer launch tpu run",
           "xltransfer launch slurm submit"} <= names

@@ -2,7 +2,6 @@
 encoder (params and optimizer state), loads every kind of seq2seq checkpoint with the decoder
 left unread, and a MODEL_DIR of the other model kind is refused with both kinds named."""
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
-sys.path.insert(0, FIXTURES)
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer import cli  # noqa: E402
@@ -22,9 +20,10 @@ from xltransfer.model.dual_encoder import DualEncoderModel  # noqa: E402
 from xltransfer.model.models import EncoderDecoderModel  # noqa: E402
 from xltransfer.partitioning import create_partitioner  # noqa: E402
 from xltransfer.train import checkpointing  # noqa: E402
+from xltransfer.checkpoints import loading
 from xltransfer.train.run import build_trainer  # noqa: E402
 from xltransfer.train.state import TrainState  # noqa: E402
-from xltransfer.train.trainer import fetch  # noqa: E402
+from xltransfer.train.trainer import to_host  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("clean_gin")
 @pytest.fixture(scope="module")
 def seq2seq_params():
   """A tiny mT5's parameters (numpy), the seq2seq checkpoint a dual encoder starts from."""
-  return fetch(EncoderDecoderModel(get_config("tiny")).init(jax.random.PRNGKey(3)))
+  return to_host(EncoderDecoderModel(get_config("tiny")).init(jax.random.PRNGKey(3)))
 
 
 def _without_decoder(params):
@@ -121,14 +120,14 @@ def test_seq2seq_checkpoints_load_without_their_decoder(tmp_path, seq2seq_params
   path = writers[fmt](tmp_path / fmt, seq2seq_params)
   model = DualEncoderModel(get_config("tiny", scan_layers=fmt == "hf_scanned"))
   shardings = create_partitioner().shardings(model.param_logical_axes())
-  params, description = checkpointing.load_initial_params(path, model, shardings)
+  params, description = loading.load_initial_params(path, model, shardings)
   assert description.startswith(kind)
   assert set(params) == {"token_embedder", "encoder"}
   expected = _without_decoder(seq2seq_params)
   if fmt == "hf_scanned":
     from xltransfer.checkpoints import layout  # pylint: disable=import-outside-toplevel
     expected = layout.stack_layers(expected, model.config)
-  _assert_same(fetch(params), expected)
+  _assert_same(to_host(params), expected)
 
 
 def test_dual_encoder_checkpoint_in_a_seq2seq_model_names_the_gin_file(tmp_path, seq2seq_params):
@@ -137,13 +136,13 @@ def test_dual_encoder_checkpoint_in_a_seq2seq_model_names_the_gin_file(tmp_path,
   shardings = create_partitioner().shardings(model.param_logical_axes())
   with pytest.raises(CheckpointError, match=r"no decoder: it is a dual encoder's .* load it with "
                                             r"models/dual_encoder.gin"):
-    checkpointing.load_initial_params(path, model, shardings)
+    loading.load_initial_params(path, model, shardings)
   # Only the decoder may be left out: other surplus arrays are still an error.
   extra = dict(seq2seq_params, head={"kernel": np.zeros((2, 2), np.float32)})
   path = _write_native(tmp_path / "extra", extra)
   dual = DualEncoderModel(get_config("tiny"))
   with pytest.raises(CheckpointError, match=r"unexpected \['head/kernel'\]"):
-    checkpointing.load_initial_params(
+    loading.load_initial_params(
         path, dual, create_partitioner().shardings(dual.param_logical_axes()))
 
 

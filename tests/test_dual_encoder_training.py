@@ -15,13 +15,14 @@ from xltransfer import cli
 from xltransfer.checkpoints import native
 from xltransfer.data import languages, retrieval, vocab
 from xltransfer.errors import ConfigError
-from xltransfer.evaluation import eval_main, inference
+from xltransfer.commands import eval as eval_command
+from xltransfer.evaluation import inference
 from xltransfer.model.config import get_config
 from xltransfer.model.dual_encoder import CANDIDATE_FEATURE, QUERY_FEATURE, DualEncoderModel
 from xltransfer.partitioning import create_partitioner
 from xltransfer.study import grid
 from xltransfer.study import spec as spec_lib
-from xltransfer.train import checkpointing
+from xltransfer.checkpoints import loading
 from xltransfer.train import input as input_lib
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -134,7 +135,7 @@ def test_loss_falls_and_validation_counts_pairs(trained):
   assert 0.0 <= evals[0]["eval/accuracy"] <= 1.0 and np.isfinite(evals[0]["eval/loss"])
   assert (model_dir / "DONE").exists()
   operative = (model_dir / "operative_config.gin").read_text()
-  assert "MODEL = @xltransfer.train.dual_encoder_model()" in operative
+  assert "MODEL = @xltransfer.model.dual_encoder_model()" in operative
   assert "feature_converter = 'dual_encoder'" in operative
 
 
@@ -143,7 +144,7 @@ def trained_params(trained):
   """(model, the run's final parameters as numpy arrays), read as the evaluator reads them."""
   model = DualEncoderModel(get_config("tiny"))
   shardings = create_partitioner().shardings(model.param_logical_axes())
-  params, _ = checkpointing.load_initial_params(str(trained[1]), model, shardings)
+  params, _ = loading.load_initial_params(str(trained[1]), model, shardings)
   return model, jax.tree.map(np.asarray, params)
 
 
@@ -174,13 +175,13 @@ def test_retrieval_evaluator_scores_the_trained_encoder(trained, trained_params,
   monkeypatch.setenv("XTREME_DATA_DIR", FIXTURES)
   plain, glued = str(root / "eval_plain"), str(root / "eval_glued")
   # The dual-encoder glue after the model file, as the study's eval stages load it.
-  assert eval_main.main(_eval_argv(model_dir, glued, "models/mt5_tiny.gin",
-                                   "models/dual_encoder.gin")) == 0
+  assert cli.main(["eval", *_eval_argv(model_dir, glued, "models/mt5_tiny.gin",
+                                   "models/dual_encoder.gin")]) == 0
   assert 0.0 <= _metrics(glued) <= 100.0
   # The plain (seq2seq) model file cannot hold the encoder-only checkpoint: it says which
   # file to add.
   capsys.readouterr()
-  assert eval_main.main(_eval_argv(model_dir, plain, "models/mt5_tiny.gin")) == 2
+  assert cli.main(["eval", *_eval_argv(model_dir, plain, "models/mt5_tiny.gin")]) == 2
   assert "load it with models/dual_encoder.gin" in capsys.readouterr().err
   records = _read_jsonl(os.path.join(glued, "predictions", "mewslix", "en.jsonl"))
   assert len(records) == 6
@@ -217,14 +218,15 @@ def test_lareqa_evaluates_the_dual_encoder_checkpoint(trained, monkeypatch, buil
           "--gin_file=eval/zeroshot.gin", f"--checkpoint={model_dir}",
           f"--output_dir={output_dir}", "--tasks=xlt_lareqa_eval_en", "--split=test",
           "--gin.BATCH_SIZE=8", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}"]
-  assert eval_main.main(argv) == 0
+  assert cli.main(["eval", *argv]) == 0
   assert 0.0 <= _metrics(output_dir, "lareqa") <= 100.0
   records = _read_jsonl(os.path.join(output_dir, "predictions", "lareqa", "en.jsonl"))
   assert records and all(r["prediction"] for r in records)
 
 
 def test_the_study_fine_tunes_mewslix_and_lareqa_as_dual_encoders():
-  from xltransfer.train import main as train_main  # pylint: disable=import-outside-toplevel
+  from xltransfer import gin_utils  # pylint: disable=import-outside-toplevel
+  from xltransfer.commands import train as train_command  # pylint: disable=import-outside-toplevel
   spec = spec_lib.load_spec(os.path.join(STUDY_GIN, "xtreme_r_lowres_mt5_xxl.gin"))
   spec_lib.check_gin_files(spec, "xxl")
   stages = grid.build_stages(spec, "/s")
@@ -236,15 +238,15 @@ def test_the_study_fine_tunes_mewslix_and_lareqa_as_dual_encoders():
     assert by_id[f"eval/none/seed0/{target}"].gin_files[-1] == "models/dual_encoder.gin"
   assert by_id["finetune/none/seed0/xnli"].gin_files[-1] == "runs/finetune.gin"
   # The fine-tuning stage's files parse into a dual encoder on unpacked pairs...
-  train_main._import_registrations()  # pylint: disable=protected-access
+  gin_utils.import_modules(*train_command._registration_modules())  # pylint: disable=protected-access
   finetune = by_id["finetune/none/seed0/mewslix"]
-  train_main.parse_gin(finetune.gin_files, [f"{k} = {v!r}" for k, v in finetune.bindings], [])
-  assert gin.query_parameter("%MODEL").selector == "xltransfer.train.dual_encoder_model"
+  gin_utils.parse_config(finetune.gin_files, [f"{k} = {v!r}" for k, v in finetune.bindings], [])
+  assert gin.query_parameter("%MODEL").selector == "xltransfer.model.dual_encoder_model"
   assert gin.query_parameter("train/xltransfer.train.DatasetConfig.pack") is False
   assert gin.query_parameter("xltransfer.train.DatasetConfig.feature_converter") == "dual_encoder"
   # ...and so do its eval stage's (the glue defines no macro that eval would leave unused).
   gin.clear_config()
   evaluation = by_id["eval/none/seed0/mewslix"]
-  train_main.parse_gin(list(evaluation.gin_files) + [eval_main.DEFAULT_GIN_FILE],
+  gin_utils.parse_config(list(evaluation.gin_files) + [eval_command.DEFAULT_GIN_FILE],
                        [f"{k} = {v!r}" for k, v in evaluation.bindings], [])
-  assert gin.query_parameter("%MODEL").selector == "xltransfer.train.dual_encoder_model"
+  assert gin.query_parameter("%MODEL").selector == "xltransfer.model.dual_encoder_model"

@@ -28,7 +28,7 @@ from seqeval import metrics as seqeval_metrics
 
 from xltransfer.checkpoints import native
 from xltransfer.data import languages
-from xltransfer.evaluation import eval_main
+from xltransfer import cli
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 
@@ -102,9 +102,9 @@ def official(checkpoint, tmp_path_factory):
     out = str(root / "out")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-      code = eval_main.main(_argv(checkpoint, out, ALL_TASKS))
+      code = cli.main(["eval", *_argv(checkpoint, out, ALL_TASKS)])
     required = str(root / "required")
-    required_code = eval_main.main(_argv(checkpoint, required, ALL_TASKS, "--require_gold"))
+    required_code = cli.main(["eval", *_argv(checkpoint, required, ALL_TASKS, "--require_gold")])
   return {"data": data, "out": out, "code": code, "printed": printed.getvalue(),
           "required": required, "required_code": required_code}
 
@@ -214,11 +214,11 @@ def labelled(checkpoint, tmp_path_factory):
     patch.setenv("XLTRANSFER_TARGET_SOURCE", "original")
     patch.setenv("XTREME_ORIGINAL_DATA_DIR", ORIGINAL)
     out = str(root / "out")
-    code = eval_main.main(_argv(checkpoint, out, LABELLED_TASKS))
+    code = cli.main(["eval", *_argv(checkpoint, out, LABELLED_TASKS)])
     patch.setenv("XLTRANSFER_TARGET_SOURCE", "files")
     udpos = str(root / "udpos")
-    udpos_code = eval_main.main(_argv(checkpoint, udpos, "xlt_udpos_eval_hi",
-                                      "--split=validation"))
+    udpos_code = cli.main(["eval", *_argv(checkpoint, udpos, "xlt_udpos_eval_hi",
+                                      "--split=validation")])
   return {"out": out, "code": code, "udpos": udpos, "udpos_code": udpos_code}
 
 

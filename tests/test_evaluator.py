@@ -14,10 +14,12 @@ from seqeval import metrics as seqeval_metrics
 from xltransfer.checkpoints import native
 from xltransfer.errors import ConfigError
 from xltransfer.data import vocab
-from xltransfer.evaluation import eval_main, evaluator
-from xltransfer.evaluation import metrics as metrics_lib
+from xltransfer import cli
+from xltransfer.evaluation import evaluator
+from xltransfer import metrics as metrics_lib
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.tasks import catalog
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xtreme")
 TASKS = ("xlt_xnli_eval_zh", "xlt_xcopa_eval_zh", "xlt_panx_eval_ru", "xlt_xquad_eval_zh",
@@ -48,8 +50,8 @@ def evaluated(checkpoint, tmp_path_factory):
     patch.setenv("XTREME_DATA_DIR", FIXTURES)
     root = tmp_path_factory.mktemp("eval")
     output_dir, submission_dir = str(root / "out"), str(root / "submission")
-    assert eval_main.main(_argv(checkpoint, output_dir,
-                                extra=[f"--submission_dir={submission_dir}"])) == 0
+    assert cli.main(["eval", *_argv(checkpoint, output_dir,
+                                extra=[f"--submission_dir={submission_dir}"])]) == 0
     yield output_dir, submission_dir, patch
 
 
@@ -142,7 +144,7 @@ def test_resumes_from_complete_prediction_files(evaluated, checkpoint):
     tatoeba_before = f.read()
   os.remove(tatoeba_path)
   os.remove(os.path.join(output_dir, "DONE"))
-  assert eval_main.main(_argv(checkpoint, output_dir)) == 0
+  assert cli.main(["eval", *_argv(checkpoint, output_dir)]) == 0
   scores = _metrics(output_dir)["tasks"]
   assert scores["xnli"]["zh"]["accuracy"] == 100.0
   assert scores["panx"]["ru"]["f1"] == 100.0
@@ -152,21 +154,21 @@ def test_resumes_from_complete_prediction_files(evaluated, checkpoint):
 
 
 def test_unknown_task_is_exit_2_naming_it(checkpoint, tmp_path, capsys):
-  assert eval_main.main(_argv(checkpoint, str(tmp_path), tasks="xlt_xnli_eval_zz")) == 2
+  assert cli.main(["eval", *_argv(checkpoint, str(tmp_path), tasks="xlt_xnli_eval_zz")]) == 2
   err = capsys.readouterr().err
   assert "unknown task or mixture 'xlt_xnli_eval_zz'" in err and "Traceback" not in err
 
 
 def test_missing_checkpoint_is_exit_2(tmp_path, capsys):
   missing = str(tmp_path / "no_such_checkpoint")
-  assert eval_main.main(_argv(missing, str(tmp_path / "out"), tasks="xlt_xnli_eval_zh")) == 2
+  assert cli.main(["eval", *_argv(missing, str(tmp_path / "out"), tasks="xlt_xnli_eval_zh")]) == 2
   assert (f"error: CHECKPOINT_PATH (--checkpoint) {missing}: no such file or directory"
           in capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "out" / "DONE")
 
 
 def test_missing_gin_file_is_exit_2(capsys):
-  assert eval_main.main(["--checkpoint=/x", "--output_dir=/y"]) == 2
+  assert cli.main(["eval", *["--checkpoint=/x", "--output_dir=/y"]]) == 2
   assert "--gin_file" in capsys.readouterr().err
 
 
@@ -184,6 +186,7 @@ def _register_copy_task(path):
       "xlt_copytest_eval_en", source=seqio.FunctionDataSource(dataset_fn, splits=("validation",)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=features, metric_fns=[metrics_lib.accuracy])
+  catalog.declare_evaluation("xlt_copytest_eval_en", family="copytest", language="en")
 
 
 def test_in_memory_parameters_with_a_task_registered_here(tmp_path):

@@ -20,10 +20,13 @@ from xltransfer import disk_full
 from xltransfer.checkpoints import native
 from xltransfer.data import gold, vocab
 from xltransfer.errors import UserError
-from xltransfer.evaluation import eval_main, evaluator
-from xltransfer.evaluation import metrics as metrics_lib
+from xltransfer import cli
+from xltransfer.evaluation import evaluator
+from xltransfer.evaluation import outputs
+from xltransfer import metrics as metrics_lib
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.tasks import catalog
 
 INPUTS = ["hello world", "guten tag", "bonjour", "ciao bella"]
 LENGTHS = {"inputs": 16, "targets": 6}
@@ -64,6 +67,8 @@ def _register(name, path, provenance=None, error=None):
       name, source=_Source(path, provenance, error),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       output_features=features, metric_fns=[metrics_lib.accuracy])
+  # Filed as predictions/{family}/en.jsonl (xlt_goldlab_eval_en: goldlab/en).
+  catalog.declare_evaluation(name, family=name.split("_")[1], language="en")
 
 
 def _write(path, targets, inputs=INPUTS):
@@ -259,7 +264,7 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, 
   _register("xlt_goldnone_eval_en", unlabelled, _unlabelled(unlabelled))
   out = tmp_path / "out"
   tasks = "xlt_goldlab_eval_en,xlt_goldmiss_eval_en,xlt_goldnone_eval_en"
-  assert eval_main.main(_argv(checkpoints[3], out, tasks, f"--submission_dir={tmp_path}/s")) == 1
+  assert cli.main(["eval", *_argv(checkpoints[3], out, tasks, f"--submission_dir={tmp_path}/s")]) == 1
   printed = capsys.readouterr()
   assert "goldlab  en   accuracy=25.00" in printed.out
   assert (f"goldnone en   no gold, no metric; predictions only in {out}/predictions/goldnone/"
@@ -275,7 +280,7 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, 
   # The file appears; the rerun computes only the failed task and completes.
   done_before = os.path.getmtime(evaluator.predictions_path(str(out), "goldlab", "en"))
   _write(missing, [greedy[0], greedy[1], "u", "v"])
-  assert eval_main.main(_argv(checkpoints[3], out, tasks)) == 0
+  assert cli.main(["eval", *_argv(checkpoints[3], out, tasks)]) == 0
   assert os.path.getmtime(evaluator.predictions_path(str(out), "goldlab", "en")) == done_before
   metrics = _json(out, "metrics.json")
   assert metrics["failed"] == {}
@@ -288,11 +293,11 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
   _register("xlt_goldlab_eval_en", data, _labelled(data))
   out = tmp_path / "out"
   predictions = evaluator.predictions_path(str(out), "goldlab", "en")
-  assert eval_main.main(_argv(checkpoints[3], out, "xlt_goldlab_eval_en")) == 0
+  assert cli.main(["eval", *_argv(checkpoints[3], out, "xlt_goldlab_eval_en")]) == 0
   assert _json(out, "predictions/goldlab/en.meta.json")["step"] == 3
   capsys.readouterr()
   # Issue 13: step 40 into the same directory reported step 3's predictions as step 40's.
-  assert eval_main.main(_argv(checkpoints[40], out, "xlt_goldlab_eval_en")) == 0
+  assert cli.main(["eval", *_argv(checkpoints[40], out, "xlt_goldlab_eval_en")]) == 0
   err = capsys.readouterr().err
   assert (f"holds the evaluation of checkpoint {checkpoints[3]} (step 3), not of checkpoint "
           f"{checkpoints[40]} (step 40); recomputing it") in err
@@ -306,7 +311,7 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
   # --no_overwrite refuses instead, before loading anything, and leaves the directory alone.
   before = {name: _json(out, name) for name in ("metrics.json", evaluator.IDENTITY_FILE)}
   mtime = os.path.getmtime(predictions)
-  assert eval_main.main(_argv(checkpoints[3], out, "xlt_goldlab_eval_en", "--no_overwrite")) == 2
+  assert cli.main(["eval", *_argv(checkpoints[3], out, "xlt_goldlab_eval_en", "--no_overwrite")]) == 2
   err = capsys.readouterr().err
   assert (f"error: {out} holds the evaluation of checkpoint {checkpoints[40]} (step 40), not of "
           f"checkpoint {checkpoints[3]} (step 3); refused (--no_overwrite)") in err
@@ -314,7 +319,7 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
   assert {name: _json(out, name) for name in before} == before
   assert os.path.getmtime(predictions) == mtime and os.path.isfile(out / "DONE")
   # The same checkpoint resumes: nothing recomputed, with or without --no_overwrite.
-  assert eval_main.main(_argv(checkpoints[40], out, "xlt_goldlab_eval_en", "--no_overwrite")) == 0
+  assert cli.main(["eval", *_argv(checkpoints[40], out, "xlt_goldlab_eval_en", "--no_overwrite")]) == 0
   assert os.path.getmtime(predictions) == mtime
 
 
@@ -332,7 +337,7 @@ def test_a_crash_while_replacing_never_mixes_checkpoints(tmp_path, model_and_par
   def crash(path):
     raise KeyboardInterrupt(f"killed while removing {path}")
   with monkeypatch.context() as patch:
-    patch.setattr(evaluator, "_remove_predictions", crash)
+    patch.setattr(outputs, "remove_predictions", crash)
     with pytest.raises(KeyboardInterrupt):
       _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a")
   assert _json(out, evaluator.IDENTITY_FILE)["step"] == 40
@@ -410,7 +415,7 @@ def test_empty_checkpoint_dir_names_the_flag(tmp_path, capsys):
   empty.mkdir()
   data = _write(tmp_path / "dev.jsonl", ["a", "b", "c", "d"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
-  assert eval_main.main(_argv(empty, tmp_path / "out", "xlt_goldlab_eval_en")) == 2
+  assert cli.main(["eval", *_argv(empty, tmp_path / "out", "xlt_goldlab_eval_en")]) == 2
   err = capsys.readouterr().err
   assert f"error: CHECKPOINT_PATH (--checkpoint) {empty}: not a recognised checkpoint" in err
   assert "INITIAL_CHECKPOINT_PATH" not in err and "In call to configurable" not in err
@@ -447,7 +452,7 @@ def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoin
   monkeypatch.setattr(tf.io.gfile, "GFile",
                       lambda path, mode="r": (FullDisk if path == full else real_gfile)(path, mode))
   tasks = "xlt_golda_eval_en,xlt_goldb_eval_en"
-  assert eval_main.main(_argv(checkpoints[3], out, tasks)) == 2
+  assert cli.main(["eval", *_argv(checkpoints[3], out, tasks)]) == 2
   err = capsys.readouterr().err
   error_lines = [line for line in err.splitlines() if line.startswith("xltransfer eval:")]
   target = full[:-len(".partial")]
@@ -464,7 +469,7 @@ def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoin
   # Space is back: the rerun keeps the finished task and completes the other.
   monkeypatch.setattr(tf.io.gfile, "GFile", real_gfile)
   done_before = os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en"))
-  assert eval_main.main(_argv(checkpoints[3], out, tasks)) == 0
+  assert cli.main(["eval", *_argv(checkpoints[3], out, tasks)]) == 0
   assert os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en")) == done_before
   assert _json(out, "metrics.json")["tasks"]["goldb"] == {"en": {"accuracy": 50.0}}
   assert os.path.getsize(target) == int(match.group(1))  # the size the message gave
@@ -485,7 +490,7 @@ def test_tensorflow_and_python_disk_full_errors_are_recognised(tmp_path):
 
 def test_a_full_disk_under_the_summaries_is_named(tmp_path, model_and_params, greedy,
                                                   monkeypatch):
-  from xltransfer.train import scalar_summaries  # pylint: disable=g-import-not-at-top
+  from xltransfer import scalar_summaries  # pylint: disable=g-import-not-at-top
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
 

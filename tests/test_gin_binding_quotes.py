@@ -8,7 +8,7 @@ import gin
 import pytest
 
 from xltransfer.errors import ConfigError
-from xltransfer.train import main as train_main
+from xltransfer import gin_utils
 
 
 @gin.configurable("binding_quotes_sink")
@@ -27,9 +27,9 @@ def macro_file(tmp_path):
 
 @pytest.mark.parametrize("value", ["/shared/runs/xnli-en", "gs://bucket/runs/x", "my-run"])
 def test_unquoted_string_names_the_binding_and_the_quoted_form(macro_file, value):
-  _, bindings = train_main.split_gin_flags([f"--gin.MODEL_DIR={value}"])
+  _, bindings = gin_utils.split_gin_flags([f"--gin.MODEL_DIR={value}"])
   with pytest.raises(ConfigError) as caught:
-    train_main.parse_gin([macro_file], bindings, [])
+    gin_utils.parse_config([macro_file], bindings, [])
   message = str(caught.value)
   assert f"binding `MODEL_DIR = {value}`" in message
   assert f"""--gin.MODEL_DIR="'{value}'\"""" in message
@@ -39,20 +39,20 @@ def test_unquoted_string_names_the_binding_and_the_quoted_form(macro_file, value
 
 def test_the_suggested_form_parses(macro_file):
   # The shell turns --gin.MODEL_DIR="'/shared/runs/x'" into this argument.
-  _, bindings = train_main.split_gin_flags(["--gin.MODEL_DIR='/shared/runs/x'"])
-  train_main.parse_gin([macro_file], bindings, [])
+  _, bindings = gin_utils.split_gin_flags(["--gin.MODEL_DIR='/shared/runs/x'"])
+  gin_utils.parse_config([macro_file], bindings, [])
   assert gin.query_parameter("MODEL_DIR/macro.value") == "/shared/runs/x"
 
 
 def test_value_with_shell_characters_is_shell_quoted(macro_file):
-  _, bindings = train_main.split_gin_flags(["--gin.MODEL_DIR=$HOME/x"])
+  _, bindings = gin_utils.split_gin_flags(["--gin.MODEL_DIR=$HOME/x"])
   with pytest.raises(ConfigError, match=r"""e\.g\. '--gin\.MODEL_DIR='"'"'\$HOME/x'"'"''"""):
-    train_main.parse_gin([macro_file], bindings, [])
+    gin_utils.parse_config([macro_file], bindings, [])
 
 
 def test_errors_in_gin_files_keep_gins_file_and_line(tmp_path, macro_file):
   bad = tmp_path / "bad.gin"
   bad.write_text("MODEL_DIR = /shared/x\n")
   with pytest.raises(ConfigError, match="bad.gin") as caught:
-    train_main.parse_gin([str(bad)], [], [])
+    gin_utils.parse_config([str(bad)], [], [])
   assert "binding `" not in str(caught.value)

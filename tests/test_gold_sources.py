@@ -321,7 +321,7 @@ def test_lareqa_training_pairs_pick_the_sentence_at_the_answer_start():
 # -- What `tasks list` says -------------------------------------------------------------------
 
 def test_tasks_list_says_which_source_and_split_scores(official, monkeypatch):
-  from xltransfer.tasks import cli  # pylint: disable=g-import-not-at-top
+  from xltransfer.commands import tasks as cli  # pylint: disable=g-import-not-at-top
 
   def listed():
     out = io.StringIO()
@@ -357,7 +357,7 @@ def test_tasks_list_says_which_source_and_split_scores(official, monkeypatch):
 
 
 def test_tasks_show_prints_what_the_split_holds(official):
-  from xltransfer.tasks import cli  # pylint: disable=g-import-not-at-top
+  from xltransfer.commands import tasks as cli  # pylint: disable=g-import-not-at-top
   from xltransfer.data import vocab  # pylint: disable=g-import-not-at-top
   out = io.StringIO()
   try:

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
+from xltransfer import command_line
 from xltransfer.errors import UserError
-from xltransfer.launch import commands
 from xltransfer.launch import slurm
 from xltransfer.launch import slurm_env
 
@@ -119,7 +119,7 @@ def test_entry_point_script(tmp_path):
 
 def test_without_sbatch_fails_clearly(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("PATH", str(tmp_path))
-  assert commands.run_main(slurm.main, "launch/slurm.py", ["submit", "--", "train"]) == 2
+  assert command_line.run_command(slurm.main, "launch/slurm.py", ["submit", "--", "train"]) == 2
   assert "`sbatch` was not found on PATH" in capsys.readouterr().err
   result = subprocess.run([sys.executable, "-m", "xltransfer.launch.slurm", "submit",
                            "--time=soon", "--", "train"], capture_output=True, text=True,

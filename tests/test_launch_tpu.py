@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from xltransfer import command_line
 from xltransfer.errors import UserError
-from xltransfer.launch import accelerators
-from xltransfer.launch import commands
+from xltransfer.planning import accelerators
 from xltransfer.launch import tpu
 
 ZONE = "us-central2-b"
@@ -295,18 +295,18 @@ def test_entry_points_dispatch_to_the_launcher():
   repo = pathlib.Path(__file__).resolve().parents[1]
   expected = shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod",
                          f"--zone={ZONE}", "--quiet"])
-  for argv in ([str(repo / "launch" / "tpu.py")], ["-m", "xltransfer.launch.main", "tpu"]):
+  for argv in ([str(repo / "launch" / "tpu.py")], ["-m", "xltransfer", "launch", "tpu"]):
     result = subprocess.run([sys.executable, *argv, "delete", "pod", f"--zone={ZONE}",
                              "--dry-run"], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout.strip()) == (0, expected), result.stderr
-  result = subprocess.run([sys.executable, "-m", "xltransfer.launch.main", "gke"],
+  result = subprocess.run([sys.executable, "-m", "xltransfer", "launch", "gke"],
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2 and "unknown launcher 'gke'" in result.stderr
 
 
 def test_without_gcloud_on_path_fails_clearly(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no gcloud
-  rc = commands.run_main(tpu.main, "launch/tpu.py",
+  rc = command_line.run_command(tpu.main, "launch/tpu.py",
                          ["delete", "pod", f"--zone={ZONE}"])
   assert rc == 2
   err = capsys.readouterr().err

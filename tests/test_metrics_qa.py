@@ -1,7 +1,7 @@
 """SQuAD and MLQA F1/EM on hand-computed cases (values as the official scripts give them)."""
 import pytest
 
-from xltransfer.evaluation import metrics
+from xltransfer import metrics
 
 
 def test_squad_punctuation_articles_and_whitespace():

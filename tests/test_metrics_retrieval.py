@@ -1,7 +1,7 @@
 """mAP@20 (Mewsli-X, LAReQA) and BUCC F1 with a dev-tuned threshold, computed by hand."""
 import pytest
 
-from xltransfer.evaluation import metrics
+from xltransfer import metrics
 
 
 def test_map_fewer_than_k_predictions():

@@ -1,7 +1,7 @@
 """Accuracy and the XTREME-R aggregation (task averages, QA as (F1+EM)/2, categories)."""
 import pytest
 
-from xltransfer.evaluation import metrics
+from xltransfer import metrics
 from xltransfer.evaluation import scores
 
 

@@ -1,7 +1,7 @@
 """seqeval chunk F1 as the official scorer's call computes it, on hand-counted chunks."""
 import pytest
 
-from xltransfer.evaluation import metrics
+from xltransfer import metrics
 
 
 def test_iob2_ner_with_a_boundary_error():

@@ -199,3 +199,63 @@ def test_schedules():
   np.testing.assert_allclose(offset(jnp.array([1000, 1400])), [0.1, 0.05], rtol=1e-6)
   with pytest.raises(ConfigError, match="unknown learning_rate_schedule.name 'linear'"):
     learning_rate_schedule("linear")
+
+
+def _docstring_learning_rate(name, base, warmup, decay, floor, offset, step):
+  """The formulas of `learning_rate_schedule`'s docstring in float64 numpy."""
+  step = max(step - offset, 0)
+  if name == "constant":
+    lr = base
+  elif name == "linear_warmup":
+    lr = base * min(1.0, step / warmup)
+  elif name == "rsqrt_decay":
+    lr = base / np.sqrt(max(step, warmup))
+  elif warmup > 0 and step < warmup:
+    return base * step / warmup
+  else:
+    progress = min(max((step - warmup) / decay, 0.0), 1.0)
+    return floor + 0.5 * (base - floor) * (1.0 + np.cos(np.pi * progress))
+  return max(lr, floor)
+
+
+@pytest.mark.parametrize("name,base,warmup,decay,floor,offset", [
+    ("constant", 1e-3, 0, 0, 0.0, 0),
+    ("constant", 1e-4, 0, 0, 1e-3, 0),  # the floor lifts a base below it
+    ("linear_warmup", 1.0, 10, 0, 0.0, 0),
+    ("linear_warmup", 3e-4, 7, 0, 1e-5, 1000),
+    ("rsqrt_decay", 1.0, 100, 0, 0.0, 0),
+    ("rsqrt_decay", 1.0, 10_000, 0, 2e-3, 1_000_000),
+    ("cosine", 1.0, 10, 100, 0.1, 0),
+    ("cosine", 1e-3, 0, 50, 1e-5, 0),  # no warmup: cosine from step 0
+    ("cosine", 5e-4, 8, 30, 0.0, 1_000_000),
+    ("cosine", 0.0, 4, 20, 1e-3, 0),  # base 0: from 0 up to min (optax's alpha form gives 0)
+])
+def test_schedules_follow_their_formulas_at_every_step(name, base, warmup, decay, floor, offset):
+  schedule = learning_rate_schedule(name, base, warmup_steps=warmup, decay_steps=decay,
+                                    min_learning_rate=floor, step_offset=offset)
+  # Before the offset, across warmup and decay (and their boundaries), and long after.
+  edges = [offset + e for e in (0, 1, warmup - 1, warmup, warmup + 1, warmup + decay - 1,
+                                warmup + decay, warmup + decay + 1)]
+  steps = sorted({s for s in list(range(max(offset - 5, 0), offset + 3 * (warmup + decay) + 40))
+                  + edges + [offset + 123_456] if s >= 0})
+  expected = [_docstring_learning_rate(name, base, warmup, decay, floor, offset, s)
+              for s in steps]
+  got = schedule(jnp.asarray(steps, jnp.int32))
+  assert got.dtype == jnp.float32 and got.shape == (len(steps),)
+  np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-9)
+  # Inside jit with the optimizer's int32 count (as the train step calls it), one step at a time.
+  jitted = jax.jit(schedule)
+  for s in (steps[0], offset, offset + warmup, steps[-1]):
+    value = jitted(jnp.int32(s))
+    assert value.shape == () and value.dtype == jnp.float32
+    np.testing.assert_allclose(value, _docstring_learning_rate(
+        name, base, warmup, decay, floor, offset, s), rtol=2e-6, atol=1e-9)
+
+
+def test_schedule_configuration_errors():
+  with pytest.raises(ConfigError, match="'linear_warmup' needs warmup_steps > 0"):
+    learning_rate_schedule("linear_warmup", 1.0)
+  with pytest.raises(ConfigError, match="'rsqrt_decay' needs warmup_steps > 0"):
+    learning_rate_schedule("rsqrt_decay", 1.0, warmup_steps=0)
+  with pytest.raises(ConfigError, match="'cosine' needs decay_steps > 0"):
+    learning_rate_schedule("cosine", 1.0, warmup_steps=10)

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -126,3 +127,58 @@ def test_a_mesh_that_does_not_fit_the_torus_names_the_gin_key(monkeypatch):
   assert "(1, 4, 16 here)" in message
   assert "change xltransfer.partitioning.create_mesh.model (now 8)" in message
   assert "logical_axis_index 1" in message  # mesh_utils' own words are kept
+
+
+class _FakeHostDevice:
+  """A CPU/GPU device of a multi-process run: its platform, kind, id and process."""
+  device_kind = "cpu"
+
+  def __init__(self, i, process_index, platform="cpu"):
+    self.id, self.process_index, self.platform = i, process_index, platform
+
+  def __repr__(self):
+    return f"device {self.id} of process {self.process_index}"
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+@pytest.mark.parametrize("hosts,per_host,data,fsdp,model", [
+    (2, 2, -1, None, 2),  # the two-process CPU test's mesh: data 2 across hosts, model 2 inside
+    (2, 8, -1, None, 4),  # data 4 = 2 hosts x 2 inside each
+    (4, 8, -1, None, 8),
+    (2, 8, -1, 4, 2),  # fsdp inside hosts
+    (4, 2, 1, -1, 2),  # fsdp across hosts
+    (4, 4, 2, -1, 1),  # fsdp split: 2 inside each host, 4 across
+    (3, 2, -1, None, 1),
+])
+def test_a_multi_process_mesh_is_hybrid_with_the_model_axis_inside_a_process(
+    platform, hosts, per_host, data, fsdp, model):
+  devices = [_FakeHostDevice(i, i // per_host, platform) for i in range(hosts * per_host)]
+  # Listed out of order, as jax.devices() may list them: the mesh orders by (process, id).
+  mesh = partitioning.create_mesh(data=data, fsdp=fsdp, model=model,
+                                  devices=devices[1::2] + devices[::2])
+  array = mesh.devices
+  assert array.shape == tuple(mesh.shape.values())
+  processes = np.vectorize(lambda d: d.process_index)(array)
+  # Every model-axis group is one process's devices, and each process holds one block.
+  assert (processes == processes[..., :1]).all()
+  for p in range(hosts):
+    where = np.argwhere(processes == p)
+    box = where.max(axis=0) - where.min(axis=0) + 1
+    assert int(np.prod(box)) == per_host, (p, box)
+  # The layout is the row-major one over devices sorted by (process, id) that this mesh had
+  # before it came from mesh_utils.create_hybrid_device_mesh.
+  ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+  assert [d.id for d in array.ravel()] == [d.id for d in ordered]
+
+
+def test_multi_process_meshes_that_cannot_keep_hosts_whole_are_config_errors():
+  devices = [_FakeHostDevice(i, i // 4) for i in range(8)]
+  with pytest.raises(ConfigError, match=r"the model axis \(8\) must divide the 4 devices of each"):
+    partitioning.create_mesh(model=8, devices=devices)
+  three_hosts = [_FakeHostDevice(i, i // 4) for i in range(12)]
+  with pytest.raises(ConfigError, match=r"mesh \(data 2, fsdp 6, model 1\) cannot give each of "
+                                        r"the 3 hosts a whole block of 4 devices"):
+    partitioning.create_mesh(data=2, fsdp=6, devices=three_hosts)
+  uneven = [_FakeHostDevice(i, 0 if i < 5 else 1) for i in range(8)]  # 5 + 3 devices
+  with pytest.raises(ConfigError, match=r"over 2 hosts: .*must equal the product"):
+    partitioning.create_mesh(model=1, devices=uneven)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from xltransfer import plan as plan_cli
+from xltransfer.commands import plan as plan_cli
 from xltransfer.errors import UserError
 
 TINY = ["--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin",

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from xltransfer import plan as plan_cli
+from xltransfer.commands import plan as plan_cli
 from xltransfer.model.config import get_config
 from xltransfer.model.dual_encoder import DualEncoderModel
 from xltransfer.model.models import EncoderDecoderModel

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
-sys.path.insert(0, FIXTURES)
 
 import train_cli_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from xltransfer.study import grid, main as study_main
+from xltransfer.commands import study as study_command
+from xltransfer.study import grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE = os.path.join(REPO, "tests", "test_study_fake_stage.py")
@@ -43,7 +44,7 @@ def run_shrunken_study(tmp_path, init, program=None, bindings=(), condition="xlt
   argv = ["run", str(spec_path), "--output_dir", study_dir, "--report", *bindings]
   if program:
     argv += ["--program", program]
-  assert study_main.main(argv) == exit_code
+  assert study_command.main(argv) == exit_code
   _, stages, _ = grid.read_study_file(study_dir)
   metrics = {}
   for stage in stages:
@@ -161,6 +162,6 @@ def test_a_target_without_gold_fails_its_eval_stages_and_its_cells_stay_empty(
              .splitlines() if line.startswith("| baseline"))
   assert row.endswith("| – |") and "0.00" not in row
   assert "no gold to score" in report["md"]
-  assert study_main.main(["status", study_dir]) == 0
+  assert study_command.main(["status", study_dir]) == 0
   status = capsys.readouterr().out
   assert "failed      eval/none/seed0/xnli" in status

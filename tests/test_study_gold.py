@@ -15,7 +15,8 @@ import pytest
 from xltransfer.checkpoints import native
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
-from xltransfer.study import grid, main as study_main
+from xltransfer.commands import study as study_command
+from xltransfer.study import grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = os.path.join(REPO, "tests", "study_eval_stage.py")
@@ -53,7 +54,7 @@ def test_report_numbers_come_from_labelled_data_with_source_and_split(tmp_path, 
   study_dir = str(tmp_path / "study")
   program = f"{shlex.quote(sys.executable)} {shlex.quote(PROGRAM)}"
   # Tatoeba's official English side is sorted (no gold): its stage fails, so the run does.
-  assert study_main.main(["run", str(spec), "--output_dir", study_dir, "--program", program,
+  assert study_command.main(["run", str(spec), "--output_dir", study_dir, "--program", program,
                           "--report"]) == 1
   _, stages, _ = grid.read_study_file(study_dir)
   by_id = {s.id: s for s in stages}

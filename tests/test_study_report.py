@@ -10,7 +10,8 @@ import pytest
 from seqeval.metrics import f1_score
 
 from xltransfer.errors import UserError
-from xltransfer.study import collect, grid, main as study_main, report
+from xltransfer.commands import study as study_command
+from xltransfer.study import collect, grid, report
 from xltransfer.study import spec as spec_lib
 
 CONDITIONS = ("none", "xlt_inter_all9", "xlt_span_lowres")
@@ -159,7 +160,7 @@ def _markdown_table(markdown, heading):
 def written(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("report")
   spec, stages, study_dir, files = _write_study(tmp_path)
-  assert study_main.main(["report", study_dir, "--bootstrap_samples", "300"]) == 0
+  assert study_command.main(["report", study_dir, "--bootstrap_samples", "300"]) == 0
   out = os.path.join(study_dir, "report")
   with open(os.path.join(out, "report.json")) as f:
     data = json.load(f)
@@ -407,7 +408,7 @@ def test_numbers_from_different_sources_across_runs_are_flagged(tmp_path):
 
 def test_report_of_a_directory_without_a_study_says_so(tmp_path):
   with pytest.raises(UserError, match="study.json"):
-    study_main.main(["report", str(tmp_path)])
+    study_command.main(["report", str(tmp_path)])
 
 
 def test_without_prediction_files_deltas_have_no_interval(tmp_path):
@@ -431,7 +432,7 @@ def test_without_prediction_files_deltas_have_no_interval(tmp_path):
 
 def _qa_study(tmp_path, with_exact_match):
   """An mlqa-only study whose records are in the evaluator's form (every gold answer)."""
-  from xltransfer.evaluation import metrics as official  # pylint: disable=import-outside-toplevel
+  from xltransfer import metrics as official  # pylint: disable=import-outside-toplevel
   spec = spec_lib.StudySpec(name="qa", model_size="tiny", initial_checkpoint="/ckpt",
                             conditions=["none", "xlt_inter_all9"], targets=["mlqa"],
                             languages=["de", "zh"], output_dir=str(tmp_path / "qa"))

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from xltransfer.errors import UserError
-from xltransfer.study import grid, main as study_main, runner
+from xltransfer.commands import study as study_command
+from xltransfer.study import grid, runner
 from xltransfer.study import spec as spec_lib
 
 from study_fakes import PROGRAM, executions as _executions, run_study as _run
@@ -129,7 +130,7 @@ def test_failed_stage_blocks_its_dependents_and_the_rest_go_on(study, monkeypatc
   assert failed["exit_code"] == 3
   assert "simulated failure" in open(failed["log"]).read()
 
-  assert study_main.main(["status", study["dir"]]) == 0
+  assert study_command.main(["status", study["dir"]]) == 0
   status = capsys.readouterr().out
   assert "failed      train/xlt_inter_mnli/seed0" in status and "exit code 3" in status
   assert "blocked     eval/xlt_inter_mnli/seed0/xnli" in status
@@ -146,7 +147,7 @@ def test_failed_stage_blocks_its_dependents_and_the_rest_go_on(study, monkeypatc
 def test_a_stage_that_exits_zero_without_done_counts_as_failed(study, tmp_path):
   script = tmp_path / "no_done.py"
   script.write_text("import sys\nsys.exit(0)\n")
-  assert study_main.main(["run", study["spec"], "--output_dir", study["dir"],
+  assert study_command.main(["run", study["spec"], "--output_dir", study["dir"],
                           "--program", f"{sys.executable} {script}"]) == 1
   states = runner.study_states(_stages(study))
   assert states["finetune/none/seed0/xnli"] == "failed"
@@ -203,7 +204,7 @@ def test_a_second_runner_on_the_same_study_is_refused(study):
 
 
 def test_emit_writes_stage_files_and_a_script_with_the_same_rules(study, capsys):
-  assert study_main.main(["run", study["spec"], "--output_dir", study["dir"],
+  assert study_command.main(["run", study["spec"], "--output_dir", study["dir"],
                           "--emit", study["emit"], "--program", PROGRAM]) == 0
   emitted = json.load(open(os.path.join(study["emit"], "stages.json")))
   ids = [s["id"] for s in emitted["stages"]]
@@ -220,7 +221,7 @@ def test_emit_writes_stage_files_and_a_script_with_the_same_rules(study, capsys)
   script = open(os.path.join(study["emit"], "run_stages.sh")).read()
   assert script.count("\nrun_stage ") == NUM_STAGES
   assert subprocess.run(["bash", "-n", os.path.join(study["emit"], "run_stages.sh")]).returncode == 0
-  assert study_main.main(["status", study["emit"]]) == 0
+  assert study_command.main(["status", study["emit"]]) == 0
   assert f"{NUM_STAGES} pending" in capsys.readouterr().out
 
 

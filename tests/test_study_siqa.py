@@ -7,7 +7,8 @@ import os
 import pytest
 
 from xltransfer.errors import ConfigError
-from xltransfer.study import grid, main as study_main, runner
+from xltransfer.commands import study as study_command
+from xltransfer.study import checks, grid, runner
 from xltransfer.study import spec as spec_lib
 
 from study_fakes import executions as _executions, run_study as _run
@@ -146,7 +147,7 @@ def test_the_runner_chains_siqa_copa_and_eval_then_a_rerun_skips_them(study, cap
   assert _run(study) == 0
   assert len(_executions(study["log"])) == len(stages)  # nothing ran again
   assert f"{len(stages)} already done" in capsys.readouterr().out
-  assert study_main.main(["status", study["dir"]]) == 0
+  assert study_command.main(["status", study["dir"]]) == 0
   status = capsys.readouterr().out
   assert "done        prefinetune/none/seed0/xcopa" in status
 
@@ -189,17 +190,17 @@ def test_the_data_dir_comes_from_the_environment_when_the_spec_has_none(study, m
   stages = _stages(study, *bindings)
   where = study["spec"]
   with pytest.raises(ConfigError, match=r"no XTREME-R data directory is set.*XTREME_DATA_DIR"):
-    study_main.check_data(stages, where, environ={})
+    checks.check_data(stages, where, environ={})
   empty = str(study["tmp"] / "empty")
   with pytest.raises(ConfigError) as raised:
-    study_main.check_data(stages, where, environ={grid.XTREME_DATA_ENV_VAR: empty})
+    checks.check_data(stages, where, environ={grid.XTREME_DATA_ENV_VAR: empty})
   assert os.path.join(empty, "siqa", "socialIQa_v1.4_trn.jsonl") in str(raised.value)
-  study_main.check_data(stages, where, environ={
+  checks.check_data(stages, where, environ={
       grid.XTREME_DATA_ENV_VAR: os.path.dirname(os.path.dirname(study["siqa"]))})
   # A train binding of xtreme_data_dir.path wins over the spec's field, as in the stage.
   rebound = _stages(study, f"StudySpec.train_bindings = ['xtreme_data_dir.path = \"{empty}\"']")
   with pytest.raises(ConfigError, match="does not exist"):
-    study_main.check_data(rebound, where, environ={})
+    checks.check_data(rebound, where, environ={})
 
 
 def test_a_finished_siqa_stage_needs_its_data_no_more(study):
@@ -269,7 +270,7 @@ StudySpec.eval_bindings = ["TASK_FEATURE_LENGTHS = {{'inputs': 64, 'targets': 16
 """)
   study_dir = str(tmp_path / "study")
   argv = ["run", str(spec_path), "--output_dir", study_dir]
-  assert study_main.main(argv) == 0
+  assert study_command.main(argv) == 0
   _, stages, _ = grid.read_study_file(study_dir)
   by_id = {s.id: s for s in stages}
   assert list(by_id) == ["prefinetune/none/seed0/xcopa", "finetune/none/seed0/xcopa",
@@ -291,5 +292,5 @@ StudySpec.eval_bindings = ["TASK_FEATURE_LENGTHS = {{'inputs': 64, 'targets': 16
   assert 0 <= metrics["tasks"]["xcopa"]["zh"]["accuracy"] <= 100
   # A rerun finds every stage done and runs none.
   logs = {s.id: os.path.getmtime(os.path.join(s.stage_dir, runner.LOG)) for s in stages}
-  assert study_main.main(argv) == 0
+  assert study_command.main(argv) == 0
   assert logs == {s.id: os.path.getmtime(os.path.join(s.stage_dir, runner.LOG)) for s in stages}

@@ -7,7 +7,8 @@ import gin
 import pytest
 
 from xltransfer.errors import ConfigError, UserError
-from xltransfer.study import grid, main as study_main, runner
+from xltransfer.commands import study as study_command
+from xltransfer.study import checks, grid, runner
 from xltransfer.study import spec as spec_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +183,7 @@ StudySpec.train_bindings = ["TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 16
 
 def test_dry_run_prints_each_stage_command(tmp_path, capsys):
   path = _write(tmp_path, MINIMAL)
-  assert study_main.main(["run", path, "--output_dir", str(tmp_path / "o"), "--dry_run",
+  assert study_command.main(["run", path, "--output_dir", str(tmp_path / "o"), "--dry_run",
                           "--program", "xltransfer", "--gin.seeds=[0]"]) == 0
   out = capsys.readouterr().out
   assert "# train/xlt_inter_mnli/seed0 (after nothing)" in out
@@ -201,12 +202,12 @@ def test_dry_run_prints_each_stage_command(tmp_path, capsys):
 
 def test_cli_errors(tmp_path):
   with pytest.raises(UserError, match="apply to `study run` only"):
-    study_main.main(["status", str(tmp_path), "--gin.seeds=[0]"])
+    study_command.main(["status", str(tmp_path), "--gin.seeds=[0]"])
   with pytest.raises(UserError, match="study.json"):
-    study_main.main(["status", str(tmp_path)])
+    study_command.main(["status", str(tmp_path)])
   path = _write(tmp_path, MINIMAL)
   with pytest.raises(UserError, match="remote"):
-    study_main.main(["run", path, "--output_dir", "gs://bucket/study"])
+    study_command.main(["run", path, "--output_dir", "gs://bucket/study"])
 
 
 def test_check_names_reports_unregistered_mixtures_with_suggestions(tmp_path):
@@ -216,9 +217,9 @@ def test_check_names_reports_unregistered_mixtures_with_suggestions(tmp_path):
            "xlt_lareqa_zeroshot", "xlt_tatoeba_zeroshot"}
   with pytest.raises(ConfigError, match=r"xlt_inter_mnlj \(stage train/xlt_inter_mnlj/seed0\) "
                                         r"\(did you mean xlt_inter_mnli"):
-    study_main.check_names(stages, "spec.gin", known)
+    checks.check_names(stages, "spec.gin", known)
   known.add("xlt_inter_mnlj")
-  study_main.check_names(stages, "spec.gin", known)
+  checks.check_names(stages, "spec.gin", known)
 
 
 def test_run_checks_the_labelled_data_dir_before_any_stage(tmp_path):
@@ -226,12 +227,12 @@ def test_run_checks_the_labelled_data_dir_before_any_stage(tmp_path):
   stages = grid.build_stages(spec, str(tmp_path / "study"))
   with pytest.raises(ConfigError, match=r"spec.gin: stage (eval|direct)/.*"
                                         r"StudySpec.original_data_dir or \$XTREME_ORIGINAL_DATA_DIR"):
-    study_main.check_labelled_data(stages, "spec.gin", environ={})
+    checks.check_labelled_data(stages, "spec.gin", environ={})
   with pytest.raises(ConfigError, match=r"labelled original releases in /no/such/dir, which "
                                         r"does not exist"):
-    study_main.check_labelled_data(stages, "spec.gin",
+    checks.check_labelled_data(stages, "spec.gin",
                                    environ={"XTREME_ORIGINAL_DATA_DIR": "/no/such/dir"})
-  study_main.check_labelled_data(stages, "spec.gin",
+  checks.check_labelled_data(stages, "spec.gin",
                                  environ={"XTREME_ORIGINAL_DATA_DIR": str(tmp_path)})
   # The spec's own directory wins over the environment.
   bound = spec_lib.load_spec(_write(tmp_path, MINIMAL + f"""
@@ -239,11 +240,11 @@ StudySpec.target_source = "original"
 StudySpec.original_data_dir = "{tmp_path / 'missing'}"
 """, name="bound.gin"))
   with pytest.raises(ConfigError, match="missing, which does not exist"):
-    study_main.check_labelled_data(grid.build_stages(bound, str(tmp_path / "s2")), "bound.gin",
+    checks.check_labelled_data(grid.build_stages(bound, str(tmp_path / "s2")), "bound.gin",
                                    environ={"XTREME_ORIGINAL_DATA_DIR": str(tmp_path)})
   # Without target_source 'original' nothing is required.
   plain = spec_lib.load_spec(_write(tmp_path, MINIMAL, name="plain.gin"))
-  study_main.check_labelled_data(grid.build_stages(plain, str(tmp_path / "s3")), "plain.gin",
+  checks.check_labelled_data(grid.build_stages(plain, str(tmp_path / "s3")), "plain.gin",
                                  environ={})
 
 
@@ -261,7 +262,7 @@ def test_dry_run_estimates_hours_from_stages_that_ran(tmp_path, capsys):
     f.writelines(json.dumps({"step": 10 * i, "steps_per_second": r}) + "\n"
                  for i, r in enumerate((0.5, 4.0, 5.0, 2.0), 1))
     f.write('{"step": 50, "steps_per')  # a torn line of a killed run
-  assert study_main.main(["run", path, "--output_dir", str(out_dir), "--dry_run",
+  assert study_command.main(["run", path, "--output_dir", str(out_dir), "--dry_run",
                           "--program", "xltransfer", "--gin.seeds=[0]"]) == 0
   out = capsys.readouterr().out
   # 1000 intermediate steps at 0.25 s.

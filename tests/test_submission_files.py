@@ -16,7 +16,8 @@ import pytest
 from xltransfer.checkpoints import native
 from xltransfer.data import languages
 from xltransfer.errors import UserError
-from xltransfer.evaluation import eval_main, evaluator, submission
+from xltransfer import cli
+from xltransfer.evaluation import evaluator, submission
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 
@@ -172,12 +173,12 @@ def _run(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("XTREME_DATA_DIR", str(root / "xtreme"))
     patch.delenv("XLTRANSFER_TARGET_SOURCE", raising=False)
-    code = eval_main.main([
+    code = cli.main(["eval", *[
         "--gin_file=models/mt5_tiny.gin", "--gin_file=eval/zeroshot.gin",
         f"--checkpoint={checkpoint}", f"--output_dir={output_dir}", f"--tasks={mixtures}",
         f"--submission_dir={submission_dir}",
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 4}", "--gin.BATCH_SIZE=2",
-        "--gin_bindings=xltransfer.evaluation.EvalSettings.max_examples = 1"])
+        "--gin_bindings=xltransfer.evaluation.EvalSettings.max_examples = 1"]])
   assert code == 0
   return output_dir, submission_dir
 
@@ -250,7 +251,7 @@ def test_write_submission_takes_each_task_from_its_scored_split(tmp_path, caplog
            "".join(json.dumps(r) + "\n" for r in rows))
   submission_dir = tmp_path / "submission"
   with caplog.at_level("INFO"):
-    written = eval_main.write_submission(str(output_dir), str(submission_dir))
+    written = submission.write_submission_dir(str(output_dir), str(submission_dir))
   assert sorted(os.path.relpath(p, submission_dir) for p in written) == [
       "tydiqa/test-ko.json", "xnli/test-de.tsv"]
   with open(submission_dir / "tydiqa" / "test-ko.json", encoding="utf-8") as f:

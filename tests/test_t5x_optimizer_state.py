@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import flax
@@ -32,7 +31,6 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train"))
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer.checkpoints import tree_utils  # noqa: E402
@@ -41,10 +39,11 @@ from xltransfer.model.config import MT5Config, get_config  # noqa: E402
 from xltransfer.model.models import EncoderDecoderModel  # noqa: E402
 from xltransfer.partitioning import create_partitioner  # noqa: E402
 from xltransfer.train import checkpointing, run  # noqa: E402
+from xltransfer.train import initial_state
 from xltransfer.train import input as input_lib  # noqa: E402
 from xltransfer.train import optimizer as opt_lib  # noqa: E402
 from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
-from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
+from xltransfer.train.trainer import Trainer, to_host  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
 
@@ -137,7 +136,7 @@ def _trainer(config, **adafactor):
 
 
 def _flat(tree):
-  return {name: np.asarray(value) for name, value in tree_utils.flatten_tree(fetch(tree)).items()}
+  return {name: np.asarray(value) for name, value in tree_utils.flatten_tree(to_host(tree)).items()}
 
 
 def _factored_state(opt_state):
@@ -146,7 +145,7 @@ def _factored_state(opt_state):
 
 
 def _counts(opt_state):
-  return {type(s).__name__: int(fetch(s.count)) for s in opt_state if hasattr(s, "count")}
+  return {type(s).__name__: int(to_host(s.count)) for s in opt_state if hasattr(s, "count")}
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +221,10 @@ def test_t5x_golden_apply_gradient_with_global_norm_clipping():
 def test_restores_params_step_and_state_one_to_one(tiny_t5x):
   path, params, slots = tiny_t5x
   model, trainer = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
-  initial = checkpointing.load_initial_state(str(path), model, trainer)
+  initial = initial_state.load_initial_state(str(path), model, trainer)
   assert initial.description == f"T5X checkpoint {path}"
   state = initial.state
-  assert int(fetch(state.step)) == STEP
+  assert int(to_host(state.step)) == STEP
   # Every counter (second-moment decay, learning-rate schedule) continues from the step.
   assert _counts(state.opt_state) == {"FactoredRmsState": STEP, "ScaleByScheduleState": STEP}
   for name, value in _flat(state.params).items():
@@ -253,7 +252,7 @@ def test_first_update_from_restored_state_is_t5x_s(tiny_t5x):
   `t5x_adafactor_step` (T5X's formula in float64, decay 1 - 101 ** -0.8)."""
   path, params, slots = tiny_t5x
   model, trainer = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
-  state = checkpointing.load_initial_state(str(path), model, trainer).state
+  state = initial_state.load_initial_state(str(path), model, trainer).state
   rng = np.random.default_rng(5)
   grads_flat = {n: rng.normal(size=v.shape).astype(np.float32) for n, v in params.items()}
   grads = tree_utils.unflatten_tree({n: jnp.asarray(g) for n, g in grads_flat.items()})
@@ -270,7 +269,7 @@ def test_first_update_from_restored_state_is_t5x_s(tiny_t5x):
       if expected_slots[slot].shape != (1,):
         np.testing.assert_allclose(new_slots[slot][name], expected_slots[slot], rtol=1e-5,
                                    err_msg=f"{name} {slot}")
-  assert int(fetch(new_factored.count)) == STEP + 1
+  assert int(to_host(new_factored.count)) == STEP + 1
 
 
 def test_scanned_model_stacks_the_layers_and_updates_alike(tiny_t5x):
@@ -278,9 +277,9 @@ def test_scanned_model_stacks_the_layers_and_updates_alike(tiny_t5x):
   unscanned_model, unscanned = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
   scanned_model, scanned = _trainer(get_config("tiny", scan_layers=True),
                                     min_dim_size_to_factor=MIN_DIM)
-  state_u = checkpointing.load_initial_state(str(path), unscanned_model, unscanned).state
-  state_s = checkpointing.load_initial_state(str(path), scanned_model, scanned).state
-  assert int(fetch(state_s.step)) == STEP
+  state_u = initial_state.load_initial_state(str(path), unscanned_model, unscanned).state
+  state_s = initial_state.load_initial_state(str(path), scanned_model, scanned).state
+  assert int(to_host(state_s.step)) == STEP
   factored = _factored_state(state_s.opt_state)
   v_row, v_col = _flat(factored.v_row), _flat(factored.v_col)
   # q [embed, layers, joined_kv]: rows are `embed` (the logical rule); T5X's unscanned square
@@ -325,18 +324,18 @@ def test_optimizer_state_errors_name_the_parameter(tmp_path, tiny_t5x):
   model, trainer = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
   no_state = write_t5x_checkpoint(tmp_path / "none" / "checkpoint", params, {}, STEP).parent
   with pytest.raises(CheckpointError, match="holds no Adafactor state"):
-    checkpointing.load_initial_state(str(no_state), model, trainer)
+    initial_state.load_initial_state(str(no_state), model, trainer)
   wrong = dict(slots)
   wi = "encoder/layers_1/mlp/wi_0/kernel"
   wrong[wi] = dict(slots[wi], v_row=np.ones((7,), np.float32))
   bad = write_t5x_checkpoint(tmp_path / "bad" / "checkpoint", params, wrong, STEP).parent
   with pytest.raises(CheckpointError,
                      match=rf"(?s){wi}: stored v_row \(7,\).*restore_optimizer_state"):
-    checkpointing.load_initial_state(str(bad), model, trainer)
+    initial_state.load_initial_state(str(bad), model, trainer)
   # A factored checkpoint cannot give a full second moment (factored=False here).
   model_f, trainer_f = _trainer(get_config("tiny"), factored=False)
   with pytest.raises(CheckpointError, match="fit neither"):
-    checkpointing.load_initial_state(str(tiny_t5x[0]), model_f, trainer_f)
+    initial_state.load_initial_state(str(tiny_t5x[0]), model_f, trainer_f)
   # No step to continue from.
   contents = flax.serialization.msgpack_restore((tiny_t5x[0] / "checkpoint").read_bytes())
   del contents["optimizer"]["state"]["step"]
@@ -344,11 +343,11 @@ def test_optimizer_state_errors_name_the_parameter(tmp_path, tiny_t5x):
   stepless.parent.mkdir()
   stepless.write_bytes(flax.serialization.msgpack_serialize(contents))
   with pytest.raises(CheckpointError, match="has no state/step to continue from"):
-    checkpointing.load_initial_state(str(stepless.parent), model, trainer)
+    initial_state.load_initial_state(str(stepless.parent), model, trainer)
   # Parameters only, fresh optimizer: the opt-out.
-  initial = checkpointing.load_initial_state(str(bad), model, trainer,
+  initial = initial_state.load_initial_state(str(bad), model, trainer,
                                              restore_optimizer_state=False)
-  assert int(fetch(initial.state.step)) == 0
+  assert int(to_host(initial.state.step)) == 0
   assert "restore_optimizer_state = False" in initial.restored
 
 
@@ -362,7 +361,7 @@ def test_momentum_is_restored_as_the_negated_ema(tmp_path, tiny_t5x, caplog):
   path = write_t5x_checkpoint(tmp_path / "m" / "checkpoint", params, with_m, STEP).parent
   model, trainer = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM, momentum=0.9)
   with caplog.at_level(logging.INFO):
-    state = checkpointing.load_initial_state(str(path), model, trainer).state
+    state = initial_state.load_initial_state(str(path), model, trainer).state
   ema = _flat(state.opt_state[-1].ema)
   np.testing.assert_array_equal(ema[wo], -with_m[wo]["m"])
   assert not np.any(ema["encoder/layers_0/mlp/wo/kernel"])  # no `m` stored: zeros
@@ -405,7 +404,7 @@ def _t5x_scanned_checkpoint(path, rng):
 def test_scanned_t5x_checkpoint_into_scanned_and_unscanned_models(tmp_path):
   params, slots, full = _t5x_scanned_checkpoint(tmp_path / "scanned", np.random.default_rng(6))
   model, trainer = _trainer(get_config("tiny", scan_layers=True), min_dim_size_to_factor=MIN_DIM)
-  factored = _factored_state(checkpointing.load_initial_state(
+  factored = _factored_state(initial_state.load_initial_state(
       str(tmp_path / "scanned"), model, trainer).state.opt_state)
   for slot in ("v_row", "v_col", "v"):
     for name, value in _flat(getattr(factored, slot)).items():
@@ -413,7 +412,7 @@ def test_scanned_t5x_checkpoint_into_scanned_and_unscanned_models(tmp_path):
   # Unscanned: each layer's slots in T5X's unscanned layout, i.e. the means of that layer's
   # slice of the full v along T5X's heuristic dims (or the slice itself when unfactored).
   model, trainer = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
-  state = checkpointing.load_initial_state(str(tmp_path / "scanned"), model, trainer).state
+  state = initial_state.load_initial_state(str(tmp_path / "scanned"), model, trainer).state
   factored = _factored_state(state.opt_state)
   got = {slot: _flat(getattr(factored, slot)) for slot in ("v_row", "v_col", "v")}
   checked = 0
@@ -445,7 +444,7 @@ def test_dual_encoder_restores_the_encoder_state(tiny_t5x):
   optimizer = opt_lib.Adafactor(min_dim_size_to_factor=MIN_DIM).create(
       learning_rate_schedule(), model.abstract_params(), model.param_logical_axes())
   trainer = Trainer(model, optimizer, create_partitioner())
-  state = checkpointing.load_initial_state(str(path), model, trainer).state
+  state = initial_state.load_initial_state(str(path), model, trainer).state
   v_row = _flat(_factored_state(state.opt_state).v_row)
   assert not any(name.startswith("decoder/") for name in v_row)
   wi = "encoder/layers_1/mlp/wi_1/kernel"
@@ -483,8 +482,8 @@ def _fixture_with_state(tmp_path):
 def test_real_t5x_checkpoint_state_restores(tmp_path):
   path, params, filled = _fixture_with_state(tmp_path)
   model, trainer = _trainer(T5X_TINY)
-  state = checkpointing.load_initial_state(str(path), model, trainer).state
-  assert int(fetch(state.step)) == STEP
+  state = initial_state.load_initial_state(str(path), model, trainer).state
+  assert int(to_host(state.step)) == STEP
   assert _counts(state.opt_state) == {"FactoredRmsState": STEP, "ScaleByScheduleState": STEP}
   for name, value in _flat(state.params).items():
     np.testing.assert_array_equal(value, params[name], err_msg=name)
@@ -511,7 +510,7 @@ def test_real_t5x_checkpoint_state_into_a_scanned_model(tmp_path):
   full per-layer v (dims of 8, below min_dim_size_to_factor) becomes v_row/v_col means."""
   path, _, filled = _fixture_with_state(tmp_path)
   model, trainer = _trainer(T5X_TINY.replace(scan_layers=True))
-  factored = _factored_state(checkpointing.load_initial_state(str(path), model,
+  factored = _factored_state(initial_state.load_initial_state(str(path), model,
                                                               trainer).state.opt_state)
   wo = "encoder/layers/mlp/wo/kernel"  # [mlp 16, layers 2, embed 8]: rows embed (dim 2)
   layers = [filled[f"encoder/layers_{i}/mlp/wo/kernel/v"] for i in range(2)]
@@ -625,7 +624,7 @@ def test_old_checkpoints_resume_where_the_layout_is_unchanged_and_fail_clearly_o
   manager = checkpointing.CheckpointManager(str(tmp_path / "same"))
   state, _ = manager.restore(0, trainer.abstract_state, trainer.state_shardings,
                              optimizer=trainer.optimizer)
-  assert int(fetch(state.step)) == 0
+  assert int(to_host(state.step)) == 0
   # Scanned, T5X factors the layer kernels by their logical rule at any size: refused.
   model, trainer = _trainer(get_config("tiny", scan_layers=True))
   _save_without_layout(tmp_path / "scanned", trainer, model)

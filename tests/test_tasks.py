@@ -334,7 +334,7 @@ def test_postprocessors_give_metrics_aligned_values():
 
 
 def test_list_json_has_the_intermediate_tasks_and_official_languages(data_dirs):
-  from xltransfer.tasks import cli  # pylint: disable=g-import-not-at-top
+  from xltransfer.commands import tasks as cli  # pylint: disable=g-import-not-at-top
   out = io.StringIO()
   assert cli.main(["list", "--json"], out=out) == 0
   entries = json.loads(out.getvalue())
@@ -357,6 +357,11 @@ def test_list_json_has_the_intermediate_tasks_and_official_languages(data_dirs):
   assert trains == set(expected)  # every target but Tatoeba has English training data
   mixtures = {e["name"] for e in entries if e["kind"] == "mixture"}
   assert {f"xlt_{f}_zeroshot" for f in evals} <= mixtures
+  # How each eval task is evaluated is listed from the catalogue.
+  ways = {e["family"]: e["evaluation"] for e in entries
+          if e["kind"] == "target" and "_eval_" in e["name"]}
+  assert ways["xnli"] == "generation" and ways["xcopa"] == "rank_classification"
+  assert {ways[f] for f in ("tatoeba", "mewslix", "lareqa")} == {"retrieval"}
 
 
 def test_study_mixture_follows_gin_and_temperature(data_dirs):
@@ -384,7 +389,7 @@ def test_study_mixture_follows_gin_and_temperature(data_dirs):
 
 
 def test_cli_show_prints_raw_and_decoded_examples(data_dirs):
-  from xltransfer.tasks import cli  # pylint: disable=g-import-not-at-top
+  from xltransfer.commands import tasks as cli  # pylint: disable=g-import-not-at-top
   out = io.StringIO()
   assert cli.main(["show", "xlt_panx_eval_ru", "--split", "validation", "-n", "1"], out=out) == 0
   text = out.getvalue()

@@ -9,7 +9,6 @@ lists only `Summary.Value.simple_value` scalars; the dashboard's Python loader
 import functools
 import json
 import os
-import sys
 import types
 
 import numpy as np
@@ -20,7 +19,6 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
-sys.path.insert(0, FIXTURES)
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer.errors import ConfigError  # noqa: E402
@@ -31,7 +29,7 @@ from xltransfer.train import input as input_lib  # noqa: E402
 from xltransfer.train import run  # noqa: E402
 from xltransfer.train import summaries as summaries_lib  # noqa: E402
 from xltransfer.train.checkpointing import CheckpointManager  # noqa: E402
-from xltransfer.train.scalar_summaries import create_writer  # noqa: E402
+from xltransfer.scalar_summaries import create_writer  # noqa: E402
 from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("clean_gin")

@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import os
-import sys
 
 import gin
 import jax
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
-sys.path.insert(0, FIXTURES)
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer import cli  # noqa: E402
@@ -144,14 +142,15 @@ def test_bad_value_fails_without_traceback(capsys, tmp_path):
 @pytest.mark.parametrize("size", ["tiny", "small", "base", "large", "xl", "xxl"])
 @pytest.mark.parametrize("run_file", ["finetune", "pretrain"])
 def test_shipped_gin_files_parse(size, run_file):
-  from xltransfer.train import main as train_main  # pylint: disable=import-outside-toplevel
-  train_main._import_registrations()  # pylint: disable=protected-access
+  from xltransfer import gin_utils  # pylint: disable=import-outside-toplevel
+  from xltransfer.commands import train as train_command  # pylint: disable=import-outside-toplevel
+  gin_utils.import_modules(*train_command._registration_modules())  # pylint: disable=protected-access
   bindings = ["MODEL_DIR = '/tmp/unused'", "MIXTURE_OR_TASK_NAME = 'xlt_test_copy'",
               "TRAIN_STEPS = 10"]
   if run_file == "finetune":
     bindings.append("INITIAL_CHECKPOINT_PATH = '/ckpt'")
-  train_main.parse_gin([f"models/mt5_{size}.gin", f"runs/{run_file}.gin"], bindings, [])
-  assert gin.query_parameter("xltransfer.train.mt5_config.size") == size
+  gin_utils.parse_config([f"models/mt5_{size}.gin", f"runs/{run_file}.gin"], bindings, [])
+  assert gin.query_parameter("xltransfer.model.mt5_config.size") == size
   schedule = gin.query_parameter("xltransfer.train.learning_rate_schedule.name")
   assert schedule == ("constant" if run_file == "finetune" else "rsqrt_decay")
   assert gin.query_parameter("%DROPOUT_RATE") == (0.1 if run_file == "finetune" else 0.0)

@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train")
-sys.path.insert(0, FIXTURES)
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer.model.config import get_config  # noqa: E402
@@ -22,7 +20,7 @@ from xltransfer.train import run  # noqa: E402
 from xltransfer.train.checkpointing import CheckpointManager  # noqa: E402
 from xltransfer.train.optimizer import Adafactor  # noqa: E402
 from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
-from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
+from xltransfer.train.trainer import Trainer, to_host  # noqa: E402
 
 LENGTHS = {"inputs": 32, "targets": 32}
 
@@ -72,14 +70,14 @@ def test_gradient_accumulation_matches_full_batch():
   dataset = input_lib.DatasetConfig("xlt_test_copy", LENGTHS, batch_size=8, shuffle=False)
   batch = next(input_lib.TrainInput(dataset, partitioner))
   initial = jax.jit(model.init)(jax.random.PRNGKey(0))
-  initial_host = fetch(initial)
+  initial_host = to_host(initial)
   results = []
   for microbatches in (1, 4):
     trainer = Trainer(model, optimizer, partitioner, num_microbatches=microbatches)
     # The step donates its state, so each trainer gets its own copy of the parameters.
     state = trainer.state_from_params(jax.tree.map(jnp.copy, initial))
     state, metrics = trainer.train_step(state, batch)
-    results.append((fetch(state.params), fetch(metrics)))
+    results.append((to_host(state.params), to_host(metrics)))
   (params_full, metrics_full), (params_micro, metrics_micro) = results
   for key in ("loss", "z_loss", "accuracy", "num_tokens", "num_examples", "grad_norm"):
     np.testing.assert_allclose(metrics_micro[key], metrics_full[key], rtol=1e-5, err_msg=key)

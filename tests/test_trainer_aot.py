@@ -9,11 +9,11 @@ import seqio
 from xltransfer.errors import ConfigError
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
-from xltransfer.train import main as train_main
+from xltransfer import gin_utils
 from xltransfer.train import run
 from xltransfer.train.optimizer import Adafactor
 from xltransfer.train.schedules import learning_rate_schedule
-from xltransfer.train.trainer import fetch
+from xltransfer.train.trainer import to_host
 
 LENGTHS = seqio.EncDecFeatureConverter(pack=False).get_model_feature_lengths(
     {"inputs": 16, "targets": 8})
@@ -66,13 +66,13 @@ def test_lowered_train_step_compiles_and_runs(trainer):
   assert memory.alias_size_in_bytes >= state_bytes
   batch = {k: jax.device_put(v, trainer.partitioner.batch_sharding(2))
            for k, v in _batch(8).items()}
-  initial = fetch(trainer.init_state(0).params)
+  initial = to_host(trainer.init_state(0).params)
   with trainer.partitioner.activation_context():
     state, metrics = compiled(trainer.init_state(0), batch)
-  assert int(fetch(state.step)) == 1 and bool(fetch(metrics["finite"]))
-  assert float(fetch(metrics["num_tokens"])) == 8 * LENGTHS["decoder_target_tokens"]
+  assert int(to_host(state.step)) == 1 and bool(to_host(metrics["finite"]))
+  assert float(to_host(metrics["num_tokens"])) == 8 * LENGTHS["decoder_target_tokens"]
   moved = max(float(np.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(fetch(state.params)), jax.tree.leaves(initial)))
+      jax.tree.leaves(to_host(state.params)), jax.tree.leaves(initial)))
   assert moved > 0
 
 
@@ -88,9 +88,9 @@ def test_lowering_takes_an_explicit_abstract_state(trainer):
 
 
 def test_split_gin_flags_is_shared_by_the_commands():
-  rest, bindings = train_main.split_gin_flags(
+  rest, bindings = gin_utils.split_gin_flags(
       ["--gin_file=a.gin", "--gin.TRAIN_STEPS=3", "--gin.MODEL_DIR", "'/tmp/x'", "--json"])
   assert rest == ["--gin_file=a.gin", "--json"]
   assert bindings == ["TRAIN_STEPS = 3", "MODEL_DIR = '/tmp/x'"]
   with pytest.raises(ConfigError, match="expected --gin.NAME=VALUE"):
-    train_main.split_gin_flags(["--gin.TRAIN_STEPS"])
+    gin_utils.split_gin_flags(["--gin.TRAIN_STEPS"])

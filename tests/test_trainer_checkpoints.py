@@ -1,14 +1,11 @@
 """Where a run's parameters come from: INITIAL_CHECKPOINT_PATH formats and the resume rule."""
 import functools
 import logging
-import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train"))
 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer.checkpoints import native  # noqa: E402
@@ -17,10 +14,11 @@ from xltransfer.model.config import get_config  # noqa: E402
 from xltransfer.model.models import EncoderDecoderModel  # noqa: E402
 from xltransfer.partitioning import create_partitioner  # noqa: E402
 from xltransfer.train import checkpointing, run  # noqa: E402
+from xltransfer.checkpoints import loading
 from xltransfer.train import input as input_lib  # noqa: E402
 from xltransfer.train.optimizer import Adafactor  # noqa: E402
 from xltransfer.train.schedules import learning_rate_schedule  # noqa: E402
-from xltransfer.train.trainer import Trainer, fetch  # noqa: E402
+from xltransfer.train.trainer import Trainer, to_host  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("clean_gin")
@@ -33,7 +31,7 @@ def tiny():
   optimizer = Adafactor().create(learning_rate_schedule(), model.abstract_params(),
                                  model.param_logical_axes())
   trainer = Trainer(model, optimizer, partitioner)
-  params = fetch(model.init(jax.random.PRNGKey(7)))
+  params = to_host(model.init(jax.random.PRNGKey(7)))
   return model, trainer, params
 
 
@@ -46,22 +44,22 @@ def test_loads_native_and_hf_checkpoints(tiny, tmp_path):
   model, trainer, params = tiny
   native_dir = str(tmp_path / "native")
   native.save_params(params, model.config, native_dir)
-  loaded, kind = checkpointing.load_initial_params(native_dir, model,
+  loaded, kind = loading.load_initial_params(native_dir, model,
                                                    trainer.state_shardings.params)
   assert kind == f"xltransfer params checkpoint {native_dir}"
-  _assert_same(fetch(loaded), params)
+  _assert_same(to_host(loaded), params)
 
   pytest.importorskip("safetensors")
   from xltransfer.checkpoints import hf  # pylint: disable=import-outside-toplevel
   hf_dir = str(tmp_path / "hf")
   hf.save_hf_checkpoint(params, model.config, hf_dir)
-  loaded, kind = checkpointing.load_initial_params(hf_dir, model, trainer.state_shardings.params)
+  loaded, kind = loading.load_initial_params(hf_dir, model, trainer.state_shardings.params)
   assert kind == f"HF checkpoint {hf_dir}"
-  _assert_same(fetch(loaded), params)
+  _assert_same(to_host(loaded), params)
 
   wrong = EncoderDecoderModel(get_config("tiny", num_decoder_layers=3))
   with pytest.raises(CheckpointError, match="does not fit the model config"):
-    checkpointing.load_initial_params(hf_dir, wrong, Trainer(
+    loading.load_initial_params(hf_dir, wrong, Trainer(
         wrong, Adafactor().create(learning_rate_schedule(), wrong.abstract_params(),
                                   wrong.param_logical_axes()),
         create_partitioner()).state_shardings.params)
@@ -71,7 +69,7 @@ def test_unrecognised_directory(tiny, tmp_path):
   model, trainer, _ = tiny
   (tmp_path / "notes.txt").write_text("not a checkpoint")
   with pytest.raises(CheckpointError, match="not a recognised checkpoint"):
-    checkpointing.load_initial_params(str(tmp_path), model, trainer.state_shardings.params)
+    loading.load_initial_params(str(tmp_path), model, trainer.state_shardings.params)
 
 
 def test_initial_checkpoint_then_own_checkpoint_wins(tiny, tmp_path, caplog):

@@ -3,13 +3,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train"))
 
 import train_cli_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -1,17 +1,20 @@
 """Sharded training gives the same numbers: 1 device vs a 2x2 data x model mesh vs two hosts.
 
-Each run is `python -m xltransfer.train` in a subprocess with fake CPU devices
+Each run is `python -m xltransfer train` in a subprocess with fake CPU devices
 (`--xla_force_host_platform_device_count`); the two-host run uses jax.distributed on
 localhost with gloo collectives.
 """
+import json
 import os
+import re
+import signal
 import subprocess
-import sys
+import time
 
 import jax
 import numpy as np
+import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "train"))
 
 import train_cli_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -100,3 +103,95 @@ def test_one_device_2x2_mesh_and_two_hosts_agree(tmp_path):
   assert "is in use by" in outcomes[0][1]
   assert "process 0 could not take this run's lock" in outcomes[1][1]
   assert not os.path.isdir(os.path.join(pair_dir, f"checkpoint_{STEPS + 4}"))
+
+
+def _preempted_step(log):
+  found = re.findall(r"preempted: checkpoint written at step (\d+)", log)
+  assert len(found) == 1, log[-4000:]
+  return int(found[0])
+
+
+def _pair_sigterm_to_process_1(tmp_path, ready, **env):
+  """Runs a pair towards 100000 steps, sends SIGTERM to process 1 once `ready(pair_dir,
+  stderr paths)`; returns ([stderr], pair_dir) once both exited 0."""
+  pair_dir = str(tmp_path / "pair")
+  port = helpers.free_port()
+  err_paths = [str(tmp_path / f"stderr-{i}.log") for i in range(2)]
+  procs = []
+  try:
+    for i in range(2):
+      with open(err_paths[i], "w") as err:  # a file: a long run would fill a pipe
+        procs.append(subprocess.Popen(helpers.train_command(
+            pair_dir, "--gin.TRAIN_STEPS=100000",
+            "--gin.xltransfer.train.CheckpointManager.period=100000", MESH_2X2, HOST_SLICE,
+            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
+            env=helpers.train_env(2, **env), cwd=helpers.REPO_ROOT,
+            stdout=subprocess.DEVNULL, stderr=err))
+    deadline = time.time() + 300
+    while not ready(pair_dir, err_paths):
+      if any(p.poll() is not None for p in procs):
+        tails = []
+        for path in err_paths:
+          with open(path) as f:
+            tails.append(f.read()[-3000:])
+        raise AssertionError(f"a process exited before the signal: {tails}")
+      assert time.time() < deadline, "timed out waiting to send the signal"
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only, as one preempted host
+    codes = [p.wait(timeout=300) for p in procs]  # a lost signal: the run goes on, a timeout
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  logs = []
+  for path in err_paths:
+    with open(path) as f:
+      logs.append(f.read())
+  assert codes == [0, 0], [log[-3000:] for log in logs]
+  return logs, pair_dir
+
+
+def _assert_both_saved_the_same_step(logs, pair_dir, service=True):
+  steps = [_preempted_step(log) for log in logs]
+  assert steps[0] == steps[1], steps
+  assert all(("(jax preemption service): every process stops" in log) == service
+             for log in logs)
+  step = steps[0]
+  with open(os.path.join(pair_dir, f"checkpoint_{step}", "progress", "metadata")) as f:
+    assert json.load(f)["step"] == step
+  for i in range(2):  # neither process trained past the step it saved
+    recorded = helpers.read_jsonl(os.path.join(pair_dir, f"input_digests-{i}.jsonl"))
+    assert [d["step"] for d in recorded] == list(range(1, step + 1))
+  assert not os.path.exists(os.path.join(pair_dir, "DONE"))
+  return step
+
+
+@pytest.mark.parametrize("service", [True, False])
+def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_path, service):
+  """jax's preemption service (multihost_utils.reached_preemption_sync_point) tells the other
+  process: both stop at the same step and write that step's checkpoint together. With the
+  service switched off, SIGTERM stays termination.py's flag, allgathered after every step."""
+  def three_steps(pair_dir, _):
+    digests = os.path.join(pair_dir, "input_digests-1.jsonl")
+    return os.path.exists(digests) and len(helpers.read_jsonl(digests)) >= 3
+
+  logs, pair_dir = _pair_sigterm_to_process_1(
+      tmp_path, three_steps, **({} if service else {"JAX_ENABLE_PREEMPTION_SERVICE": "false"}))
+  assert _assert_both_saved_the_same_step(logs, pair_dir, service) >= 3
+
+
+def test_sigterm_on_one_host_during_start_up_is_not_lost(tmp_path):
+  """After jax.distributed.initialize, a start-up SIGTERM reaches the preemption service before
+  any sync point was asked for: both processes stop at start-up with nothing to save, or, if
+  the service settles later, at the same early step with a checkpoint."""
+  def locked(_, err_paths):
+    with open(err_paths[0]) as f:
+      return "for this training run" in f.read()
+
+  logs, pair_dir = _pair_sigterm_to_process_1(tmp_path, locked)
+  stopped = ["nothing to save" in log for log in logs]
+  assert stopped[0] == stopped[1], [log[-3000:] for log in logs]
+  if stopped[0]:
+    assert not [d for d in os.listdir(pair_dir) if d.startswith("checkpoint_")]
+  else:
+    _assert_both_saved_the_same_step(logs, pair_dir)

@@ -50,7 +50,7 @@ def test_a_task_vocabulary_larger_than_the_embedding_names_task_sizes_and_bindin
   for needle in (f"task {SPAN_TASK}", "250100 ids", "1024 embedding rows",
                  "sentinels <extra_id_99>..<extra_id_0> are ids 250000..250099",
                  "xltransfer.data.vocab.task_vocabulary_spec.spec",
-                 "xltransfer.train.mt5_config.overrides = {'vocab_size': 250112}",
+                 "xltransfer.model.mt5_config.overrides = {'vocab_size': 250112}",
                  "the task vocabulary 'mt5'"):
     assert needle in message, (needle, message)
 

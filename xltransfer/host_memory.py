@@ -53,7 +53,7 @@ def restart_with_hugepage_malloc() -> None:
   """Re-exec this program with huge-page malloc; returns only when that is not wanted.
 
   Call it first thing in a program's entry point, before heavy imports. The command line is
-  rebuilt from `sys.orig_argv`, so `python -m xltransfer.train ...` restarts as a module.
+  rebuilt from `sys.orig_argv`, so `python -m xltransfer train ...` restarts as a module.
   """
   if not wanted():
     return

@@ -6,6 +6,7 @@ state leaf and batch gets its sharding from logical axis names through rules, as
 """
 import dataclasses
 import logging
+import math
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -85,13 +86,15 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
                            local_device_ids: Optional[Sequence[int]] = None,
-                           cpu_collectives: str = "gloo"):
+                           cpu_collectives: str = "gloo", preemption_sync: bool = True):
   """Joins a multi-host run through `jax.distributed` (no-op for a single process).
 
   The coordinator comes from the arguments, else from XLTRANSFER_COORDINATOR_ADDRESS,
   XLTRANSFER_NUM_PROCESSES and XLTRANSFER_PROCESS_ID; on Cloud TPU VMs (TPU_WORKER_HOSTNAMES
   with more than one host) jax finds everything by itself. Must run before any jax
-  computation.
+  computation. jax's preemption service (on by default) takes SIGTERM over so that the training
+  loop can stop every host at the same step; a job that does not check it (evaluation) passes
+  `preemption_sync=False`, so that SIGTERM stops it as usual.
   """
   env = os.environ
   coordinator_address = coordinator_address or env.get("XLTRANSFER_COORDINATOR_ADDRESS")
@@ -108,6 +111,8 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
                       "--process_id or XLTRANSFER_* environment variables)")
   # CPU hosts exchange collectives over gloo; without it cross-process CPU computations fail.
   jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  if not preemption_sync:  # else jax's own default ($JAX_ENABLE_PREEMPTION_SERVICE) stands
+    jax.config.update("jax_enable_preemption_service", False)
   kwargs = {}
   if local_device_ids is not None:
     kwargs["local_device_ids"] = list(local_device_ids)
@@ -168,6 +173,22 @@ def _torus_mismatch_message(names, shape, devices, detail: str) -> str:
           f"{detail.split('. ')[0].strip()})")
 
 
+def _split_over_hosts(shape, per_host: int):
+  """(per-host shape, across-hosts shape) whose product is `shape`, filling each host from the
+  last (model) axis: the layout in which a host holds one contiguous block of the mesh in
+  row-major order. (None, None) when a host's block would not be a box."""
+  within, left = [], per_host
+  for size in reversed(shape):
+    inner = math.gcd(size, left)
+    if inner not in (size, left):
+      return None, None
+    within.insert(0, inner)
+    left //= inner
+  if left != 1:
+    return None, None
+  return tuple(within), tuple(size // inner for size, inner in zip(shape, within))
+
+
 @gin.configurable(module="xltransfer.partitioning")
 def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
                 devices: Optional[Sequence[Any]] = None) -> Mesh:
@@ -175,7 +196,8 @@ def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
 
   `model` varies fastest so that model-parallel groups sit on neighbouring devices: on TPU
   `mesh_utils` picks a topology-aware order, on multi-host GPU/CPU the model axis stays inside
-  a host (NVLink first) and data/fsdp span hosts. Axis sizes that do not fit the devices (or,
+  a host (NVLink first) and data/fsdp span hosts (`mesh_utils.create_hybrid_device_mesh` with
+  processes as the slow-network granules). Axis sizes that do not fit the devices (or,
   on TPU, the torus) are a ConfigError naming the `create_mesh` binding to change.
   """
   devices = list(jax.devices() if devices is None else devices)
@@ -195,10 +217,21 @@ def create_mesh(data: int = -1, model: int = 1, fsdp: Optional[int] = None,
     if per_host % sizes[MODEL]:
       raise ConfigError(f"the model axis ({sizes[MODEL]}) must divide the {per_host} devices "
                         "of each host so that model parallelism stays inside a host")
-    # Hosts in process order, each host's devices contiguous: the trailing (model) axes stay
-    # within a host and the leading (data) axis crosses hosts.
+    within, across = _split_over_hosts(shape, per_host)
+    if within is None:
+      mesh = ", ".join(f"{n} {s}" for n, s in zip(names, shape))
+      raise ConfigError(f"mesh ({mesh}) cannot give each of the {num_hosts} hosts a whole block "
+                        f"of {per_host} devices: the axes after `data` must divide or be "
+                        f"multiples of {per_host}; change the xltransfer.partitioning.create_mesh "
+                        "axes")
+    # Processes are the slow (DCN) granules: each host holds one contiguous block with the
+    # whole model axis, and data/fsdp cross hosts in process order.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
-    device_array = np.asarray(ordered, dtype=object).reshape(shape)
+    try:
+      device_array = mesh_utils.create_hybrid_device_mesh(within, across, devices=ordered,
+                                                          process_is_granule=True)
+    except ValueError as e:  # hosts with unequal numbers of devices
+      raise ConfigError(f"mesh axes {sizes} over {num_hosts} hosts: {e}") from e
   else:
     device_array = np.asarray(sorted(devices, key=lambda d: d.id), dtype=object).reshape(shape)
   return Mesh(device_array, tuple(names))

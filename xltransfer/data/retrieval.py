@@ -10,7 +10,7 @@
     rs.provenance                         # what was read; provenance.no_gold: never score it
 
 Tatoeba scores accuracy of the nearest neighbour (xx -> en); Mewsli-X and LAReQA score
-mAP@20 (`xltransfer.evaluation.metrics.map_at_k(rs.gold, ranked_candidate_ids)`).
+mAP@20 (`xltransfer.metrics.map_at_k(rs.gold, ranked_candidate_ids)`).
 
 `data_dir=None` reads what gin `target_source` names for the target (xltransfer.data.paths):
 "files", the XTREME-R download (its Tatoeba English side is sorted and its Mewsli-X test

@@ -85,7 +85,7 @@ def _check_task(task: seqio.Task, requested: str, rows: int):
         f"{size} ids, but the model has {rows} embedding rows (config.vocab_size){sentinels}, "
         f"so ids {rows}..{size - 1} would fall outside the embedding. Set the gin binding "
         f"{SPEC_BINDING} to a vocabulary of at most {rows} ids, or the model's vocab_size to at "
-        f"least {size} (xltransfer.train.mt5_config.overrides = "
+        f"least {size} (xltransfer.model.mt5_config.overrides = "
         f"{{'vocab_size': {fitting_rows}}}).")
 
 

@@ -1,14 +1,22 @@
-"""Zero-shot evaluation of a model on XTREME-R eval tasks, one task per (target, language).
+"""Zero-shot evaluation of a model on eval tasks, one task per (target, language).
 
-For each seqio eval task (`xlt_{target}_eval_{lang}`, or the eval tasks of a mixture such as
-`xlt_xnli_zeroshot`; the mixtures' `_train` tasks are skipped) the evaluator:
-  - generation tasks: decodes the inputs (greedy, or beam search with `beam_size` > 1);
-  - multiple-choice tasks (examples carry `choices`): rank classification, every choice
-    scored as the target, the most likely one predicted;
-  - retrieval targets (tatoeba, mewslix, lareqa): embeds queries and candidates with the
-    mean-pooled encoder and ranks candidates by cosine similarity (Tatoeba both ways);
-then post-processes with the task's `postprocess_fn`, scores with its `metric_fns` (the
-official metrics of `xltransfer.evaluation.metrics`) and writes, into the output directory:
+Each seqio task named (`xlt_{target}_eval_{lang}`, a user's own task, or the eval tasks of a
+mixture such as `xlt_xnli_zeroshot`; the mixtures' `_train` tasks are skipped) is evaluated the
+way the task catalogue declares (`xltransfer.tasks.catalog`; resolved in `eval_tasks`), each way
+in its own module:
+  - "generation" (`generation`): decodes the inputs (greedy, or beam search with
+    `beam_size` > 1), post-processes with the task's `postprocess_fn` and scores with its
+    `metric_fns`; the way of any seqio task that declares nothing, so a user's task with
+    metric_fns is scored by them;
+  - "rank_classification" (`rank_classification`; XCOPA and the other multiple-choice tasks):
+    every one of the example's `choices` scored as the target, the most likely one predicted,
+    scored by the task's `metric_fns`;
+  - "retrieval" (`retrieval_eval`; Tatoeba, Mewsli-X, LAReQA): embeds queries and candidates
+    with the mean-pooled encoder and ranks candidates by cosine similarity (Tatoeba both
+    ways), scored by accuracy or mAP@20.
+The catalogue also gives the target (family) and language the outputs are filed under; a task
+that declares none is filed under its own name with language "all"
+(predictions/{task name}/all.jsonl). The files (`outputs`), in the output directory:
 
   eval_identity.json                  the checkpoint and step these outputs belong to
   predictions/{target}/{lang}.jsonl   id, input, target, prediction, example_score (+ extras)
@@ -69,459 +77,84 @@ appears by atomic rename), so a rerun after freeing space resumes. Only process 
 output directory must be visible to every host (a shared or gs:// path) for resumption to skip
 the same tasks on all.
 
+Modules: `settings` (EvalSettings), `eval_tasks` (which tasks, how each is evaluated),
+`examples` (gold, records, seqio examples and metrics), `generation`, `rank_classification`,
+`retrieval_eval`, `outputs` (files and output-directory identity); this module runs them.
+
 `evaluate_params` is the in-memory entry point (the trainer's periodic evaluation);
 `evaluate_checkpoint` loads a checkpoint first (gin-configurable, used by `xltransfer eval`).
 """
 import dataclasses
-import difflib
 import json
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import gin
 import jax
-import numpy as np
 import seqio
 import tensorflow as tf
 import tqdm
 
-from xltransfer import disk_full
 from xltransfer import partitioning
 from xltransfer import run_lock
+from xltransfer.checkpoints import loading
 from xltransfer.data import gold as gold_lib
 from xltransfer.data import paths
-from xltransfer.data import retrieval as retrieval_data
 from xltransfer.data import vocab
 from xltransfer.data import vocab_check
-from xltransfer.errors import CheckpointError, ConfigError, DataFormatError, UserError
+from xltransfer.errors import CheckpointError, ConfigError, UserError
+from xltransfer.evaluation import generation
 from xltransfer.evaluation import inference as inference_lib
-from xltransfer.evaluation import metrics as metrics_lib
-from xltransfer.evaluation import retrieval
-# Imported here, not when first used: they register gin configurables, which gin refuses
-# once the config is parsed; importing xltransfer.tasks registers the xlt_ tasks.
-import xltransfer.tasks  # pylint: disable=unused-import
+from xltransfer.evaluation import rank_classification
+from xltransfer.evaluation import retrieval_eval
+from xltransfer.evaluation import outputs
+from xltransfer.evaluation.eval_tasks import EvalTask, pick_split, resolve_tasks
+from xltransfer.evaluation.examples import (CLUSTER_FIELDS, Context, NoGoldError, Way,
+                                            gold_status, seqio_task_metrics)
+from xltransfer.evaluation.outputs import (DONE_FILE, IDENTITY_FILE, INFO_FILE, META_SUFFIX,
+                                           METRICS_FILE, PREDICTIONS_DIR, TENSORBOARD_DIR,
+                                           DiskFullError, StaleOutputError, check_output_dir,
+                                           flat_scalars, meta_path, output_identity,
+                                           predictions_path, read_records,
+                                           replace_other_outputs, write_records)
+from xltransfer.evaluation.retrieval_eval import MAP_K, RETRIEVAL_TARGETS, retrieval_metrics
+from xltransfer.evaluation.settings import EvalSettings
 from xltransfer.tasks import catalog
-from xltransfer.train import checkpointing
 
-PREDICTIONS_DIR = "predictions"
-METRICS_FILE = "metrics.json"
-INFO_FILE = "eval_info.json"
-DONE_FILE = "DONE"
-IDENTITY_FILE = "eval_identity.json"
-META_SUFFIX = ".meta.json"
-TENSORBOARD_DIR = "tensorboard"
-RETRIEVAL_TARGETS = ("tatoeba", "mewslix", "lareqa")
-MAP_K = 20
-_EVAL_TASK_NAME = re.compile(r"^xlt_(?P<target>[a-z0-9]+)_eval_(?P<lang>[a-z]+)$")
+# The names above stay importable from here: xltransfer eval, the submission writer and tests
+# read them as `evaluator.<name>`.
+__all__ = [
+    "CLUSTER_FIELDS", "DONE_FILE", "DiskFullError", "EvalOutcome", "EvalSettings", "EvalTask",
+    "Evaluator", "IDENTITY_FILE", "INFO_FILE", "MAP_K", "META_SUFFIX", "METRICS_FILE",
+    "NoGoldError", "PREDICTIONS_DIR", "PeriodicEvaluator", "RECORD_FORMAT", "RETRIEVAL_TARGETS",
+    "StaleOutputError", "TENSORBOARD_DIR", "TaskResult", "WAYS", "check_output_dir",
+    "checkpoint_step", "evaluate_checkpoint", "evaluate_params", "flat_scalars", "gold_status",
+    "meta_path", "output_identity", "pick_split", "predictions_path", "read_records",
+    "replace_other_outputs", "resolve_tasks", "retrieval_metrics", "seqio_task_metrics",
+    "write_records"]
 
+# How each declared way of evaluating (catalog.EVALUATIONS) predicts and scores.
+WAYS: Dict[str, Way] = {
+    catalog.GENERATION: generation.WAY,
+    catalog.RANK_CLASSIFICATION: rank_classification.WAY,
+    catalog.RETRIEVAL: retrieval_eval.WAY,
+}
 
-@gin.configurable(module="xltransfer.evaluation")
-@dataclasses.dataclass
-class EvalSettings:
-  """How to evaluate (gin: `xltransfer.evaluation.EvalSettings.<field>`).
-
-  split: the split to read; a task without it falls back to `validation`, then its first split
-    (TyDiQA-GoldP has only dev, XQuAD only test). The split used is in eval_info.json.
-  task_feature_lengths: inputs are cut to `inputs` tokens; `targets` is the decode length
-    unless `max_decode_length` is set, and the length of rank-classification choices.
-  batch_size: global rows per device step (fixed; the last batch is padded).
-  beam_size, alpha: beam search (length penalty alpha) when beam_size > 1, else greedy.
-  retrieval_layer: encoder layer for retrieval embeddings (0-based); None: the final output.
-  candidate_chunk: candidates per device step of the nearest-neighbour search.
-  max_examples: evaluate only the first N examples of each task (smoke tests).
-  require_gold: a task without gold fails (before inference) instead of getting predictions
-    only; `xltransfer study` sets it, so that a study never lacks a number silently.
-  no_overwrite: refuse an output directory holding another checkpoint's, step's or settings'
-    outputs instead of recomputing them (`xltransfer eval --no_overwrite`).
-  """
-  split: str = "test"
-  task_feature_lengths: Dict[str, int] = dataclasses.field(
-      default_factory=lambda: {"inputs": 512, "targets": 128})
-  batch_size: int = 32
-  beam_size: int = 1
-  alpha: float = 0.6
-  max_decode_length: Optional[int] = None
-  retrieval_layer: Optional[int] = None
-  candidate_chunk: int = 65536
-  max_examples: Optional[int] = None
-  require_gold: bool = False
-  no_overwrite: bool = False
-
-  def __post_init__(self):
-    missing = {"inputs", "targets"} - set(self.task_feature_lengths)
-    if missing:
-      raise ConfigError(f"EvalSettings.task_feature_lengths needs {sorted(missing)} "
-                        f"(got {self.task_feature_lengths})")
-
-  @property
-  def decode_length(self) -> int:
-    return self.max_decode_length or self.task_feature_lengths["targets"]
-
-  def prediction_settings(self) -> dict:
-    """The settings that change predictions (as JSON): a predictions file made with other
-    values is not reused. Batch size and candidate chunking change only the speed."""
-    return json.loads(json.dumps({
-        "task_feature_lengths": dict(self.task_feature_lengths), "beam_size": self.beam_size,
-        "alpha": self.alpha if self.beam_size > 1 else None,
-        "decode_length": self.decode_length, "retrieval_layer": self.retrieval_layer,
-        "max_examples": self.max_examples}))
-
-
-class NoGoldError(UserError):
-  """A task has no gold and `EvalSettings.require_gold` is set; `reason` says why."""
-
-  def __init__(self, task_name: str, reason: str):
-    self.reason = reason
-    super().__init__(f"{task_name}: no gold to score, so no metric (require_gold): {reason}")
-
-
-class StaleOutputError(UserError):
-  """The output directory holds outputs of another checkpoint, step, split or settings, and
-  `EvalSettings.no_overwrite` forbids replacing them."""
-
-
-# No space left on the device while writing an output file; the message names it.
-DiskFullError = disk_full.DiskFullError
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalTask:
-  name: str    # the seqio task
-  target: str  # XTREME-R task key (xnli, ...) or, for other tasks, the task name
-  lang: str
-
-
-# ---- which tasks ----
-
-def _split_names(mixture_or_task_names: Union[str, Sequence[str]]) -> List[str]:
-  if isinstance(mixture_or_task_names, str):
-    mixture_or_task_names = mixture_or_task_names.split(",")
-  return [n.strip() for n in mixture_or_task_names if n.strip()]
-
-
-def _target_and_language(task_name: str):
-  entry = catalog.ENTRIES.get(task_name)
-  if entry is not None and entry.language:
-    return entry.family, entry.language
-  match = _EVAL_TASK_NAME.match(task_name)
-  if match:
-    return match.group("target"), match.group("lang")
-  return task_name, "all"
-
-
-def resolve_tasks(mixture_or_task_names: Union[str, Sequence[str]]) -> List[EvalTask]:
-  """Eval tasks of the given task and mixture names (comma-separated or a list).
-
-  Mixtures contribute their tasks except the `_train` ones. Unknown names raise ConfigError.
-  """
-  names = _split_names(mixture_or_task_names)
-  if not names:
-    raise ConfigError("no task or mixture to evaluate (MIXTURE_OR_TASK_NAME is empty)")
-  task_names: List[str] = []
-  for name in names:
-    if name in seqio.MixtureRegistry.names():
-      task_names += [t.name for t in seqio.get_mixture_or_task(name).tasks
-                     if not t.name.endswith("_train")]
-    elif name in seqio.TaskRegistry.names():
-      task_names.append(name)
-    else:
-      known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-      close = difflib.get_close_matches(name, known, n=5)
-      hint = f"; did you mean {', '.join(close)}?" if close else ""
-      raise ConfigError(f"unknown task or mixture {name!r}{hint} (`xltransfer tasks list` shows "
-                        "the registered ones)")
-  tasks, seen = [], {}
-  for name in dict.fromkeys(task_names):
-    target, lang = _target_and_language(name)
-    if (target, lang) in seen:
-      raise ConfigError(f"tasks {seen[(target, lang)]} and {name} both write "
-                        f"predictions/{target}/{lang}.jsonl; evaluate them separately")
-    seen[(target, lang)] = name
-    tasks.append(EvalTask(name, target, lang))
-  return tasks
-
-
-def _pick_split(task: seqio.Task, preferred: str) -> str:
-  splits = tuple(task.splits)
-  if preferred in splits:
-    return preferred
-  if "validation" in splits:
-    return "validation"
-  if not splits:
-    raise ConfigError(f"task {task.name} has no splits")
-  return splits[0]
-
-
-# ---- per-example scores and metrics from records ----
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-# Record fields that say which examples are not independent (docs/interfaces.md,
-# "Evaluation outputs"): written where the example carries them, non-empty.
-CLUSTER_FIELDS = ("item", "paragraph")
 # The fields a predictions file's records carry; recorded in its .meta.json so that a file
 # written before a field existed is recomputed rather than reused without it.
 # 2: "item" / "paragraph" (cluster ids for the study's bootstrap).
 RECORD_FORMAT = 2
 
 
-def _cluster_fields(ex) -> dict:
-  return {k: _text(ex[k]) for k in CLUSTER_FIELDS if k in ex and _text(ex[k])}
-
-
-def _jsonable(value):
-  if isinstance(value, bytes):
-    return value.decode("utf-8")
-  if isinstance(value, np.ndarray):
-    return [_jsonable(v) for v in value.tolist()]
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
-def _is_unlabeled(target) -> bool:
-  if isinstance(target, str):
-    return target == ""
-  if isinstance(target, (list, tuple)):
-    return all(_is_unlabeled(t) for t in target)
-  return target is None
-
-
-def _token_accuracy(target, prediction) -> float:
-  pairs = list(zip(target, prediction))
-  return 100.0 * sum(t == p for t, p in pairs) / max(1, len(target))
-
-
-def _example_scorer(metric_fns, target, prediction):
-  """A function (target, prediction) -> the example's 0-100 contribution to the metric.
-
-  seqeval F1 is not a mean over sentences, so tagging examples get their token accuracy; QA
-  gets the example's F1; other metrics score the single example.
-  """
-  if not metric_fns:
-    return lambda t, p: None
-  main = metric_fns[0]
-  keys = main([target], [prediction]).keys()
-  if "precision" in keys and "recall" in keys:
-    return _token_accuracy
-  key = next((k for k in ("f1", "accuracy", "map@20") if k in keys), next(iter(keys)))
-  return lambda t, p: float(main([t], [p])[key])
-
-
-def seqio_task_metrics(task: seqio.Task, records: List[dict]) -> Dict[str, float]:
-  """The task's metric_fns over the records' targets and predictions (labelled records)."""
-  if not records:
-    return {}
-  targets = [r["target"] for r in records]
-  predictions = [r["prediction"] for r in records]
-  scores: Dict[str, float] = {}
-  for fn in task.metric_fns:
-    scores.update({k: float(v) for k, v in fn(targets, predictions).items()})
-  return scores
-
-
-def retrieval_metrics(target: str, records: List[dict]) -> Dict[str, float]:
-  if not records:
-    return {}
-  if target == "tatoeba":
-    gold = [r["target"] for r in records]
-    scores = metrics_lib.accuracy(gold, [r["prediction"] for r in records])
-    scores["accuracy_en_to_xx"] = metrics_lib.accuracy(
-        gold, [r["prediction_en_to_xx"] for r in records])["accuracy"]
-    return scores
-  return metrics_lib.map_at_k([r["target"] for r in records],
-                              [r["prediction"] for r in records], k=MAP_K)
-
-
-def _data_inputs(task: "EvalTask") -> dict:
+def _data_inputs(task: EvalTask) -> dict:
   """Where the task's data comes from, known without reading it: a predictions file made from
   another source (e.g. the download, before `target_source` 'original'), data dir or
   vocabulary is not reused."""
   return {"source": paths.target_source(task.target), "xtreme_data_dir": paths.xtreme_data_dir(),
           "original_data_dir": paths.original_data_dir(), "user_data_dir": paths.user_data_dir(),
           "vocabulary": vocab.task_vocabulary_spec()}
-
-
-def gold_status(provenance: Optional[gold_lib.Provenance], targets: Sequence,
-                where: str) -> Optional[str]:
-  """None when a split's examples carry gold; otherwise why not (see the module docstring).
-
-  `targets`: the examples' post-processed targets (gold id sets for retrieval); `where` names
-  the task and split for messages. Raises DataFormatError for an empty or partly labelled split.
-  """
-  location = provenance.location if provenance is not None else where
-  if not targets:
-    raise DataFormatError(location, None, f"{where} has no examples to evaluate")
-  if provenance is not None and not provenance.labelled:
-    return provenance.no_gold or f"{provenance.describe()} carries no gold"
-  empty = sum(_is_unlabeled(list(t) if isinstance(t, (set, frozenset)) else t)
-              for t in targets)
-  if provenance is None and empty == len(targets):
-    return f"every example of {where} has an empty target"
-  if empty:
-    said = f"{provenance.describe()} is said to be labelled, but " if provenance else ""
-    raise DataFormatError(location, None,
-                          f"{said}{empty} of {len(targets)} examples of {where} have no gold "
-                          "target; a metric over part of a split is not the split's metric")
-  return None
-
-
-# ---- files ----
-
-def predictions_path(output_dir: str, target: str, lang: str) -> str:
-  return os.path.join(output_dir, PREDICTIONS_DIR, target, f"{lang}.jsonl")
-
-
-def meta_path(predictions_file: str) -> str:
-  """The .meta.json next to a predictions file: what it was made from."""
-  return predictions_file[:-len(".jsonl")] + META_SUFFIX
-
-
-def read_records(path: str) -> List[dict]:
-  with tf.io.gfile.GFile(path, "r") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _read_json(path: str) -> dict:
-  with tf.io.gfile.GFile(path, "r") as f:
-    text = f.read()
-  try:
-    data = json.loads(text)
-  except ValueError as e:
-    raise DataFormatError(path, None, f"not JSON ({e})") from None
-  if not isinstance(data, dict):
-    raise DataFormatError(path, None, "not a JSON object")
-  return data
-
-
-def _remove(path: str):
-  """Removes a file if it exists (process 0 only, as every write)."""
-  if jax.process_index() == 0 and tf.io.gfile.exists(path):
-    tf.io.gfile.remove(path)
-
-
-def _write_atomic(path: str, text: str):
-  if jax.process_index() != 0:
-    return
-  partial = path + ".partial"
-  try:
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(partial, "w") as f:
-      f.write(text)
-    tf.io.gfile.rename(partial, path, overwrite=True)
-  except (OSError, tf.errors.OpError) as e:
-    if not disk_full.is_disk_full(e):
-      raise
-    try:  # Leave no half-written file behind; the previous version of `path` is untouched.
-      _remove(partial)
-    except (OSError, tf.errors.OpError):
-      pass
-    # The files written before this one are intact (each appeared by rename): a rerun resumes.
-    raise disk_full.disk_full_error(path, len(text.encode("utf-8"))) from None
-
-
-def write_records(path: str, records: List[dict]):
-  _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def output_identity(checkpoint: str, step: int) -> dict:
-  """What the outputs of an evaluation belong to: the checkpoint (an existing local path made
-  absolute, so `ckpt` and `./ckpt/` agree) and the step."""
-  if "://" not in checkpoint and os.path.exists(checkpoint):
-    checkpoint = os.path.normpath(os.path.abspath(checkpoint))
-  elif "://" in checkpoint:
-    checkpoint = checkpoint.rstrip("/")
-  return {"checkpoint": checkpoint, "step": int(step)}
-
-
-def _other_outputs(output_dir: str, identity: dict) -> Optional[str]:
-  """What the directory holds that is not an evaluation of `identity` (None: nothing)."""
-  path = os.path.join(output_dir, IDENTITY_FILE)
-  if tf.io.gfile.exists(path):
-    recorded = _read_json(path)
-    if (recorded.get("checkpoint"), recorded.get("step")) != (identity["checkpoint"],
-                                                              identity["step"]):
-      return (f"{output_dir} holds the evaluation of checkpoint {recorded.get('checkpoint')} "
-              f"(step {recorded.get('step')}), not of checkpoint {identity['checkpoint']} (step "
-              f"{identity['step']})")
-  elif tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*", "*.jsonl")):
-    return (f"{output_dir} holds predictions but no {IDENTITY_FILE} saying which checkpoint "
-            "and step made them (an older xltransfer or another tool wrote them)")
-  return None
-
-
-def check_output_dir(output_dir: str, checkpoint: str, step: int,
-                     no_overwrite: bool = False) -> dict:
-  """The output identity of evaluating `checkpoint` at `step` into output_dir. When the
-  directory holds outputs of something else, raises StaleOutputError under `no_overwrite`;
-  otherwise they will be recomputed (`replace_other_outputs`)."""
-  identity = output_identity(checkpoint, step)
-  other = _other_outputs(output_dir, identity)
-  if other is not None and no_overwrite:
-    raise StaleOutputError(
-        f"{other}; refused (--no_overwrite): pass a fresh output directory (--output_dir), "
-        f"delete {output_dir}, or leave out --no_overwrite to recompute them")
-  return identity
-
-
-def _recorded_identity(predictions_file: str) -> Optional[dict]:
-  """The checkpoint and step a predictions file's .meta.json names (None: no readable meta)."""
-  meta_file = meta_path(predictions_file)
-  if not tf.io.gfile.exists(meta_file):
-    return None
-  try:
-    meta = _read_json(meta_file)
-  except DataFormatError:
-    return None
-  return {"checkpoint": meta.get("checkpoint"), "step": meta.get("step")}
-
-
-def _remove_predictions(predictions_file: str):
-  """Removes a predictions file, then its .meta.json: a predictions file never exists
-  without the meta that says what made it."""
-  _remove(predictions_file)
-  _remove(meta_path(predictions_file))
-
-
-def replace_other_outputs(output_dir: str, identity: dict):
-  """Makes `output_dir` the evaluation of `identity`, removing what another checkpoint or step
-  left there (see "Another checkpoint" in the module docstring). Order matters for a crash
-  midway: first the summaries of the old evaluation, then the new eval_identity.json, then the
-  old predictions, each of which names its own checkpoint and step until it is gone."""
-  other = _other_outputs(output_dir, identity)
-  if other is None or jax.process_index() != 0:
-    return
-  stale = []
-  for path in sorted(tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*", "*.jsonl"))):
-    if _recorded_identity(path) != identity:
-      stale.append(path)
-  # A .meta.json without its predictions file: a crash before the file's rename.
-  orphans = [meta for meta in tf.io.gfile.glob(os.path.join(output_dir, PREDICTIONS_DIR, "*",
-                                                            "*" + META_SUFFIX))
-             for predictions in [meta[:-len(META_SUFFIX)] + ".jsonl"]
-             if not tf.io.gfile.exists(predictions)
-             and _recorded_identity(predictions) != identity]
-  logging.warning("eval: %s; recomputing it for checkpoint %s (step %d): replacing %d "
-                  "predictions files%s and the old %s, %s and %s", other, identity["checkpoint"],
-                  identity["step"], len(stale),
-                  f" ({', '.join(os.path.relpath(p, output_dir) for p in stale)})" if stale
-                  else "", METRICS_FILE, INFO_FILE, TENSORBOARD_DIR)
-  for name in (DONE_FILE, METRICS_FILE, INFO_FILE):
-    _remove(os.path.join(output_dir, name))
-  tensorboard = os.path.join(output_dir, TENSORBOARD_DIR)
-  if tf.io.gfile.isdir(tensorboard):
-    tf.io.gfile.rmtree(tensorboard)
-  _write_atomic(os.path.join(output_dir, IDENTITY_FILE), json.dumps(identity, indent=2))
-  for path in stale:
-    _remove_predictions(path)
-  for path in orphans:
-    _remove(path)
 
 
 # ---- the evaluator ----
@@ -575,7 +208,6 @@ class Evaluator:
     self.settings = settings or EvalSettings()
     self.partitioner = partitioner
     self.show_progress = show_progress
-    self._candidate_cache: Dict[Any, np.ndarray] = {}
     self._identity: dict = {}
 
   def evaluate(self, params, step: int = 0, checkpoint: str = "") -> Dict[str, Dict[str, dict]]:
@@ -602,17 +234,18 @@ class Evaluator:
     done = os.path.join(self.output_dir, DONE_FILE)
     if jax.process_index() == 0 and tf.io.gfile.exists(done):
       tf.io.gfile.remove(done)  # Rewritten once this run's task list is complete.
-    _write_atomic(os.path.join(self.output_dir, IDENTITY_FILE),
-                  json.dumps(self._identity, indent=2))
+    outputs.write_atomic(os.path.join(self.output_dir, IDENTITY_FILE),
+                         json.dumps(self._identity, indent=2))
     runner = inference_lib.Inference(self.model, params, self.settings.batch_size,
                                      partitioner=self.partitioner,
                                      show_progress=self.show_progress)
+    context = Context(runner, self.settings)
     outcome = EvalOutcome()
     bar = tqdm.tqdm(self.tasks, desc="eval tasks", unit="task", disable=not self.show_progress)
     for task in bar:
       bar.set_postfix_str(task.name)
       try:
-        result = self._evaluate_task(runner, task)
+        result = self._evaluate_task(context, task)
       except DiskFullError:
         raise  # Every later write would fail too; the finished tasks' files stay as they are.
       except UserError as error:  # The task's data or files; the other tasks can still run.
@@ -634,27 +267,31 @@ class Evaluator:
                      " ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()))
     summary = {"checkpoint": checkpoint, "step": int(step), "tasks": outcome.metrics,
                "no_gold": outcome.no_gold, "failed": outcome.failed}
-    _write_atomic(os.path.join(self.output_dir, METRICS_FILE), json.dumps(summary, indent=2))
+    outputs.write_atomic(os.path.join(self.output_dir, METRICS_FILE),
+                         json.dumps(summary, indent=2))
     info = {"checkpoint": checkpoint, "step": int(step), "splits": outcome.splits,
             "provenance": outcome.provenance,
             "tasks": {t.name: [t.target, t.lang] for t in self.tasks},
             "no_gold": outcome.no_gold, "failed": outcome.failed,
             "settings": dataclasses.asdict(self.settings)}
-    _write_atomic(os.path.join(self.output_dir, INFO_FILE), json.dumps(info, indent=2))
+    outputs.write_atomic(os.path.join(self.output_dir, INFO_FILE), json.dumps(info, indent=2))
     self._write_summaries(outcome.metrics, step)
     if outcome.failed:
       logging.error("eval: %d of %d tasks failed, no %s written: %s",
                     sum(len(v) for v in outcome.failed.values()), len(self.tasks), DONE_FILE,
                     "; ".join(f"{t}/{l}" for t, by in outcome.failed.items() for l in by))
     else:
-      _write_atomic(done, f"step {int(step)}\n")
+      outputs.write_atomic(done, f"step {int(step)}\n")
     return outcome
 
   # ---- one task ----
 
-  def _evaluate_task(self, runner, task: EvalTask) -> TaskResult:
-    seqio_task = seqio.get_mixture_or_task(task.name)
-    split = _pick_split(seqio_task, self.settings.split)
+  def _evaluate_task(self, context: Context, task: EvalTask) -> TaskResult:
+    if task.evaluation not in WAYS:
+      raise ConfigError(f"task {task.name}: unknown evaluation {task.evaluation!r}; valid: "
+                        f"{', '.join(WAYS)}")
+    way = WAYS[task.evaluation]
+    split = pick_split(seqio.get_mixture_or_task(task.name), self.settings.split)
     path = predictions_path(self.output_dir, task.target, task.lang)
     # Decided once from what the file says, so that every host decides alike while process 0
     # replaces it.
@@ -667,7 +304,7 @@ class Evaluator:
                                "--no_overwrite to recompute it")
       if mismatch is not None:
         logging.warning("eval %s: recomputing %s: %s", task.name, path, mismatch)
-        _remove_predictions(path)
+        outputs.remove_predictions(path)
       reuse = mismatch is None
     if reuse:
       provenance, no_gold, count = self._recorded(task, path)
@@ -677,23 +314,18 @@ class Evaluator:
         raise StaleOutputError(f"{path} has {len(records)} records but {meta_path(path)} says "
                                f"{count}; delete both to recompute them")
     else:
-      if task.target in RETRIEVAL_TARGETS:
-        provenance, no_gold, records = self._retrieval_task(runner, task, split)
-      else:
-        provenance, no_gold, records = self._seqio_task(runner, seqio_task, task, split)
+      provenance, no_gold, records = way.predict(context, task, split)
       meta = {"task": task.name, **self._identity, "split": split,
               "settings": self.settings.prediction_settings(), "data": _data_inputs(task),
               "record_format": RECORD_FORMAT,
               "provenance": provenance.to_json() if provenance is not None else None,
               "no_gold": no_gold, "records": len(records)}
       # The meta first: a predictions file never exists without it.
-      _write_atomic(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False))
+      outputs.write_atomic(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False))
       write_records(path, records)
     if no_gold is not None:
       return TaskResult(split, provenance, no_gold, {})
-    if task.target in RETRIEVAL_TARGETS:
-      return TaskResult(split, provenance, None, retrieval_metrics(task.target, records))
-    return TaskResult(split, provenance, None, seqio_task_metrics(seqio_task, records))
+    return TaskResult(split, provenance, None, way.metrics(task, records))
 
   def _mismatch(self, task: EvalTask, split: str, path: str) -> Optional[str]:
     """None when an existing predictions file's .meta.json says it was made for this task,
@@ -701,7 +333,7 @@ class Evaluator:
     meta_file = meta_path(path)
     if not tf.io.gfile.exists(meta_file):
       return f"{path} has no {os.path.basename(meta_file)} saying what it was made from"
-    meta = _read_json(meta_file)
+    meta = outputs.read_json(meta_file)
     expected = {"task": task.name, **self._identity, "split": split,
                 "settings": self.settings.prediction_settings(), "data": _data_inputs(task),
                 "record_format": RECORD_FORMAT}
@@ -713,7 +345,7 @@ class Evaluator:
 
   def _recorded(self, task: EvalTask, path: str):
     """(provenance, no_gold, records) of a predictions file that `_mismatch` accepted."""
-    meta = _read_json(meta_path(path))
+    meta = outputs.read_json(meta_path(path))
     provenance = meta.get("provenance")
     provenance = gold_lib.Provenance.from_json(provenance) if provenance else None
     no_gold = meta.get("no_gold")
@@ -721,162 +353,8 @@ class Evaluator:
       raise NoGoldError(task.name, no_gold)
     return provenance, no_gold, meta.get("records")
 
-  def _check_gold(self, task: EvalTask, split: str, provenance, targets) -> Optional[str]:
-    no_gold = gold_status(provenance, targets, f"task {task.name} ({split} split)")
-    if no_gold is not None and self.settings.require_gold:
-      raise NoGoldError(task.name, no_gold)
-    return no_gold
-
-  def _examples(self, seqio_task: seqio.Task, split: str) -> List[dict]:
-    lengths = self.settings.task_feature_lengths
-    ds = seqio_task.get_dataset(sequence_length={"inputs": lengths["inputs"],
-                                                 "targets": lengths["targets"]},
-                                split=split, shuffle=False, num_epochs=1)
-    if self.settings.max_examples:
-      ds = ds.take(self.settings.max_examples)
-    return list(ds.as_numpy_iterator())
-
-  def _seqio_task(self, runner, seqio_task: seqio.Task, task: EvalTask, split: str):
-    """(provenance, no_gold, records) of a generation or rank-classification task."""
-    examples = self._examples(seqio_task, split)
-    provenance = gold_lib.task_provenance(seqio_task, split)
-    targets = [_jsonable(seqio_task.postprocess_fn(_text(ex["targets_pretokenized"]),
-                                                   example=ex, is_target=True))
-               for ex in examples]
-    no_gold = self._check_gold(task, split, provenance, targets)
-    lengths = self.settings.task_feature_lengths
-    vocabulary = seqio_task.output_features["targets"].vocabulary
-    inputs = inference_lib.pad_columns([ex["inputs"] for ex in examples], lengths["inputs"])
-    extras: List[dict] = [{} for _ in examples]
-    if "choices" in examples[0]:
-      choices = [[_text(c) for c in ex["choices"]] for ex in examples]
-      best, _ = runner.rank_classify(
-          inputs, [inference_lib.encode_with_eos(vocabulary, c, lengths["targets"])
-                   for c in choices], description=task.name)
-      outputs = [c[i] for c, i in zip(choices, best)]
-      extras = [{"prediction_index": int(i),
-                 "label": int(ex["label"]) if no_gold is None else None}
-                for i, ex in zip(best, examples)]
-    else:
-      tokens = runner.decode(inputs, self.settings.decode_length, self.settings.beam_size,
-                             self.settings.alpha, description=task.name)
-      outputs = [vocabulary.decode([int(t) for t in row]) for row in tokens]
-    records = []
-    for index, (ex, target, output, extra) in enumerate(zip(examples, targets, outputs, extras)):
-      prediction = seqio_task.postprocess_fn(output, example=ex, is_target=False)
-      records.append({"id": _text(ex["id"]) if "id" in ex else str(index),
-                      **_cluster_fields(ex), "input": _text(ex["inputs_pretokenized"]),
-                      "target": target if no_gold is None else None,
-                      "prediction": _jsonable(prediction), **extra})
-    scorer = None
-    if no_gold is None:
-      scorer = _example_scorer(list(seqio_task.metric_fns), records[0]["target"],
-                               records[0]["prediction"])
-    for record in records:
-      record["example_score"] = (None if scorer is None else
-                                 scorer(record["target"], record["prediction"]))
-    return provenance, no_gold, records
-
-  def _retrieval_set(self, task: EvalTask, split: str):
-    if task.target == "tatoeba":
-      return retrieval_data.load_tatoeba(None, task.lang)
-    if task.target == "mewslix":
-      return retrieval_data.load_mewslix(None, task.lang, {"validation": "dev"}.get(split, split))
-    return retrieval_data.load_lareqa(None, task.lang)
-
-  def _embed_texts(self, runner, texts: Sequence[str], vocabulary, description: str):
-    tokens = inference_lib.encode_with_eos(vocabulary, texts,
-                                           self.settings.task_feature_lengths["inputs"])
-    return retrieval.embed(runner, tokens, self.settings.retrieval_layer, description)
-
-  def _retrieval_task(self, runner, task: EvalTask, split: str):
-    """(provenance, no_gold, records) of a retrieval target."""
-    rs = self._retrieval_set(task, split)
-    # Retrieval sets that know their source carry it (xltransfer/data/retrieval.py).
-    provenance = getattr(rs, "provenance", None)
-    if self.settings.max_examples:
-      keep = self.settings.max_examples
-      rs = dataclasses.replace(rs, queries=rs.queries[:keep], query_ids=rs.query_ids[:keep],
-                               gold=rs.gold[:keep])
-      for field in ("query_items", "query_paragraphs"):
-        if getattr(rs, field) is not None:
-          rs = dataclasses.replace(rs, **{field: getattr(rs, field)[:keep]})
-      if task.target == "tatoeba":  # Aligned pairs: keep both sides in step.
-        rs = dataclasses.replace(rs, candidates=rs.candidates[:keep],
-                                 candidate_ids=rs.candidate_ids[:keep])
-    no_gold = self._check_gold(task, split, provenance, rs.gold)
-    vocabulary = seqio.get_mixture_or_task(task.name).output_features["inputs"].vocabulary
-    # The training tasks' prefixes: evaluation embeds what a dual encoder was trained on.
-    query_prefix, candidate_prefix = retrieval_data.PREFIXES[task.target]
-    queries = self._embed_texts(runner, [query_prefix + q for q in rs.queries], vocabulary,
-                                f"{task.name} queries")
-    # Mewsli-X and LAReQA share one candidate pool across languages: embed it once.
-    key = (task.target, len(rs.candidate_ids), rs.candidate_ids[0], rs.candidate_ids[-1])
-    if task.target == "tatoeba" or key not in self._candidate_cache:
-      self._candidate_cache[key] = self._embed_texts(
-          runner, [candidate_prefix + c for c in rs.candidates], vocabulary,
-          f"{task.name} candidates")
-    candidates = self._candidate_cache[key]
-    search = dict(candidate_chunk=self.settings.candidate_chunk,
-                  query_batch=self.settings.batch_size)
-    labelled = no_gold is None
-    if task.target == "tatoeba":
-      forward, backward = retrieval.tatoeba_directions(queries, candidates, **search)
-      return provenance, no_gold, [
-          {"id": str(qid), "input": q, "target": int(min(g)) if labelled else None,
-           "prediction": int(rs.candidate_ids[f]),
-           "prediction_en_to_xx": int(rs.query_ids[b]),
-           "example_score": 100.0 * (int(rs.candidate_ids[f]) in g) if labelled else None}
-          for qid, q, g, f, b in zip(rs.query_ids, rs.queries, rs.gold, forward, backward)]
-    _, indices = retrieval.cosine_top_k(queries, candidates, MAP_K, **search)
-    clusters = [_cluster_fields({"item": item, "paragraph": paragraph}) for item, paragraph in
-                zip(rs.query_items or [""] * len(rs.queries),
-                    rs.query_paragraphs or [""] * len(rs.queries))]
-    records = []
-    for qid, q, g, row, cluster in zip(rs.query_ids, rs.queries, rs.gold, indices, clusters):
-      ranked = [rs.candidate_ids[j] for j in row]
-      score = (100.0 * metrics_lib.average_precision_at_k(g, ranked, MAP_K) if labelled
-               else None)
-      records.append({"id": str(qid), **cluster, "input": q,
-                      "target": sorted(g) if labelled else None,
-                      "prediction": ranked, "example_score": score})
-    return provenance, no_gold, records
-
-  # ---- summaries ----
-
   def _write_summaries(self, results: Dict[str, Dict[str, dict]], step: int):
-    # simple_value events: TensorBoard and EventAccumulator.Scalars both read them.
-    from xltransfer.train import scalar_summaries  # pylint: disable=import-outside-toplevel
-    scalars = flat_scalars(results)
-    if not scalars:
-      return
-    directory = os.path.join(self.output_dir, TENSORBOARD_DIR)
-    try:
-      writer = scalar_summaries.create_writer(directory, just_logging=jax.process_index() != 0)
-      writer.write_scalars(int(step), scalars)
-      writer.flush()
-      writer.close()
-    except (OSError, tf.errors.OpError) as e:
-      if not disk_full.is_disk_full(e):
-        raise
-      # The predictions and metrics.json are written by now; DONE is not.
-      raise disk_full.disk_full_error(directory, what="TensorBoard summaries into") from None
-
-
-def flat_scalars(results: Dict[str, Dict[str, dict]], prefix: str = "") -> Dict[str, float]:
-  """{target: {lang: {metric: v}}} -> {"target/lang/metric": v, "target/avg_metric": v}."""
-  from xltransfer.evaluation import scores  # pylint: disable=import-outside-toplevel
-  scalars = {f"{prefix}{target}/{lang}/{metric}": value
-             for target, by_lang in results.items() for lang, values in by_lang.items()
-             for metric, value in values.items()}
-  for target, by_lang in results.items():
-    if by_lang:
-      try:
-        scalars[f"{prefix}{target}/avg_metric"] = scores.task_summary(target,
-                                                                      by_lang)["avg_metric"]
-      except KeyError:  # Tasks outside XTREME-R without a main metric have no average.
-        pass
-  return scalars
+    outputs.write_summaries(self.output_dir, results, step)
 
 
 # ---- entry points ----
@@ -928,7 +406,7 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   partitioner = partitioner if partitioner is not None else partitioning.create_partitioner()
   shardings = partitioner.shardings(model.param_logical_axes())
   try:
-    params, kind = checkpointing.load_initial_params(checkpoint_path, model, shardings)
+    params, kind = loading.load_initial_params(checkpoint_path, model, shardings)
   except CheckpointError as e:
     # The loader is the trainer's and names the trainer's macro; here the path came from
     # --checkpoint / CHECKPOINT_PATH. Reworded in place, keeping the error's class.

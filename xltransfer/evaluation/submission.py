@@ -20,12 +20,14 @@ folder exists in both; then every one of its languages must have both files.
 """
 import dataclasses
 import json
+import logging
 import os
+from typing import List
 
 from xltransfer.errors import DataFormatError
 from xltransfer.errors import UserError
-from xltransfer.evaluation import metrics
-from xltransfer.evaluation import qa_metrics
+from xltransfer import metrics
+from xltransfer.metrics import qa as qa_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,3 +345,43 @@ def score_folders(prediction_dir: str, label_dir: str,
       notes.extend(language_notes)
     per_language[spec.name] = task_scores
   return FolderScores(per_language, notes)
+
+
+def _submission_predictions(target: str, records: List[dict]):
+  """One language's records as `write_submission_file` takes them."""
+  if target in ("xquad", "mlqa", "tydiqa", "mewslix", "lareqa"):
+    return {r["id"]: r["prediction"] for r in records}
+  if target == "xcopa":
+    return [r["prediction_index"] for r in records]
+  return [r["prediction"] for r in records]
+
+
+def write_submission_dir(output_dir: str, submission_dir: str) -> List[str]:
+  """Writes an eval output directory's predictions in the XTREME-R submission layout.
+
+  Each task contributes the split XTREME-R scores it on (`submission_split`: test,
+  but TyDiQA-GoldP's dev set, written as tydiqa/test-{lang}.json). Tasks read from another
+  split and tasks outside XTREME-R are left out; official files still missing for a task that
+  has some are logged as a warning.
+  """
+  # The evaluator writes the output directory; it imports this module for the layout.
+  from xltransfer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(output_dir, evaluator.INFO_FILE)) as f:
+    splits = json.load(f)["splits"]
+  known = {spec.name: spec for spec in XTREME_R_TASKS}
+  written = []
+  for target, by_lang in splits.items():
+    for lang, split in by_lang.items():
+      if target not in known or split != submission_split(target):
+        logging.info("submission: %s/%s left out (%s split)", target, lang, split)
+        continue
+      records = evaluator.read_records(evaluator.predictions_path(output_dir, target, lang))
+      written.append(write_submission_file(
+          submission_dir, target, lang, _submission_predictions(target, records)))
+  for target in sorted({os.path.basename(os.path.dirname(path)) for path in written}):
+    missing = [lang for lang in known[target].languages
+               if not os.path.isfile(submission_path(submission_dir, target, lang))]
+    if missing:
+      logging.warning("submission: %s lacks %s; the official scorer needs every language",
+                      target, " ".join(missing))
+  return written

@@ -61,23 +61,6 @@ def run_capture(argv: Sequence[str]) -> str:
   return completed.stdout
 
 
-def run_main(main, prog: str, argv=None) -> int:
-  """Runs a launcher's `main` as a program: a UserError is one line on stderr and exit 2."""
-  try:
-    return int(main(sys.argv[1:] if argv is None else argv) or 0)
-  except UserError as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print(f"{prog}: interrupted", file=sys.stderr)
-    return 130
-  except BrokenPipeError:
-    # The reader went away (e.g. `--dry-run | head`); stop quietly, and keep Python's exit
-    # flush from failing again on the closed pipe.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1
-
-
 # The launcher's own dry-run flag in both spellings (the xltransfer commands use `--dry_run`).
 DRY_RUN_FLAGS = ("--dry-run", "--dry_run")
 # What a command after `--` might mean as a dry run, abbreviations and `=VALUE` forms included.
@@ -145,14 +128,14 @@ def warn_missing_gin_files(command: Sequence[str], stream=None) -> list[str]:
   The workers run the checkout `setup` copied from here, so a file missing here would fail
   there, after the slice or the job has started. Paths on remote storage are not checked.
   """
-  from xltransfer import gin_paths  # pylint: disable=import-outside-toplevel
+  from xltransfer import gin_utils  # pylint: disable=import-outside-toplevel
   search = [v.partition("=")[2] for v in command if v.startswith("--gin_search_paths=")]
   missing = [path for path in gin_files_in_command(command)
              if "://" not in path and not os.path.isabs(path)
-             and not gin_paths.exists(path, search)]
+             and not gin_utils.exists(path, search)]
   for path in missing:
     print(f"warning: gin file {path} is not in this checkout (nor under "
-          f"{gin_paths.config_dir()}); the command will fail on the workers",
+          f"{gin_utils.config_dir()}); the command will fail on the workers",
           file=stream or sys.stderr, flush=True)
   return missing
 

@@ -24,6 +24,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from xltransfer import command_line
 from xltransfer.errors import UserError
 from xltransfer.launch import commands
 from xltransfer.launch import slurm_env
@@ -139,13 +140,12 @@ def batch_script(job: Job, sbatch_argv: Optional[Sequence[str]] = None) -> str:
 
 
 def _check_command(xltransfer_args: Sequence[str]) -> tuple:
-  from xltransfer import cli  # light: the CLI table imports no command modules
   if not xltransfer_args:
     raise UserError("give the xltransfer command after `--`, e.g. "
                     "`-- train --gin_file=gin/runs/finetune.gin ...`")
-  if xltransfer_args[0] not in cli.COMMANDS:
+  if xltransfer_args[0] not in command_line.COMMANDS:
     raise UserError(f"unknown xltransfer command {xltransfer_args[0]!r} after `--`; one of: "
-                    f"{', '.join(cli.COMMANDS)}")
+                    f"{', '.join(command_line.COMMANDS)}")
   return tuple(xltransfer_args)
 
 
@@ -240,4 +240,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(commands.run_main(main, PROG))
+  sys.exit(command_line.run_command(main, PROG))

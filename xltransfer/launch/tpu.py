@@ -25,8 +25,9 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
+from xltransfer import command_line
 from xltransfer.errors import UserError
-from xltransfer.launch import accelerators
+from xltransfer.planning import accelerators
 from xltransfer.launch import commands
 from xltransfer.launch import streaming
 
@@ -93,14 +94,13 @@ def _parse_env(assignments: Sequence[str]) -> list[str]:
 
 
 def _check_xltransfer_command(command: Sequence[str]) -> list[str]:
-  from xltransfer import cli  # light: the CLI table imports no command modules
   if not command:
     raise UserError("give the xltransfer command after `--`, e.g. "
                     "`-- train --gin_file=gin/runs/finetune.gin ...` or "
                     "`-- study run gin/study/xtreme_r_lowres_mt5_xxl.gin`")
-  if command[0] not in cli.COMMANDS:
+  if command[0] not in command_line.COMMANDS:
     raise UserError(f"unknown xltransfer command {command[0]!r} after `--`; one of: "
-                    f"{', '.join(cli.COMMANDS)}")
+                    f"{', '.join(command_line.COMMANDS)}")
   return list(command)
 
 
@@ -565,4 +565,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(commands.run_main(main, PROG))
+  sys.exit(command_line.run_command(main, PROG))

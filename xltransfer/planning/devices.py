@@ -10,7 +10,7 @@ import os
 from typing import Dict, List
 
 from xltransfer.errors import ConfigError, UserError
-from xltransfer.planning.targets import Target, check_device_kind
+from xltransfer.planning.machines import Machine, check_device_kind
 
 
 def libtpu_path():
@@ -27,7 +27,7 @@ def libtpu_path():
   return candidate if os.path.isfile(candidate) else None
 
 
-def worker_environment(target: Target, base: Dict[str, str]) -> Dict[str, str]:
+def worker_environment(target: Machine, base: Dict[str, str]) -> Dict[str, str]:
   """The environment of the process that compiles for `target`."""
   env = dict(base)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
@@ -55,14 +55,14 @@ def worker_environment(target: Target, base: Dict[str, str]) -> Dict[str, str]:
   return env
 
 
-def _accelerator_type(target: Target) -> str:
+def _accelerator_type(target: Machine) -> str:
   generation = target.topology_name.split(":")[0]
   if generation in ("v4", "v5p"):
     return f"{generation}-{2 * target.num_devices}"
   return f"{'v5litepod' if generation == 'v5e' else generation}-{target.num_devices}"
 
 
-def target_devices(target: Target) -> List:
+def machine_devices(target: Machine) -> List:
   """The devices to build the mesh from (call in the worker process)."""
   import jax  # pylint: disable=import-outside-toplevel
   if target.kind == "tpu":

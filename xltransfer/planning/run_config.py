@@ -1,6 +1,6 @@
 """A training run's gin config, read the way `xltransfer train` reads it, for planning.
 
-The gin files are parsed by the trainer's own `parse_gin`. Macros that only name where a run
+The gin files are parsed as the trainer parses them (gin_utils.parse_config). Macros that only name where a run
 reads and writes (MODEL_DIR, the task, the checkpoint, the step count) do not change what is
 compiled, so those left `%gin.REQUIRED` get placeholders instead of failing. The devices are
 bound into `create_mesh` before any configurable is evaluated, so a partitioner built by gin
@@ -8,11 +8,11 @@ bound into `create_mesh` before any configurable is evaluated, so a partitioner 
 """
 import dataclasses
 import inspect
-import logging
 from typing import Any, Dict, Optional, Sequence
 
 import gin
 
+from xltransfer import gin_utils
 from xltransfer.errors import ConfigError
 
 # Placeholders for required macros that do not affect the compiled program.
@@ -57,33 +57,18 @@ def _required_macros():
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
   """Parses the config like `xltransfer train`; returns the resolved gin file paths."""
-  # pylint: disable=import-outside-toplevel,unused-import
-  import xltransfer.partitioning
-  import xltransfer.train.model_factory
-  import xltransfer.train.run
-  from xltransfer.train.main import parse_gin
-  quiet = _QuietIncludeSearch()
-  logging.getLogger().addFilter(quiet)
+  gin_utils.import_modules(["xltransfer.partitioning", "xltransfer.model.factory",
+                            "xltransfer.train.run"])
+  gin.clear_config()
   try:
-    gin.clear_config()
-    try:
-      return parse_gin(gin_files, bindings, search_paths)
-    except ConfigError:
-      required = [name for name in _required_macros() if name in PLACEHOLDERS]
-      if not required:
-        raise
-    placeholders = [f"{name} = {PLACEHOLDERS[name]}" for name in required]
-    gin.clear_config()
-    return parse_gin(gin_files, placeholders + list(bindings), search_paths)
-  finally:
-    logging.getLogger().removeFilter(quiet)
-
-
-class _QuietIncludeSearch(logging.Filter):
-  """Drops gin's 'Path not found' lines: it logs one for every search-path miss of an include."""
-
-  def filter(self, record):
-    return not str(record.msg).startswith(("Path not found", "system_path_file_exists"))
+    return gin_utils.parse_config(gin_files, bindings, search_paths)
+  except ConfigError:
+    required = [name for name in _required_macros() if name in PLACEHOLDERS]
+    if not required:
+      raise
+  placeholders = [f"{name} = {PLACEHOLDERS[name]}" for name in required]
+  gin.clear_config()
+  return gin_utils.parse_config(gin_files, placeholders + list(bindings), search_paths)
 
 
 class _DeviceList(list):

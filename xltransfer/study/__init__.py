@@ -7,5 +7,7 @@
   collect.py    reads the eval stages' metrics.json, eval_info.json (sources) and predictions
   bootstrap.py  paired bootstrap CIs over examples (and seeds)
   report.py     Markdown/CSV/JSON report with XTREME-R scores and deltas; plots.py its PNGs
-  main.py       `xltransfer study run|status|report`
+  checks.py     what `study run` checks before any stage runs (names, data directories)
+  contrasts.py  the report's contrasts; multiplicity.py their Holm / BH adjustment
+The command line is xltransfer/commands/study.py (`xltransfer study run|status|report`).
 """

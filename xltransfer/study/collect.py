@@ -168,7 +168,7 @@ def _qa_example_score(target: str, lang: str, record: dict) -> float:
   `exact_match`; otherwise EM comes from the official metric on the example's answers."""
   if "exact_match" in record:
     return (float(record["example_score"]) + float(record["exact_match"])) / 2
-  from xltransfer.evaluation import metrics  # pylint: disable=import-outside-toplevel
+  from xltransfer import metrics  # pylint: disable=import-outside-toplevel
   golds = record["target"] if isinstance(record["target"], list) else [record["target"]]
   if target == "mlqa":
     scores = metrics.mlqa_f1_em([golds], [record["prediction"]], lang)

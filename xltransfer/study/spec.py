@@ -15,14 +15,13 @@ returns a validated, frozen `StudySpec`; `StudySpec.to_dict`/`from_dict` round-t
 the study directory's `study.json`, so `study status/report DIR` need no spec file.
 """
 import dataclasses
-import logging
 import os
 import re
 from typing import Optional
 
 import gin
 
-from xltransfer import gin_paths
+from xltransfer import gin_utils
 from xltransfer.data import languages as language_sets
 from xltransfer.data.paths import TARGET_SOURCES
 from xltransfer.errors import ConfigError
@@ -284,9 +283,9 @@ def gin_files(spec: StudySpec) -> list:
 def check_gin_files(spec: StudySpec, where: str) -> None:
   """Every gin file exists as given or among the bundled configs (as the trainer finds it)."""
   for key, path in gin_files(spec):
-    if not gin_paths.exists(path):
+    if not gin_utils.exists(path):
       raise ConfigError(f"{where}: StudySpec.{key}: gin file {path} not found (looked in the "
-                        f"current directory and {gin_paths.config_dir()})")
+                        f"current directory and {gin_utils.config_dir()})")
 
 
 def load_spec(path: str, bindings=()) -> StudySpec:
@@ -296,10 +295,9 @@ def load_spec(path: str, bindings=()) -> StudySpec:
   gin.clear_config()
   # Specs may `include` a sibling spec and override a few fields (the mt5_small variant).
   gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
-  root_logger = logging.getLogger()
-  root_logger.addFilter(_quiet_include_search)
   try:
-    gin.parse_config_files_and_bindings([path], list(bindings), finalize_config=False)
+    with gin_utils.quiet_include_probes():
+      gin.parse_config_files_and_bindings([path], list(bindings), finalize_config=False)
     spec = StudySpec()
   except TypeError as e:
     missing = re.search(r"arguments: \[(.*?)\]", str(e))
@@ -310,7 +308,6 @@ def load_spec(path: str, bindings=()) -> StudySpec:
     raise ConfigError(f"{path}: cannot parse the study spec: {message}") from None
   finally:
     gin.clear_config()
-    root_logger.removeFilter(_quiet_include_search)
   validate(spec, path)
   # Stages may run from another directory (or rerun from one): make local paths absolute.
   return dataclasses.replace(spec, **{
@@ -323,8 +320,3 @@ def _absolute(path):
   if not path or "://" in path:
     return path
   return os.path.abspath(os.path.expanduser(path))
-
-
-def _quiet_include_search(record) -> bool:
-  """gin logs an error for every search path an `include` is not in before the one it is."""
-  return not record.getMessage().startswith("Path not found:")

@@ -50,6 +50,14 @@ def metric_fns(name):
   return METRICS.get(name, ([metrics.accuracy], metrics.text))
 
 
+# The multiple-choice formats keep `choices`: scored by rank classification.
+RANK_CLASSIFIED = frozenset({"commonsenseqa", "cosmosqa", "hellaswag"})
+
+
+def evaluation(name):
+  return catalog.RANK_CLASSIFICATION if name in RANK_CLASSIFIED else catalog.GENERATION
+
+
 # -- TFDS sources, mapped onto the file readers' field names ------------------------------------
 
 def _tfds(name, split, shuffle_files, seed=None):
@@ -166,4 +174,4 @@ def register():
     catalog.register_task(
         task_name(name), kind="intermediate", family=name, language="en", data=location,
         source=source, preprocessors=[*FORMATS[name], *catalog.standard_tail()],
-        metric_fns=fns, postprocess_fn=postprocess)
+        metric_fns=fns, postprocess_fn=postprocess, evaluation=evaluation(name))

@@ -1,5 +1,5 @@
 """seqio metric and postprocess functions that adapt task outputs to
-`xltransfer.evaluation.metrics` (imported lazily so the registrations import without it).
+`xltransfer.metrics` (imported lazily so the registrations import without it).
 
 Postprocessors receive seqio's `example` (NumPy values, bytes for strings) and turn the decoded
 prediction or the target into what the official metric expects.
@@ -10,7 +10,7 @@ PAD_TAG = "O"
 
 
 def _metrics():
-  from xltransfer.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from xltransfer import metrics  # pylint: disable=g-import-not-at-top
   return metrics
 
 

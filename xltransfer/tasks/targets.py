@@ -142,6 +142,9 @@ class Family:
     self.gold_check = gold_check
     self.originals = originals or {}
     self.release_names = release_names or DOWNLOAD_SPLIT
+    # Multiple choice (examples carry `choices`) is scored by rank classification.
+    self.evaluation = (catalog.RANK_CLASSIFICATION if "choices" in self.eval_signature
+                       else catalog.GENERATION)
 
   def register(self):
     names = [self._register_train()] if self.train_files else []
@@ -161,7 +164,8 @@ class Family:
         data=data + (" (or tfds with gin target_source.value='tfds')" if tfds_fn else ""),
         source=sources.FileDataSource(loaders, self.signature, alternative),
         preprocessors=[self.preprocessor, *catalog.standard_tail()],
-        metric_fns=self.metric_fns, postprocess_fn=self.postprocess_fn)
+        metric_fns=self.metric_fns, postprocess_fn=self.postprocess_fn,
+        evaluation=self.evaluation)
     return name
 
   def download_origin(self, lang, split) -> Origin:
@@ -204,7 +208,8 @@ class Family:
             loaders, self.eval_signature, alternative,
             describe=lambda split: self.describe(lang, split, uses_tfds)),
         preprocessors=[self.preprocessor, *catalog.standard_tail()],
-        metric_fns=self.eval_metric_fns(lang), postprocess_fn=self.postprocess_fn)
+        metric_fns=self.eval_metric_fns(lang), postprocess_fn=self.postprocess_fn,
+        evaluation=self.evaluation)
     return name
 
 
@@ -320,6 +325,7 @@ class RetrievalFamily(Family):
     self.location = location
     self.describe_fn = describe_fn  # (lang, split, target source) -> str
     self.tfds_languages = tfds_languages  # read from TFDS by load_set when gin says so
+    self.evaluation = catalog.RETRIEVAL
 
   def _register_eval(self, lang):
     name = f"{catalog.PREFIX}{self.name}_eval_{lang}"
@@ -331,7 +337,8 @@ class RetrievalFamily(Family):
     catalog.register_task(
         name, kind="target", family=self.name, language=lang, data=data,
         source=sources.FileDataSource(loaders, PAIR, describe=describe),
-        preprocessors=[self.preprocessor, *catalog.standard_tail()])
+        preprocessors=[self.preprocessor, *catalog.standard_tail()],
+        evaluation=self.evaluation)
     return name
 
   def _queries(self, lang, split):
@@ -526,7 +533,8 @@ def register_siqa():
       data=", ".join(_location(*p) for p in SIQA_FILES.values()),
       source=sources.FileDataSource(loaders, COPA),
       preprocessors=[preprocessors.xcopa, *catalog.standard_tail()],
-      metric_fns=[metrics.accuracy], postprocess_fn=metrics.text)
+      metric_fns=[metrics.accuracy], postprocess_fn=metrics.text,
+      evaluation=catalog.RANK_CLASSIFICATION)
   return SIQA_TASK
 
 

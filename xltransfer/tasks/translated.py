@@ -55,7 +55,7 @@ def register_translated_task(name: str, lang: str) -> str:
       data=f"$XLTRANSFER_DATA_DIR/translated/{name}/{{train,dev}}-{lang}.{extension}",
       source=sources.FileDataSource({s: loader(s) for s in FILE_SPLITS}, signature),
       preprocessors=[*intermediate.FORMATS[name], *catalog.standard_tail()],
-      metric_fns=fns, postprocess_fn=postprocess)
+      metric_fns=fns, postprocess_fn=postprocess, evaluation=intermediate.evaluation(name))
   return task
 
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import gin
 
 from xltransfer.partitioning import create_partitioner
-from xltransfer.train import checkpointing
+from xltransfer.checkpoints import loading
 from xltransfer.train import input as input_lib
 from xltransfer.train.optimizer import Adafactor
 from xltransfer.train.schedules import learning_rate_schedule
@@ -30,7 +30,7 @@ def evaluate(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   optimizer = Adafactor().create(learning_rate_schedule(), model.abstract_params(),
                                  model.param_logical_axes())
   trainer = Trainer(model, optimizer, partitioner)
-  params, kind = checkpointing.load_initial_params(checkpoint_path, model,
+  params, kind = loading.load_initial_params(checkpoint_path, model,
                                                    trainer.state_shardings.params)
   logging.info("evaluating %s on %s split %r", kind, dataset.mixture_or_task_name, dataset.split)
   batches = input_lib.eval_host_batches(dataset, partitioner, eval_steps)

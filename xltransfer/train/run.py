@@ -31,12 +31,13 @@ from xltransfer.data import vocab_check
 from xltransfer.errors import CheckpointError, ConfigError, UserError
 from xltransfer.partitioning import create_partitioner
 from xltransfer.train import checkpointing
+from xltransfer.train import initial_state
 from xltransfer.train import input as input_lib
 from xltransfer.train.optimizer import Adafactor
 from xltransfer.train.schedules import learning_rate_schedule
 from xltransfer.train import termination as termination_lib
 from xltransfer.train.summaries import TrainSummaries, check_log_period
-from xltransfer.train.trainer import Trainer, fetch
+from xltransfer.train.trainer import Trainer, to_host
 
 
 class NonFiniteLossError(UserError):
@@ -44,11 +45,57 @@ class NonFiniteLossError(UserError):
 
 
 def _any_process(flag: bool) -> bool:
-  """True on every process if it is true on any (all processes stop at the same step)."""
+  """True on every process if it is true on any (an allgather when there are several)."""
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _uses_preemption_service() -> bool:
+  """True in a multi-process run with jax.distributed's preemption service (on by default,
+  `jax_enable_preemption_service`): its notifier took SIGTERM over at
+  jax.distributed.initialize, so termination.py's flag sees only earlier signals."""
+  # jax.distributed first: asking for the process count starts the backends.
+  return (jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+          and jax.process_count() > 1)
+
+
+class _StopRequests:
+  """Whether a SIGTERM stops the run at this safe point: the same answer on every process.
+
+  One process: termination.py's flag. Several: jax's preemption sync point
+  (`multihost_utils.reached_preemption_sync_point`): a SIGTERM on any process makes every
+  process stop at the same point, without a collective per step. Its points are numbered by
+  call, from 1 (not by step): a notice that arrives before the first call is assigned point 1,
+  which a run resumed at step N would never reach by step number. Every process calls it at the
+  same places: each start-up check and after every step. Without the service (switched off, or
+  processes not joined through jax.distributed) the flag is allgathered after every step.
+  """
+
+  def __init__(self):
+    self._sync_service = _uses_preemption_service()
+    self._points = 0
+
+  def at_start_up(self) -> bool:
+    # A SIGTERM before jax.distributed.initialize set the flag on its own process only.
+    if _any_process(termination_lib.requested()):
+      return True
+    return self._sync_service and self._reached_sync_point()
+
+  def after_step(self) -> bool:
+    if self._sync_service:
+      return self._reached_sync_point()
+    return _any_process(termination_lib.requested())
+
+  def _reached_sync_point(self) -> bool:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    self._points += 1
+    reached = multihost_utils.reached_preemption_sync_point(self._points)
+    if reached:
+      logging.warning("a process received SIGTERM (jax preemption service): every process "
+                      "stops at this point")
+    return reached
 
 
 def _batch_digest(host_batch: Dict[str, np.ndarray]) -> str:
@@ -88,9 +135,9 @@ def _write_operative_config(model_dir: str, step: int):
   _write_config_files(model_dir, "operative_config.gin", text)
 
 
-def _stop_before_first_step(where: str) -> bool:
+def _stop_before_first_step(stop: _StopRequests, where: str) -> bool:
   """True (all processes agree) when a SIGTERM arrived during start-up: nothing to save."""
-  if not _any_process(termination_lib.requested()):
+  if not stop.at_start_up():
     return False
   logging.warning("stopping on SIGTERM %s: nothing to save (no step was trained in this run); "
                   "rerun the same command to continue", where)
@@ -205,8 +252,10 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
     raise ConfigError(f"EVAL_PERIOD must be positive, got {eval_period!r}")
   check_log_period(log_period)
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
-  # From here on a SIGTERM is a request to stop at the next safe point (termination.py).
-  installed_here = termination_lib.install()
+  # From here on a SIGTERM is a request to stop at the next safe point (termination.py), unless
+  # jax's preemption service already owns SIGTERM: the flag's handler would take it away.
+  installed_here = not _uses_preemption_service() and termination_lib.install()
+  stop = _StopRequests()
   # One writer per MODEL_DIR; on several hosts process 0 holds it for all (the others write
   # only their checkpoint shards, which orbax coordinates).
   lock = (run_lock.DirectoryLock(model_dir, "training run") if jax.process_index() == 0
@@ -216,7 +265,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
                              what="the MODEL_DIR lock"):
       run_lock.acquire_for_all_processes(lock, model_dir)
     os.makedirs(model_dir, exist_ok=True)
-    if _stop_before_first_step("before start-up"):
+    if _stop_before_first_step(stop, "before start-up"):
       return {"status": "terminated", "step": None, "metrics": None}
     _write_config_files(model_dir, "config.gin", gin.config_str())
 
@@ -245,23 +294,23 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
       manager.check_identity(latest, identity, allow_changed_settings)
       state, position = manager.restore(latest, trainer.abstract_state, trainer.state_shardings,
                                         train_dataset.batch_size, optimizer=trainer.optimizer)
-      latest = int(fetch(state.step))  # earlier than latest_step() after a damaged one's fallback
+      latest = int(to_host(state.step))  # earlier than latest_step() after a damaged one's fallback
       why = (f"; INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} is not loaded because the "
              "run already has its own checkpoint" if initial_checkpoint_path else "")
       logging.info("resuming from MODEL_DIR's latest checkpoint %s (step %d, input position "
                    "%d)%s", manager.step_dir(latest), latest, position, why)
     elif initial_checkpoint_path:
-      initial = checkpointing.load_initial_state(initial_checkpoint_path, model, trainer,
+      initial = initial_state.load_initial_state(initial_checkpoint_path, model, trainer,
                                                  restore_optimizer_state, total_steps)
       state, position = initial.state, 0
       logging.info("MODEL_DIR %s has no checkpoint: starting from INITIAL_CHECKPOINT_PATH (%s): "
                    "%s; training runs from step %d to TRAIN_STEPS %d", model_dir,
-                   initial.description, initial.restored, int(fetch(state.step)), total_steps)
+                   initial.description, initial.restored, int(to_host(state.step)), total_steps)
     else:
       state, position = trainer.init_state(random_seed), 0
       logging.info("MODEL_DIR %s has no checkpoint and no INITIAL_CHECKPOINT_PATH is set: "
                    "random initialisation (seed %d)", model_dir, random_seed)
-    step = int(fetch(state.step))
+    step = int(to_host(state.step))
     _write_operative_config(model_dir, step)
 
     if step >= total_steps:
@@ -270,10 +319,10 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
       manager.close()
       _mark_done(model_dir, step)
       return {"status": "completed", "step": step, "metrics": None}
-    if _stop_before_first_step(f"at step {step}, before the first step of this run"):
+    if _stop_before_first_step(stop, f"at step {step}, before the first step of this run"):
       manager.close()
       return {"status": "terminated", "step": step, "metrics": None}
-    return _train_steps(model_dir, model, trainer, manager, identity, state, position,
+    return _train_steps(model_dir, model, trainer, manager, identity, state, position, stop,
                         total_steps=total_steps,
                         train_dataset=train_dataset, eval_dataset=eval_dataset,
                         eval_period=eval_period, eval_steps=eval_steps, log_period=log_period,
@@ -287,7 +336,7 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
 
 
 def _train_steps(model_dir: str, model, trainer: Trainer, manager, identity: Dict[str, Any],
-                 state, position: int, total_steps: int,
+                 state, position: int, stop: _StopRequests, total_steps: int,
                  train_dataset: input_lib.DatasetConfig,
                  eval_dataset: Optional[input_lib.DatasetConfig], eval_period: Optional[int],
                  eval_steps: Optional[int], log_period: Optional[int],
@@ -295,7 +344,7 @@ def _train_steps(model_dir: str, model, trainer: Trainer, manager, identity: Dic
                  record_input_digests: bool) -> Dict[str, Any]:
   """`train`'s loop from the start-up state to TRAIN_STEPS, a SIGTERM or a non-finite loss."""
   partitioner = trainer.partitioner
-  step = int(fetch(state.step))
+  step = int(to_host(state.step))
   state_bytes = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
                     for a in jax.tree.leaves(trainer.abstract_state))
 
@@ -311,7 +360,7 @@ def _train_steps(model_dir: str, model, trainer: Trainer, manager, identity: Dic
 
   def check_finite(step_and_metrics):
     checked_step, metrics = step_and_metrics
-    if not bool(fetch(metrics["finite"])):
+    if not bool(to_host(metrics["finite"])):
       manager.wait_until_finished()
       # "verified" only for a checkpoint this process wrote or restored with matching digests.
       kept = manager.describe_latest_checkpoint()
@@ -345,7 +394,7 @@ def _train_steps(model_dir: str, model, trainer: Trainer, manager, identity: Dic
           if inference_evaluator is not None:
             summaries.write_eval(step, dict(inference_evaluator(step=step, params=state.params,
                                                                 model=model)))
-        preempted = _any_process(termination_lib.requested())
+        preempted = stop.after_step()
         if step % manager.period == 0 or step == total_steps or preempted:
           check_finite(unchecked)
           # Orbax writes into a temporary directory and renames it when complete: a failed

@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from xltransfer.disk_full import reporting_disk_full
 from xltransfer.errors import ConfigError
-from xltransfer.train.scalar_summaries import create_writer
-from xltransfer.train.trainer import fetch
+from xltransfer.scalar_summaries import create_writer
+from xltransfer.train.trainer import to_host
 
 AVERAGED = ("loss", "z_loss", "cross_ent_loss", "grad_norm")
 MAX_DEFAULT_LOG_PERIOD = 100
@@ -157,7 +157,7 @@ class TrainSummaries:
   def flush(self, step: int) -> Optional[Dict[str, float]]:
     if not self._pending:
       return None
-    fetched = fetch(self._pending)
+    fetched = to_host(self._pending)
     now = time.time()
     elapsed = max(now - self._period_start, 1e-9)
     n = len(fetched)

@@ -5,6 +5,12 @@ checkpoint is touched), so a SIGTERM during start-up is remembered instead of ki
 process: the run then stops before its first step with "nothing to save" and exits 0. The
 handler only sets a flag; Python runs it when the main thread next executes Python code, so
 a process blocked inside a C++ call (a stuck input pipeline) notices it only when that returns.
+
+In a multi-process run, `jax.distributed.initialize` starts jax's preemption service, whose
+notifier installs its own SIGTERM handler in place of this one: from then on a SIGTERM reaches
+the service, not this flag, and the training loop asks the service instead
+(`multihost_utils.reached_preemption_sync_point`, in `run.py`), which makes every process stop
+at the same step. This flag still covers SIGTERMs that arrive before that.
 """
 import logging
 import signal
@@ -43,7 +49,7 @@ class TerminationRequest:
       self.requested = False  # a later run in this process starts afresh
 
 
-# The process's one request: main.py installs it early, `run.train` reuses it.
+# The process's one request: the train command installs it early, `run.train` reuses it.
 REQUEST = TerminationRequest()
 
 

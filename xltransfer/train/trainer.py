@@ -30,7 +30,7 @@ def unnormalized_loss(loss, num_tokens, factor):
   return loss * float(factor)
 
 
-def fetch(tree):
+def to_host(tree):
   """Host copies of (replicated) arrays; works when the arrays span several processes."""
   def one(x):
     if isinstance(x, jax.Array):
@@ -201,7 +201,7 @@ class Trainer:
     from xltransfer.train.input import to_global_batch  # pylint: disable=import-outside-toplevel
     totals: Dict[str, float] = {}
     for host_batch in host_batches:
-      out = fetch(self.eval_step(
+      out = to_host(self.eval_step(
           params, to_global_batch(host_batch, self.partitioner, global_batch_size)))
       for k, v in out.items():
         totals[k] = totals.get(k, 0.0) + float(v)

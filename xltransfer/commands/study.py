@@ -15,15 +15,14 @@ for status/report is the study's output directory (or an --emit directory for st
 """
 import argparse
 import dataclasses
-import difflib
 import json
 import os
 import shlex
 import sys
 
-from xltransfer.data import paths
-from xltransfer.errors import ConfigError, UserError
-from xltransfer.study import grid, report, runner
+from xltransfer import gin_utils
+from xltransfer.errors import UserError
+from xltransfer.study import checks, grid, report, runner
 from xltransfer.study import spec as spec_lib
 
 
@@ -31,20 +30,9 @@ _SPEC_FIELDS = {f.name for f in dataclasses.fields(spec_lib.StudySpec)}
 
 
 def split_gin_flags(argv):
-  """`--gin.NAME=VALUE` flags as StudySpec bindings; the rest for argparse."""
-  rest, bindings = [], []
-  for arg in argv:
-    if arg.startswith("--gin."):
-      name_value = arg[len("--gin."):]
-      if "=" not in name_value:
-        raise UserError(f"{arg}: expected --gin.FIELD=VALUE")
-      name, value = name_value.split("=", 1)
-      if name in _SPEC_FIELDS:
-        name = f"StudySpec.{name}"
-      bindings.append(f"{name} = {value}")
-    else:
-      rest.append(arg)
-  return rest, bindings
+  """`--gin.NAME=VALUE` flags as bindings (a StudySpec field's name is qualified); the rest."""
+  return gin_utils.split_gin_flags(
+      argv, qualify=lambda name: f"StudySpec.{name}" if name in _SPEC_FIELDS else name)
 
 
 def _parser():
@@ -77,87 +65,6 @@ def _parser():
   return parser
 
 
-def _check_compatible(study_dir, stages):
-  """Refuses to reuse a finished stage whose command the new spec changed."""
-  if not os.path.exists(os.path.join(study_dir, grid.STUDY_FILE)):
-    return
-  _, old_stages, _ = grid.read_study_file(study_dir)
-  old = {s.id: s for s in old_stages}
-  for stage in stages:
-    if stage.id in old and old[stage.id] != stage and runner.own_state(stage) == "done":
-      raise UserError(
-          f"{study_dir}: stage {stage.id} finished with a different configuration than the "
-          f"spec now gives it; use another --output_dir or delete {stage.stage_dir}")
-
-
-def check_names(stages, where, known=None) -> None:
-  """Raises ConfigError naming each mixture/task the stages use that seqio does not know."""
-  if known is None:
-    import seqio  # pylint: disable=import-outside-toplevel
-    import xltransfer.tasks  # pylint: disable=import-outside-toplevel,unused-import
-    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  unknown = grid.unknown_mixtures(stages, known)
-  if unknown:
-    problems = []
-    for name, stage_id in unknown.items():
-      close = difflib.get_close_matches(name, sorted(known), n=3)
-      hint = f" (did you mean {', '.join(close)}?)" if close else ""
-      problems.append(f"{name} (stage {stage_id}){hint}")
-    raise ConfigError(f"{where}: seqio has no mixture or task " + "; ".join(problems)
-                      + "; `xltransfer tasks list` shows the registered names")
-
-
-def check_data(stages, where, environ=None) -> None:
-  """Raises ConfigError naming the Social IQa file when a prefinetune stage still to run would
-  not find it: the stage runs only after its intermediate stage, so check before any stage."""
-  relative = os.path.join(*grid.SIQA_TRAIN_FILE)
-  fix = "or set StudySpec.siqa_steps = 0 to fine-tune XCOPA on COPA alone"
-  for stage in stages:
-    if stage.role != "prefinetune" or runner.own_state(stage) == "done":
-      continue
-    data_dir = grid.xtreme_data_dir(stage, environ)
-    if data_dir is None or "://" in data_dir:
-      continue  # a gin macro or a remote dir: the stage itself reports a missing file
-    if not data_dir:
-      raise ConfigError(
-          f"{where}: stage {stage.id} fine-tunes on Social IQa ({grid.SIQA_MIXTURE}), which "
-          f"reads ${grid.XTREME_DATA_ENV_VAR}/{relative}, but no XTREME-R data directory is "
-          f"set: set StudySpec.xtreme_data_dir or ${grid.XTREME_DATA_ENV_VAR}, {fix}")
-    path = os.path.join(data_dir, relative)
-    if not os.path.isfile(path):
-      raise ConfigError(
-          f"{where}: stage {stage.id} fine-tunes on Social IQa ({grid.SIQA_MIXTURE}) before "
-          f"COPA and needs {path}, which does not exist: put Social IQa's "
-          f"socialIQa_v1.4_{{trn,dev}}.jsonl in {os.path.dirname(path)} (the XTREME-R "
-          f"download layout), {fix}")
-
-
-def check_labelled_data(stages, where, environ=None) -> None:
-  """Raises ConfigError when eval stages still to run read the labelled original releases
-  (StudySpec.target_source = "original") but their directory is unset or missing: those
-  stages run only after hours of training, so check before any stage."""
-  environ = os.environ if environ is None else environ
-  for stage in stages:
-    bound = dict(stage.bindings)
-    if (stage.command != "eval" or bound.get(grid.TARGET_SOURCE_BINDING) != "original"
-        or runner.own_state(stage) == "done"):
-      continue
-    if any(b.split("=", 1)[0].strip() == grid.ORIGINAL_DATA_BINDING for b in stage.raw_bindings):
-      continue  # set by the spec's own bindings (maybe a macro): the stage reports a bad dir
-    data_dir = bound.get(grid.ORIGINAL_DATA_BINDING) or environ.get(paths.ORIGINAL_ENV_VAR, "")
-    if not data_dir:
-      raise ConfigError(
-          f"{where}: stage {stage.id} scores on the labelled original releases "
-          f"(StudySpec.target_source = 'original'), but no directory holds them: set "
-          f"StudySpec.original_data_dir or ${paths.ORIGINAL_ENV_VAR} (docs/tasks.md, "
-          "\"Labelled evaluation data\", lists what goes there)")
-    if "://" not in data_dir and not os.path.isdir(data_dir):
-      raise ConfigError(
-          f"{where}: stage {stage.id} scores on the labelled original releases in {data_dir}, "
-          "which does not exist (StudySpec.original_data_dir; docs/tasks.md, \"Labelled "
-          "evaluation data\", lists what goes there)")
-
-
 def _run(args, bindings) -> int:
   spec = spec_lib.load_spec(args.spec, bindings)
   if args.output_dir:
@@ -167,7 +74,7 @@ def _run(args, bindings) -> int:
   stages = grid.build_stages(spec, study_dir)
   program = tuple(shlex.split(args.program)) if args.program else None
   if args.check_names:
-    check_names(stages, args.spec)
+    checks.check_names(stages, args.spec)
   if args.emit:
     info = runner.emit(stages, spec, study_dir, os.path.abspath(args.emit),
                        program or runner.EMIT_PROGRAM)
@@ -183,9 +90,9 @@ def _run(args, bindings) -> int:
   if "://" in study_dir:
     raise UserError(f"StudySpec.output_dir {study_dir} is remote: `study run` keeps stage "
                     "state in local directories; use --emit DIR to launch the stages elsewhere")
-  _check_compatible(study_dir, stages)
-  check_data(stages, args.spec)
-  check_labelled_data(stages, args.spec)
+  checks.check_compatible(study_dir, stages)
+  checks.check_data(stages, args.spec)
+  checks.check_labelled_data(stages, args.spec)
   grid.write_study_file(os.path.join(study_dir, grid.STUDY_FILE), spec, stages, study_dir)
   print(f"[study] {spec.name}: {len(stages)} stages in {study_dir}")
   summary = runner.run_stages(stages, study_dir, program or runner.DEFAULT_PROGRAM)
@@ -274,7 +181,3 @@ def main(argv=None) -> int:
   if args.command == "status":
     return _status(args)
   return _report(args)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

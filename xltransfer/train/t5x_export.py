@@ -21,10 +21,10 @@ T5X's Adafactor (`t5x/adafactor.py` `init_param_state`) gives each parameter und
 settings: `standard_logical_factor_rules` and `min_dim_size_to_factor`, 128 unless told
 otherwise — factored `v_row`/`v_col` for matrices with two dimensions >= that, a full `v`
 otherwise, the logical rules for scanned arrays, and (1,) zeros in every unused slot):
-  * from a trainer run (`trained_state`, `run_dir.load_trained_optimizer_state`): the run's
+  * from a trainer run (`trained_state`, `trained_run.load_trained_optimizer_state`): the run's
     own Adafactor state at that step, so that T5X resumes with the same second moments.
     `v_row`/`v_col`/`v` are the trainer's, re-expressed in T5X's layout by the mapping the
-    trainer uses to restore T5X's state (`checkpointing.param_moments_across_layouts`, run
+    trainer uses to restore T5X's state (`initial_state.param_moments_across_layouts`, run
     the other way): 1:1 where the layouts agree, rows and columns swapped where T5X's size
     heuristic and the scanned logical rules pick different rows, per-layer slices of scanned
     statistics (or stacks of unscanned ones) when the export's layer layout is not the run's,
@@ -61,6 +61,9 @@ import tensorstore as ts
 from xltransfer.checkpoints import layout, staging, tree_utils
 from xltransfer.errors import CheckpointError, UserError
 from xltransfer.model.config import MT5Config
+from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.train import initial_state
+from xltransfer.train import optimizer
 
 VERSION = 3  # T5X writes bfloat16 natively since version 3; what `Checkpointer.save` writes.
 CHECKPOINT_FILE = "checkpoint"
@@ -79,7 +82,6 @@ def t5x_factoring(shape: Tuple[int, ...], axes: Sequence[str], name: str = "",
                   min_dim_size_to_factor: int = DEFAULT_MIN_DIM_SIZE_TO_FACTOR):
   """How T5X's Adafactor (logical axes `axes`, `standard_logical_factor_rules`) factors one
   parameter: the trainer's own `optimizer.factoring_for`, which follows `init_param_state`."""
-  from xltransfer.train import optimizer  # pylint: disable=import-outside-toplevel
 
   return optimizer.factoring_for(tuple(shape), tuple(axes),
                                  optimizer.STANDARD_LOGICAL_FACTOR_RULES,
@@ -112,9 +114,8 @@ def _trained_param_states(trained, source_shapes: Dict[str, Tuple[int, ...]],
                           axes: Dict[str, Tuple[str, ...]], min_dim_size_to_factor: int,
                           step: int) -> Dict[str, Dict[str, np.ndarray]]:
   """{T5X parameter name: {slot: array}} of a trainer's Adafactor state (`trained`, a
-  `run_dir.TrainedOptimizerState` over the parameters `source_shapes`, the run's layout) in
+  `trained_run.TrainedOptimizerState` over the parameters `source_shapes`, the run's layout) in
   T5X's layout for the parameters `target_shapes` (the export's layer layout)."""
-  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
 
   if trained.step != step:
     raise CheckpointError(f"{trained.step_dir}: the optimizer state is at step {trained.step} "
@@ -133,7 +134,7 @@ def _trained_param_states(trained, source_shapes: Dict[str, Tuple[int, ...]],
                    for slot in ("v_row", "v_col", "v")}
     if trained.momentum is not None:
       # T5X's `m` is the negative of optax's EMA (optax's updates are negative).
-      slots[name]["m"] = checkpointing.NegatedArray(_HostArray(trained.momentum[name]))
+      slots[name]["m"] = initial_state.NegatedArray(_HostArray(trained.momentum[name]))
 
   def run_factoring(shape, logical_axes, name=""):
     # The run factored as T5X does with its own min_dim_size_to_factor (not recorded), or not
@@ -146,7 +147,7 @@ def _trained_param_states(trained, source_shapes: Dict[str, Tuple[int, ...]],
     shape = target_shapes[name]
     factoring = t5x_factoring(shape, axes[name], name, min_dim_size_to_factor)
     try:
-      found = checkpointing.param_moments_across_layouts(
+      found = initial_state.param_moments_across_layouts(
           name, shape, axes[name], factoring, slots, source_shapes, run_factoring)
     except (ValueError, UserError) as e:
       problems.append(str(e))
@@ -235,7 +236,7 @@ def save_t5x_checkpoint(params, config: MT5Config, directory: str, step: int = 0
                         overwrite: bool = False) -> str:
   """Writes `params` (xltransfer/T5X names, in `config`'s layer layout) as a T5X checkpoint.
 
-  `trained_state` (a `run_dir.TrainedOptimizerState` of these parameters at `step`) is
+  `trained_state` (a `trained_run.TrainedOptimizerState` of these parameters at `step`) is
   written as T5X's Adafactor state; without it the state is zeros, and `optimizer_state=False`
   leaves it out (see the module docstring). `min_dim_size_to_factor` is that of the T5X
   Adafactor that will restore it. `directory` becomes the checkpoint directory (name it
@@ -244,7 +245,6 @@ def save_t5x_checkpoint(params, config: MT5Config, directory: str, step: int = 0
   `checkpoint` file.
   """
   from flax import serialization  # pylint: disable=import-outside-toplevel
-  from xltransfer.model.models import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
 
   if trained_state is not None and not optimizer_state:
     raise ValueError("trained_state given with optimizer_state=False")

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from xltransfer.checkpoints import hf, native, run_dir, staging, t5x_export
+from xltransfer.checkpoints import hf, native, staging
+from xltransfer.train import t5x_export, trained_run
 from xltransfer.errors import ConfigError
 from xltransfer.model.config import MODEL_SIZES, get_config
 
@@ -75,7 +76,7 @@ def main(argv) -> int:
     optimizer_state = not args.no_optimizer_state
     trained_state = None
     if step_dir is not None and optimizer_state and not args.zero_optimizer_state:
-      trained_state = run_dir.load_trained_optimizer_state(step_dir)
+      trained_state = trained_run.load_trained_optimizer_state(step_dir)
     t5x_export.save_t5x_checkpoint(params, config, args.dst, step, scanned=args.scanned,
                                    optimizer_state=optimizer_state, trained_state=trained_state,
                                    min_dim_size_to_factor=args.min_dim_size_to_factor,
@@ -103,7 +104,7 @@ def load_exportable(path: str):
   if native.is_native_checkpoint(path):
     params, config = native.load_params(path)
     return params, config, 0, None
-  trained = run_dir.load_trained_params(path)
+  trained = trained_run.load_trained_params(path)
   return trained.params, trained.config, trained.step, trained.step_dir
 
 

@@ -1,4 +1,5 @@
-"""The bundled gin configs: found from any directory, in a checkout and in an installed package."""
+"""The gin layer (gin_utils): bundled configs found from any directory (checkout and installed
+package), the quiet include probe, registration imports, `--gin.` flags."""
 import os
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import textwrap
 
 import pytest
 
-from xltransfer import gin_paths
+from xltransfer import gin_utils
 from xltransfer.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,13 +17,13 @@ REPO_GIN = os.path.join(REPO_ROOT, "gin")
 
 def test_checkout_configs_resolve_from_any_directory(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert gin_paths.config_dir() == REPO_GIN
-  search = gin_paths.search_paths()
+  assert gin_utils.config_dir() == REPO_GIN
+  search = gin_utils.search_paths()
   expected = os.path.join(REPO_GIN, "models", "mt5_tiny.gin")
   # Relative to the bundled configs, repository-style with gin/, and without the suffix.
   for path in ("models/mt5_tiny.gin", "gin/models/mt5_tiny.gin", "models/mt5_tiny",
                "gin/models/mt5_tiny"):
-    assert gin_paths.resolve(path, search) == expected, path
+    assert gin_utils.resolve(path, search) == expected, path
 
 
 def test_given_paths_and_search_paths_come_first(tmp_path, monkeypatch):
@@ -30,16 +31,16 @@ def test_given_paths_and_search_paths_come_first(tmp_path, monkeypatch):
   (tmp_path / "models").mkdir()
   local = tmp_path / "models" / "mt5_tiny.gin"
   local.write_text("# a local override\n")
-  assert gin_paths.resolve("models/mt5_tiny.gin", gin_paths.search_paths()) == str(local)
+  assert gin_utils.resolve("models/mt5_tiny.gin", gin_utils.search_paths()) == str(local)
   extra = tmp_path / "extra"
   extra.mkdir()
   (extra / "mine.gin").write_text("")
-  search = gin_paths.search_paths([f"{tmp_path / 'none'},{extra}"])
+  search = gin_utils.search_paths([f"{tmp_path / 'none'},{extra}"])
   assert search == [str(tmp_path / "none"), str(extra), REPO_GIN]
-  assert gin_paths.resolve("mine", search) == str(extra / "mine.gin")
+  assert gin_utils.resolve("mine", search) == str(extra / "mine.gin")
   with pytest.raises(ConfigError, match=r"--gin_file=nope.gin: not found \(looked in the "
                                         r"current directory and .*extra"):
-    gin_paths.resolve("nope.gin", search)
+    gin_utils.resolve("nope.gin", search)
 
 
 def test_installed_copy_is_used_without_a_checkout(tmp_path, monkeypatch):
@@ -50,13 +51,13 @@ def test_installed_copy_is_used_without_a_checkout(tmp_path, monkeypatch):
   installed = site / "xltransfer" / "gin"
   (installed / "models").mkdir(parents=True)
   (installed / "models" / "mt5_tiny.gin").write_text("")
-  monkeypatch.setattr(gin_paths, "CHECKOUT_GIN_DIR", str(site / "gin"))
-  monkeypatch.setattr(gin_paths, "INSTALLED_GIN_DIR", str(installed))
+  monkeypatch.setattr(gin_utils, "CHECKOUT_GIN_DIR", str(site / "gin"))
+  monkeypatch.setattr(gin_utils, "INSTALLED_GIN_DIR", str(installed))
   monkeypatch.chdir(tmp_path)
-  assert gin_paths.config_dir() == str(installed)
-  assert gin_paths.resolve("gin/models/mt5_tiny.gin", gin_paths.search_paths()) == str(
+  assert gin_utils.config_dir() == str(installed)
+  assert gin_utils.resolve("gin/models/mt5_tiny.gin", gin_utils.search_paths()) == str(
       installed / "models" / "mt5_tiny.gin")
-  assert gin_paths.exists("models/mt5_tiny") and not gin_paths.exists("models/mt5_huge")
+  assert gin_utils.exists("models/mt5_tiny") and not gin_utils.exists("models/mt5_huge")
 
 
 @pytest.mark.slow
@@ -83,13 +84,13 @@ def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
   script = textwrap.dedent("""
       import gin
       import xltransfer
-      from xltransfer import gin_paths
+      from xltransfer import gin_utils
       from xltransfer.planning import run_config
       files = run_config.parse(["gin/models/mt5_tiny.gin", "runs/finetune.gin"], [], [])
       print(xltransfer.__file__)
-      print(gin_paths.config_dir())
+      print(gin_utils.config_dir())
       print("\\n".join(files))
-      print(gin.query_parameter("xltransfer.train.mt5_config.size"))
+      print(gin.query_parameter("xltransfer.model.mt5_config.size"))
       print(gin.query_parameter("xltransfer.partitioning.create_mesh.data"))
   """)
   env = dict(os.environ, PYTHONPATH=str(build), JAX_PLATFORMS="cpu")
@@ -104,3 +105,30 @@ def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
                    os.path.join(installed, "runs", "finetune.gin")]
   # runs/finetune.gin's `include 'meshes/cpu.gin'` came from the installed copy too.
   assert size == "tiny" and data == "-1"
+
+
+def test_include_probes_are_dropped_only_while_parsing(caplog):
+  import logging  # pylint: disable=import-outside-toplevel
+  with caplog.at_level(logging.INFO):
+    with gin_utils.quiet_include_probes():
+      logging.error("Path not found: meshes/cpu.gin")
+      logging.info("system_path_file_exists:meshes/cpu.gin")
+      logging.error("a real error")
+    logging.error("Path not found: shown outside")
+  messages = [r.getMessage() for r in caplog.records]
+  assert messages == ["a real error", "Path not found: shown outside"]
+
+
+def test_import_modules_names_a_missing_module(caplog):
+  with pytest.raises(ConfigError, match="cannot import xltransfer_no_such_module"):
+    gin_utils.import_modules(["xltransfer_no_such_module"])
+  gin_utils.import_modules([], optional=["xltransfer_no_such_optional"])
+  assert "xltransfer_no_such_optional could not be imported" in caplog.text
+
+
+def test_study_flags_qualify_spec_fields():
+  rest, bindings = gin_utils.split_gin_flags(
+      ["run", "spec.gin", "--gin.seeds=[0, 1]", "--gin.MACRO", "3"],
+      qualify=lambda name: f"StudySpec.{name}" if name == "seeds" else name)
+  assert rest == ["run", "spec.gin"]
+  assert bindings == ["StudySpec.seeds = [0, 1]", "MACRO = 3"]

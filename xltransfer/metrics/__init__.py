@@ -10,20 +10,20 @@ is also a seqio `metric_fn` (MLQA needs its language: `mlqa_metric_fn(lang)`).
   map_at_k(gold_ids, ranked_ids, k=20)      -> {"map@20"}                   Mewsli-X, LAReQA
   bucc_f1 / bucc_optimal_threshold          BUCC 2018 (XTREME v1)
 """
-from xltransfer.evaluation.qa_metrics import mlqa_f1_em
-from xltransfer.evaluation.qa_metrics import mlqa_metric_fn
-from xltransfer.evaluation.qa_metrics import normalize_mlqa_answer
-from xltransfer.evaluation.qa_metrics import normalize_squad_answer
-from xltransfer.evaluation.qa_metrics import squad_f1_em
-from xltransfer.evaluation.retrieval_metrics import average_precision_at_k
-from xltransfer.evaluation.retrieval_metrics import bucc_extract
-from xltransfer.evaluation.retrieval_metrics import bucc_f1
-from xltransfer.evaluation.retrieval_metrics import bucc_optimal_threshold
-from xltransfer.evaluation.retrieval_metrics import bucc_tuned_f1
-from xltransfer.evaluation.retrieval_metrics import lareqa_map_at_k
-from xltransfer.evaluation.retrieval_metrics import map_at_k
-from xltransfer.evaluation.retrieval_metrics import mewslix_map_at_k
-from xltransfer.evaluation.tagging_metrics import seqeval_f1
+from xltransfer.metrics.qa import mlqa_f1_em
+from xltransfer.metrics.qa import mlqa_metric_fn
+from xltransfer.metrics.qa import normalize_mlqa_answer
+from xltransfer.metrics.qa import normalize_squad_answer
+from xltransfer.metrics.qa import squad_f1_em
+from xltransfer.metrics.retrieval import average_precision_at_k
+from xltransfer.metrics.retrieval import bucc_extract
+from xltransfer.metrics.retrieval import bucc_f1
+from xltransfer.metrics.retrieval import bucc_optimal_threshold
+from xltransfer.metrics.retrieval import bucc_tuned_f1
+from xltransfer.metrics.retrieval import lareqa_map_at_k
+from xltransfer.metrics.retrieval import map_at_k
+from xltransfer.metrics.retrieval import mewslix_map_at_k
+from xltransfer.metrics.tagging import seqeval_f1
 
 __all__ = [
     "accuracy", "average_precision_at_k", "bucc_extract", "bucc_f1", "bucc_optimal_threshold",

@@ -26,8 +26,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   module = importlib.import_module(LAUNCHERS[argv[0]][0])
   return module.main(argv[1:])
-
-
-if __name__ == "__main__":
-  from xltransfer.launch import commands
-  sys.exit(commands.run_main(main, "xltransfer launch"))

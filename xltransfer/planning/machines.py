@@ -17,7 +17,7 @@ import re
 from typing import Dict, Optional, Tuple
 
 from xltransfer.errors import ConfigError, UserError
-from xltransfer.launch.accelerators import parse_accelerator_type
+from xltransfer.planning.accelerators import parse_accelerator_type
 
 GIB = 1024 ** 3
 
@@ -57,7 +57,7 @@ _SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
+class Machine:
   """What `plan` compiles for."""
   kind: str            # "tpu" | "gpu" | "cpu" | "local"
   name: str            # canonical, e.g. "v4:4x4x8", "h100:2x8", "cpu:8"
@@ -72,11 +72,11 @@ class Target:
     """GPU and CPU targets compile on fake host devices (XLA:CPU)."""
     return self.kind in ("gpu", "cpu")
 
-  def with_hbm(self, hbm_bytes: int) -> "Target":
+  def with_hbm(self, hbm_bytes: int) -> "Machine":
     return dataclasses.replace(self, chip=dataclasses.replace(self.chip, hbm_bytes=hbm_bytes))
 
 
-def _tpu_target(generation: str, dims: Tuple[int, ...]) -> Target:
+def _tpu_target(generation: str, dims: Tuple[int, ...]) -> Machine:
   expected = 3 if generation in ("v4", "v5p") else 2
   if len(dims) != expected:
     raise UserError(f"TPU {generation} topologies have {expected} dimensions, e.g. "
@@ -86,10 +86,10 @@ def _tpu_target(generation: str, dims: Tuple[int, ...]) -> Target:
   count = 1
   for d in dims:
     count *= d
-  return Target("tpu", name, CHIPS[generation], count, name, options)
+  return Machine("tpu", name, CHIPS[generation], count, name, options)
 
 
-def _gcloud_target(text: str) -> Target:
+def _gcloud_target(text: str) -> Machine:
   accelerator = parse_accelerator_type(text)
   generation = _GCLOUD_GENERATIONS.get(accelerator.generation)
   if generation is None:
@@ -102,11 +102,11 @@ def _gcloud_target(text: str) -> Target:
   return _tpu_target(generation, shapes[chips])
 
 
-def parse_target(text: str) -> Target:
+def parse_machine(text: str) -> Machine:
   """Parses `--topology`; every mistake names the accepted forms."""
   text = text.strip().lower()
   if text == "local":
-    return Target("local", "local", CHIPS["cpu"], 0)
+    return Machine("local", "local", CHIPS["cpu"], 0)
   if re.match(r"^(v4|v5p|v5litepod|v6e)-\d+$", text):
     return _gcloud_target(text)
   match = re.match(r"^([a-z0-9-]+):(\d+(?:x\d+)*)$", text)
@@ -123,12 +123,12 @@ def parse_target(text: str) -> Target:
       raise UserError(f"--topology {text!r}: use {kind}:DEVICES" +
                       ("" if kind == "cpu" else f" or {kind}:NODESxGPUS_PER_NODE"))
     count = dims[0] * (dims[1] if len(dims) == 2 else 1)
-    return Target("gpu" if kind in GPU_KINDS else "cpu", text, CHIPS[kind], count)
+    return Machine("gpu" if kind in GPU_KINDS else "cpu", text, CHIPS[kind], count)
   raise UserError(f"--topology {text!r}: unknown device {kind!r}; known: "
                   f"{', '.join(TPU_GENERATIONS + GPU_KINDS)}, cpu, local")
 
 
-def check_device_kind(target: Target, device_kind: str):
+def check_device_kind(target: Machine, device_kind: str):
   if target.chip.device_kind and device_kind != target.chip.device_kind:
     raise ConfigError(f"libtpu made {device_kind!r} devices for {target.name}, expected "
                       f"{target.chip.device_kind!r}; memory and FLOP/s numbers would be wrong")

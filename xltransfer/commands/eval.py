@@ -27,14 +27,13 @@ An unknown task or mixture name, a missing checkpoint, an output directory refus
 a bad gin config prints an error and exits with status 2.
 """
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import List, Optional, Sequence
 
-from xltransfer import errors
-from xltransfer.errors import ConfigError, UserError
+from xltransfer import gin_utils
+from xltransfer.errors import ConfigError
 
 DEFAULT_GIN_FILE = "eval/zeroshot.gin"
 
@@ -77,55 +76,11 @@ def _macro_bindings(args) -> List[str]:
   return [f"{name} = {value!r}" for name, value in flags.items() if value is not None]
 
 
-def _submission_predictions(target: str, records: List[dict]):
-  """One language's records as `submission.write_submission_file` takes them."""
-  if target in ("xquad", "mlqa", "tydiqa", "mewslix", "lareqa"):
-    return {r["id"]: r["prediction"] for r in records}
-  if target == "xcopa":
-    return [r["prediction_index"] for r in records]
-  return [r["prediction"] for r in records]
-
-
-def write_submission(output_dir: str, submission_dir: str) -> List[str]:
-  """Writes an eval output directory's predictions in the XTREME-R submission layout.
-
-  Each task contributes the split XTREME-R scores it on (`submission.submission_split`: test,
-  but TyDiQA-GoldP's dev set, written as tydiqa/test-{lang}.json). Tasks read from another
-  split and tasks outside XTREME-R are left out; official files still missing for a task that
-  has some are logged as a warning.
-  """
-  from xltransfer.evaluation import evaluator, submission  # pylint: disable=import-outside-toplevel
-  with open(os.path.join(output_dir, evaluator.INFO_FILE)) as f:
-    splits = json.load(f)["splits"]
-  known = {spec.name: spec for spec in submission.XTREME_R_TASKS}
-  written = []
-  for target, by_lang in splits.items():
-    for lang, split in by_lang.items():
-      if target not in known or split != submission.submission_split(target):
-        logging.info("submission: %s/%s left out (%s split)", target, lang, split)
-        continue
-      records = evaluator.read_records(evaluator.predictions_path(output_dir, target, lang))
-      written.append(submission.write_submission_file(
-          submission_dir, target, lang, _submission_predictions(target, records)))
-  for target in sorted({os.path.basename(os.path.dirname(path)) for path in written}):
-    missing = [lang for lang in known[target].languages
-               if not os.path.isfile(submission.submission_path(submission_dir, target, lang))]
-    if missing:
-      logging.warning("submission: %s lacks %s; the official scorer needs every language",
-                      target, " ".join(missing))
-  return written
-
-
 def _run(argv: Sequence[str]) -> int:
-  from xltransfer.train import main as train_main  # pylint: disable=import-outside-toplevel
-  rest, cli_bindings = train_main.split_gin_flags(argv)
+  rest, cli_bindings = gin_utils.split_gin_flags(argv)
   args = _parser().parse_args(rest)
   logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s", force=True)
-  # gin logs its probe of each include as a package path as an ERROR although the include is
-  # then found on the search path; the trainer drops that line, and so does eval.
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(train_main._drop_gin_include_probe)  # pylint: disable=protected-access
   gin_files = list(args.gin_file)
   if not gin_files:
     raise ConfigError("no --gin_file given: name the model, e.g. --gin_file=models/mt5_small.gin "
@@ -134,15 +89,12 @@ def _run(argv: Sequence[str]) -> int:
     gin_files.append(DEFAULT_GIN_FILE)
   import gin  # pylint: disable=import-outside-toplevel
   from xltransfer import partitioning  # pylint: disable=import-outside-toplevel
-  partitioning.initialize_distributed()
-  # pylint: disable=import-outside-toplevel,unused-import
-  import xltransfer.evaluation.evaluator
-  import xltransfer.tasks
-  import xltransfer.train.model_factory
-  # pylint: enable=import-outside-toplevel,unused-import
+  partitioning.initialize_distributed(preemption_sync=False)  # SIGTERM stops an eval at once
+  gin_utils.import_modules(["xltransfer.evaluation.evaluator", "xltransfer.tasks",
+                            "xltransfer.model.factory"])
   gin.clear_config()
-  train_main.parse_gin(gin_files, list(args.gin_bindings) + _macro_bindings(args) + cli_bindings,
-                       args.gin_search_paths)
+  gin_utils.parse_config(gin_files, list(args.gin_bindings) + _macro_bindings(args)
+                         + cli_bindings, args.gin_search_paths)
   from xltransfer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()
   output_dir = outcome["output_dir"]
@@ -166,20 +118,11 @@ def _run(argv: Sequence[str]) -> int:
             "the failed tasks", file=sys.stderr)
     return 1
   if args.submission_dir:
-    paths = write_submission(outcome["output_dir"], args.submission_dir)
+    from xltransfer.evaluation import submission  # pylint: disable=import-outside-toplevel
+    paths = submission.write_submission_dir(outcome["output_dir"], args.submission_dir)
     print(f"wrote {len(paths)} submission files under {args.submission_dir}")
   return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    return _run(argv)
-  except UserError as error:
-    message = errors.one_line_message(error)
-    print(f"xltransfer eval: error: {message}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+  return _run(list(sys.argv[1:] if argv is None else argv))

@@ -17,8 +17,12 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import numpy as np
 
+from xltransfer.checkpoints import loading
 from xltransfer.errors import CheckpointError
 from xltransfer.model.config import MT5Config
+from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.train import checkpointing
+from xltransfer.train import optimizer
 
 # What `checkpointing.run_identity` leaves out of the recorded config: execution choices that
 # may change between a run and its resumption. Export uses MT5Config's defaults for them.
@@ -43,7 +47,6 @@ def is_step_dir(path: str) -> bool:
 
 def locate_step(path: str) -> Tuple[str, int]:
   """(model_dir, step) of a `checkpoint_<step>` directory, or of a MODEL_DIR's latest step."""
-  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
 
   path = os.path.abspath(path)
   if not os.path.isdir(path):
@@ -67,7 +70,6 @@ def locate_step(path: str) -> Tuple[str, int]:
 
 def read_run_config(model_dir: str, step: int) -> MT5Config:
   """The model config a trainer checkpoint recorded; CheckpointError for a non-seq2seq run."""
-  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
 
   manager = checkpointing.CheckpointManager(model_dir, async_save=False)
   try:
@@ -98,10 +100,8 @@ def load_trained_params(path: str, device: Optional[jax.Device] = None) -> Train
   """Reads the parameters of a trainer MODEL_DIR (latest step) or `checkpoint_<step>`.
 
   The config comes from the checkpoint's recorded run identity; the parameters are read by
-  the trainer's own loader (`checkpointing.load_initial_params`) onto one device.
+  the trainer's own loader (`loading.load_initial_params`) onto one device.
   """
-  from xltransfer.model.models import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
-  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
 
   model_dir, step = locate_step(path)
   config = read_run_config(model_dir, step)
@@ -109,7 +109,7 @@ def load_trained_params(path: str, device: Optional[jax.Device] = None) -> Train
   model = EncoderDecoderModel(config)
   sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
   shardings = jax.tree_util.tree_map(lambda _: sharding, model.abstract_params())
-  params, _ = checkpointing.load_initial_params(step_dir, model, shardings)
+  params, _ = loading.load_initial_params(step_dir, model, shardings)
   logging.info("read step %d of trainer run %s", step, model_dir)
   return TrainedParams(params=params, config=config, step=step, step_dir=step_dir)
 
@@ -141,8 +141,6 @@ def load_trained_optimizer_state(step_dir: str) -> TrainedOptimizerState:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from xltransfer.checkpoints import tree_utils  # pylint: disable=import-outside-toplevel
-  from xltransfer.train import checkpointing  # pylint: disable=import-outside-toplevel
-  from xltransfer.train import optimizer  # pylint: disable=import-outside-toplevel
 
   model_dir = os.path.dirname(os.path.abspath(step_dir))
   step = int(_STEP_DIR.match(os.path.basename(os.path.abspath(step_dir))).group(1))

@@ -19,15 +19,14 @@ import subprocess
 import sys
 import time
 
-from xltransfer import gin_paths
+from xltransfer import gin_utils
+from xltransfer.commands import study as study_command
 from xltransfer.errors import UserError
-from xltransfer.study import main as study_main
 from xltransfer.study import spec as spec_lib
 
-SAMPLE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                           "sample_xtreme")
+SAMPLE_DATA = os.path.join(gin_utils.PACKAGE_DIR, "assets", "sample_xtreme")
 # The bundled gin configs (the checkout's gin/ or the installed copy), as the trainer finds them.
-SPEC = os.path.join(gin_paths.config_dir(), "study", "demo_tiny.gin")
+SPEC = os.path.join(gin_utils.config_dir(), "study", "demo_tiny.gin")
 INIT_SEED = 0
 CAVEAT = ("This demo trains a tiny, randomly initialised mT5 on a few hundred synthetic "
           "sample sentences. It shows the pipeline working end to end; its numbers are NOT the "
@@ -81,7 +80,7 @@ def ensure_initial_checkpoint(path: str, model_size: str, seed: int = INIT_SEED)
   if os.path.exists(path):
     raise UserError(f"{path} exists but is not an xltransfer checkpoint (no config.json and "
                     "params/); delete it and rerun to create the demo's initial checkpoint")
-  code = ("import sys; from xltransfer import demo; "
+  code = ("import sys; from xltransfer.commands import demo; "
           "demo.write_initial_checkpoint(*sys.argv[1:])")
   child = subprocess.run([sys.executable, "-c", code, path, model_size, str(seed)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
     print(_usage())
     return 0
   # Same flag syntax as `xltransfer study run`, so the spec read here is the one it runs.
-  rest, bindings = study_main.split_gin_flags(argv)
+  rest, bindings = study_command.split_gin_flags(argv)
   if rest:
     raise UserError(f"unexpected arguments {rest}; `xltransfer demo --help` lists the options")
   start = time.time()
@@ -126,17 +125,9 @@ def main(argv=None) -> int:
   share_compilation_cache(os.path.join(os.path.dirname(spec.study_dir()), "jax_cache"))
   print(f"[demo] running the study {path}; rerun `xltransfer demo` to resume after an "
         "interruption\n")
-  code = study_main.main(["run", path, "--report", *argv])
+  code = study_command.main(["run", path, "--report", *argv])
   minutes, seconds = divmod(int(time.time() - start), 60)
   print(f"\n[demo] {'finished' if code == 0 else 'stopped with failed stages'} after "
         f"{minutes}m{seconds:02d}s; study directory {spec.study_dir()}")
   print(f"[demo] {CAVEAT}")
   return code
-
-
-if __name__ == "__main__":
-  try:
-    sys.exit(main())
-  except UserError as error:
-    print(f"xltransfer demo: error: {error}", file=sys.stderr)
-    sys.exit(2)

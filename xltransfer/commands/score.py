@@ -99,11 +99,3 @@ def main(argv) -> int:
     return 0
   print(scores.format_report(result.per_language, summary))
   return 0
-
-
-if __name__ == "__main__":
-  try:
-    sys.exit(main(sys.argv[1:]))
-  except UserError as error:
-    print(f"xltransfer score: error: {error}", file=sys.stderr)
-    sys.exit(2)

@@ -49,7 +49,8 @@ def _list(args, out):
   entries = catalog.entries(args.kind)
   if args.json:
     json.dump([{"name": e.name, "kind": e.kind, "family": e.family, "language": e.language,
-                "splits": list(e.splits), "data": e.data, "scores_from": _scores_from(e)}
+                "splits": list(e.splits), "data": e.data, "evaluation": e.evaluation,
+                "scores_from": _scores_from(e)}
                for e in entries], out, indent=1, ensure_ascii=False)
     out.write("\n")
     return 0
@@ -129,7 +130,3 @@ def main(argv=None, out=None) -> int:
   if args.command == "list":
     return _list(args, out)
   return _show(args, out)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

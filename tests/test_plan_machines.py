@@ -8,7 +8,7 @@ import re
 import pytest
 
 from xltransfer.errors import UserError
-from xltransfer.planning import devices, targets
+from xltransfer.planning import devices, machines
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -24,26 +24,26 @@ GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("cpu:8", "cpu:8", 8, "cpu"),
 ])
 def test_parse_target(text, name, count, kind):
-  target = targets.parse_target(text)
+  target = machines.parse_machine(text)
   assert (target.name, target.num_devices, target.kind) == (name, count, kind)
 
 
 def test_v4_and_v5p_compile_one_device_per_chip():
   # Megacore, as on Cloud TPU VMs: 32 GiB per v4 device, not 16 per TensorCore.
-  target = targets.parse_target("v4:4x4x4")
+  target = machines.parse_machine("v4:4x4x4")
   assert dict(target.topology_options) == {"chip_config_name": "megacore"}
-  assert target.chip.hbm_bytes == 32 * targets.GIB
+  assert target.chip.hbm_bytes == 32 * machines.GIB
 
 
 @pytest.mark.parametrize("text", ["v4:4x4", "v5e:2x2x2", "tpu9:8", "h100", "v4-12",
                                   "v5e-256", "cpu:2x4", "h100:0"])
 def test_bad_targets_name_the_accepted_forms(text):
   with pytest.raises(UserError):
-    targets.parse_target(text)
+    machines.parse_machine(text)
 
 
 def test_fake_device_worker_gets_the_device_count():
-  env = devices.worker_environment(targets.parse_target("h100:2x8"),
+  env = devices.worker_environment(machines.parse_machine("h100:2x8"),
                                    {"XLA_FLAGS": "--xla_force_host_platform_device_count=2 --x=1"})
   assert env["JAX_PLATFORMS"] == "cpu"
   assert env["XLA_FLAGS"].split() == ["--x=1", "--xla_force_host_platform_device_count=16"]
@@ -53,14 +53,14 @@ def test_tpu_worker_without_libtpu_says_how_to_get_it(monkeypatch):
   monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
   monkeypatch.setattr(devices, "libtpu_path", lambda: None)
   with pytest.raises(UserError, match=r"\[tpu\]"):
-    devices.worker_environment(targets.parse_target("v5e:2x2"), {})
+    devices.worker_environment(machines.parse_machine("v5e:2x2"), {})
 
 
 def test_tpu_worker_never_opens_a_tpu(tmp_path, monkeypatch):
   fake = tmp_path / "libtpu.so"
   fake.write_bytes(b"")
   monkeypatch.setenv("TPU_LIBRARY_PATH", str(fake))
-  env = devices.worker_environment(targets.parse_target("v4:4x4x4"), {})
+  env = devices.worker_environment(machines.parse_machine("v4:4x4x4"), {})
   # The CPU backend only: the compile-only topology needs no TPU and takes no lockfile.
   assert env["JAX_PLATFORMS"] == "cpu"
   assert env["TPU_LIBRARY_PATH"] == str(fake)
@@ -86,7 +86,7 @@ def _plan_topology(path):
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(GIN_DIR, "meshes", "tpu_*.gin"))))
 def test_tpu_mesh_axes_map_onto_the_torus(path):
   """Each mesh axis must be a product of physical axis sizes (mesh_utils' requirement)."""
-  target = targets.parse_target(_plan_topology(path))
+  target = machines.parse_machine(_plan_topology(path))
   dims = [int(d) for d in target.topology_name.split(":")[1].split("x")]
   model = int(_bindings(path)["create_mesh.model"])
   products = {1}
@@ -111,7 +111,7 @@ def test_partitioning_files_fit_the_v4_and_v5p_meshes(size, mesh):
   """`--mesh_file=meshes/tpu_v4_64.gin --mesh_file=meshes/partitioning_SIZE.gin` as the files
   say to use them: the size's model axis must map onto the slice's torus. (XXL defers to the
   hardware files; v5e's 2D tori take other sizes, see partitioning_xl.gin.)"""
-  target = targets.parse_target(_plan_topology(os.path.join(GIN_DIR, "meshes", mesh)))
+  target = machines.parse_machine(_plan_topology(os.path.join(GIN_DIR, "meshes", mesh)))
   model = int(_bindings(os.path.join(GIN_DIR, "meshes", f"partitioning_{size}.gin"))[
       "create_mesh.model"])
   assert model in _axis_sizes_on(target), f"partitioning_{size}.gin: model {model} on {mesh}"
@@ -139,8 +139,8 @@ def test_scale_configs_parse_as_xltransfer_train_reads_them(path, clean_gin):
   from xltransfer.planning import run_config  # pylint: disable=import-outside-toplevel
   gin = clean_gin
   run_config.parse([path], [], [])
-  overrides = gin.query_parameter("xltransfer.train.mt5_config.overrides")
-  assert gin.query_parameter("xltransfer.train.mt5_config.size") == "xxl"
+  overrides = gin.query_parameter("xltransfer.model.mt5_config.overrides")
+  assert gin.query_parameter("xltransfer.model.mt5_config.size") == "xxl"
   assert overrides["scan_layers"] is True and overrides["remat_policy"] != "none"
   assert gin.query_parameter("%TASK_FEATURE_LENGTHS")["inputs"] == 1024
   assert gin.query_parameter("%BATCH_SIZE") == 128
