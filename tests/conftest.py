@@ -1,6 +1,7 @@
 """Test-session settings shared by every test module."""
 import os
 import sys
+import tempfile
 
 import gin
 import pytest
@@ -10,6 +11,12 @@ import pytest
 # compiler explicitly when it is asked for a TPU topology.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests compile the same tiny-model programs, in the test workers and in the `xltransfer`
+# subprocesses they start: jax's persistent compilation cache (keyed by the program, the jax
+# version and the flags) lets them share the compiled code.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"xltransfer_test_jax_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 # The trainer tests' seqio task (`xlt_test_copy`) is registered by the module
 # tests/fixtures/train/train_fixture_tasks.py, which test modules import and which
@@ -27,3 +34,19 @@ def clean_gin():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+  """A randomly initialised tiny mT5 saved as an xltransfer params checkpoint (`xltransfer
+  convert` format), for tests that evaluate a checkpoint."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from xltransfer.checkpoints import native
+  from xltransfer.model.config import get_config
+  from xltransfer.model.models import EncoderDecoderModel
+  config = get_config("tiny")
+  path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
+  native.save_params(EncoderDecoderModel(config).init(jax.random.PRNGKey(0)), config, path)
+  return path
+

@@ -26,6 +26,7 @@ def _inputs(vocab, seed=0):
 
 
 @pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.slow
 def test_beam_of_one_is_greedy(scan):
   model, params = _model(1024, seed=0, scan=scan)
   tokens = _inputs(1024)
@@ -44,6 +45,7 @@ def _sequence_logprob(model, params, tokens, sequence):
   return float(sum(logp[i, t] for i, t in enumerate(sequence)))
 
 
+@pytest.mark.slow
 def test_wide_beam_finds_the_exhaustive_best_sequence():
   vocab, length = 6, 3
   model, params = _model(vocab, seed=1)

@@ -48,6 +48,7 @@ def _train_losses(dtype: str, initial_params):
   return np.array([float(x) for x in to_host(losses)])
 
 
+@pytest.mark.slow
 def test_bf16_training_ends_within_2_percent_of_float32():
   initial = jax.jit(EncoderDecoderModel(get_config("tiny")).init)(jax.random.PRNGKey(0))
   f32 = _train_losses("float32", initial)
@@ -127,6 +128,7 @@ def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
   assert not upcast, upcast[:5]
 
 
+@pytest.mark.slow
 def test_decoding_casts_the_weights_once_with_the_same_tokens(monkeypatch):
   """Greedy decoding in bf16 casts kernels and embeddings before its loop (not once per
   step); the layers cast the same way, so the tokens are exactly those without it."""

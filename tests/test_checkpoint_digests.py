@@ -229,6 +229,7 @@ def _checkpoints(model_dir):
   return sorted(d for d in os.listdir(model_dir) if "checkpoint_" in d)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_is_refused_then_fallen_back_from(tmp_path, caplog):
   model_dir = tmp_path / "run"
   _train(model_dir, total_steps=2)
@@ -264,6 +265,7 @@ def test_damaged_latest_checkpoint_is_refused_then_fallen_back_from(tmp_path, ca
   assert np.array_equal(helpers.load_params(step_dir)["token_embedder"]["embedding"], before)
 
 
+@pytest.mark.slow
 def test_undecodable_array_data_is_reported_as_damage(tmp_path):
   model_dir = tmp_path / "run"
   _train(model_dir, total_steps=1)
@@ -294,6 +296,7 @@ def tiny_trainer():
   return Trainer(model, optimizer, create_partitioner())
 
 
+@pytest.mark.slow
 def test_checkpoint_without_digests_restores_with_a_log_line(tiny_trainer, tmp_path, caplog):
   trainer = tiny_trainer
   state = trainer.init_state(3)
@@ -321,6 +324,7 @@ def test_checkpoint_without_digests_restores_with_a_log_line(tiny_trainer, tmp_p
 
 
 @pytest.mark.parametrize("with_digests", [True, False])
+@pytest.mark.slow
 def test_nan_guard_calls_only_a_verified_checkpoint_verified(tmp_path, with_digests):
   # A learning rate of 1e30: step 1's loss is finite and its checkpoint is written; its
   # update blows the parameters up, so the resumed run's first loss (step 2) overflows.
@@ -340,6 +344,7 @@ def test_nan_guard_calls_only_a_verified_checkpoint_verified(tmp_path, with_dige
             "verification: it has no digests)") in message
 
 
+@pytest.mark.slow
 def test_cli_exits_2_naming_the_array_and_its_fallback_command_works(tmp_path):
   model_dir = str(tmp_path / "run")
   period = "--gin.xltransfer.train.CheckpointManager.period=1"

@@ -54,6 +54,7 @@ def _native(tmp_path, name="xl", **overrides):
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 @pytest.mark.parametrize("scanned_output", [False, True])
+@pytest.mark.slow
 def test_t5x_export_reads_back_identically(tmp_path, scan_layers, scanned_output):
   src, params, config = _native(tmp_path, scan_layers=scan_layers)
   out = tmp_path / "t5x"
@@ -116,6 +117,7 @@ def _structure(contents):
           for name, v in flat.items()}
 
 
+@pytest.mark.slow
 def test_t5x_export_mirrors_the_real_t5x_fixture(tmp_path):
   fixture = os.path.join(SHARED_T5X, "test_t5_tiny.checkpoint_0")
   if not os.path.exists(fixture):
@@ -200,6 +202,7 @@ def test_run_without_checkpoint_or_of_a_dual_encoder_is_refused(tmp_path, capsys
   assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_trainer_checkpoint_gives_its_recorded_config_and_step(tmp_path):
   config = get_config("tiny", num_decoder_layers=1, scan_layers=True)
   params = EncoderDecoderModel(config).init(jax.random.PRNGKey(1))
@@ -222,6 +225,7 @@ def test_trainer_checkpoint_gives_its_recorded_config_and_step(tmp_path):
 
 
 @pytest.mark.usefixtures("clean_gin")
+@pytest.mark.slow
 def test_hf_train_hf_round_trip_keeps_names_and_shapes(tmp_path, capsys, monkeypatch):
   torch = pytest.importorskip("torch", reason="the hf extra (torch) is needed")
   transformers = pytest.importorskip("transformers", reason="the hf extra is needed")
@@ -345,6 +349,7 @@ def _exported_slots(path):
                       for name, slots in checkpoint.param_slots().items()}
 
 
+@pytest.mark.slow
 def test_trained_state_of_an_unscanned_run_is_exported_one_to_one(trained_runs, tmp_path,
                                                                     capsys):
   model_dir, _, _ = trained_runs["unscanned"]
@@ -371,6 +376,7 @@ def test_trained_state_of_an_unscanned_run_is_exported_one_to_one(trained_runs, 
   assert np.all(exported["encoder/layers_0/mlp/wi_0/kernel"]["v_row"] > 0)
 
 
+@pytest.mark.slow
 def test_trained_state_of_a_scanned_run_is_sliced_per_layer(trained_runs, tmp_path):
   model_dir, _, momentum = trained_runs["scanned"]
   _, trainer = _trainer(True, momentum)
@@ -434,6 +440,7 @@ def _one_step(trainer, state):
 
 @pytest.mark.parametrize("run_name,scanned_output", [("unscanned", False), ("scanned", False),
                                                      ("scanned", True)])
+@pytest.mark.slow
 def test_t5x_export_resumes_with_the_runs_state(trained_runs, tmp_path, run_name,
                                                 scanned_output):
   """Restoring the export as a T5X INITIAL_CHECKPOINT_PATH (restore_optimizer_state, the
@@ -468,6 +475,7 @@ def test_t5x_export_resumes_with_the_runs_state(trained_runs, tmp_path, run_name
       np.testing.assert_array_equal(slots_restored[slot][name], value, err_msg=f"{name} {slot}")
 
 
+@pytest.mark.slow
 def test_convert_output_or_opt_out_writes_the_zero_state(trained_runs, tmp_path, capsys):
   src, _, _ = _native(tmp_path)
   assert cli.main(["convert", "xl-to-t5x", src, str(tmp_path / "from_native")]) == 0
@@ -489,6 +497,7 @@ def test_convert_output_or_opt_out_writes_the_zero_state(trained_runs, tmp_path,
   assert not t5x.read_t5x_checkpoint(str(tmp_path / "none")).optimizer_state_names()
 
 
+@pytest.mark.slow
 def test_trained_state_that_t5x_cannot_hold_is_refused(trained_runs, tmp_path, capsys):
   model_dir, _, _ = trained_runs["unscanned"]
   # T5X's default min_dim_size_to_factor (128) keeps a full v for the 64 x 128 kernels that

@@ -74,6 +74,7 @@ def _demo_task_names(spec):
   return sorted(names)
 
 
+@pytest.mark.slow
 def test_sample_data_parses_through_every_demo_task(spec, sample_dir):
   import seqio  # pylint: disable=import-outside-toplevel
   names = _demo_task_names(spec)
@@ -158,6 +159,7 @@ def test_demo_forwards_spec_overrides(tmp_path, monkeypatch, capsys):
 
 
 # Last in the file: it starts jax in this process, and the runner forks its stage processes.
+@pytest.mark.slow
 def test_initial_checkpoint_created_once(tmp_path):
   from xltransfer.checkpoints import native  # pylint: disable=import-outside-toplevel
   from xltransfer.model.config import get_config  # pylint: disable=import-outside-toplevel

@@ -39,6 +39,7 @@ def _expected_loss(model, params, batch, temperature):
   return -np.mean(np.diag(logprobs)), np.mean(np.argmax(logits, axis=1) == np.arange(len(logits)))
 
 
+@pytest.mark.slow
 def test_loss_is_softmax_over_in_batch_negatives(model_and_params):
   model, params = model_and_params
   batch = _batch()
@@ -51,6 +52,7 @@ def test_loss_is_softmax_over_in_batch_negatives(model_and_params):
     assert key in metrics
 
 
+@pytest.mark.slow
 def test_all_zero_padding_rows_are_neither_examples_nor_negatives(model_and_params):
   model, params = model_and_params
   batch = _batch()
@@ -92,6 +94,7 @@ def test_gradient_steps_pull_pairs_together(model_and_params):
   assert np.any(np.asarray(grads["token_embedder"]["embedding"]))
 
 
+@pytest.mark.slow
 def test_dropout_rng_changes_the_loss():
   model = DualEncoderModel(get_config("tiny", vocab_size=VOCAB, dropout_rate=0.3))
   params = model.init(jax.random.PRNGKey(0))

@@ -119,6 +119,7 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_validation_counts_pairs(trained):
   _, model_dir = trained
   records = _read_jsonl(model_dir / "train_metrics.jsonl")
@@ -169,6 +170,7 @@ def _metrics(output_dir, target="mewslix"):
     return json.load(f)["tasks"][target]["en"]["map@20"]
 
 
+@pytest.mark.slow
 def test_retrieval_evaluator_scores_the_trained_encoder(trained, trained_params, monkeypatch,
                                                        builtin_vocab, capsys):
   root, model_dir = trained

@@ -9,7 +9,6 @@ import seqio
 import tensorflow as tf
 
 from xltransfer import cli
-from xltransfer.checkpoints import native
 from xltransfer.data import vocab
 from xltransfer.errors import ConfigError
 from xltransfer.evaluation import eval_tasks
@@ -49,15 +48,6 @@ def _register_toy_nli(path, name="my_toy_nli"):
       output_features=_features(), metric_fns=[toy_agreement])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-  config = get_config("tiny")
-  params = EncoderDecoderModel(config).init(jax.random.PRNGKey(0))
-  path = str(tmp_path_factory.mktemp("ckpt") / "tiny")
-  native.save_params(params, config, path)
-  return path
-
-
 def _argv(checkpoint_path, output_dir, tasks):
   return ["eval", "--gin_file=models/mt5_tiny.gin", "--gin_file=eval/zeroshot.gin",
           f"--checkpoint={checkpoint_path}", f"--output_dir={output_dir}", f"--tasks={tasks}",
@@ -65,12 +55,13 @@ def _argv(checkpoint_path, output_dir, tasks):
           "--gin.BATCH_SIZE=2"]
 
 
-def test_a_user_task_is_scored_by_its_own_metric_through_xltransfer_eval(checkpoint, tmp_path):
+@pytest.mark.slow
+def test_a_user_task_is_scored_by_its_own_metric_through_xltransfer_eval(tiny_checkpoint, tmp_path):
   data = tmp_path / "toy_nli.tsv"
   data.write_text("".join("\t".join(row) + "\n" for row in ROWS), encoding="utf-8")
   _register_toy_nli(str(data))
   out = tmp_path / "out"
-  assert cli.main(_argv(checkpoint, str(out), "my_toy_nli")) == 0
+  assert cli.main(_argv(tiny_checkpoint, str(out), "my_toy_nli")) == 0
   # Undeclared: filed under its own name, language "all".
   predictions = out / "predictions" / "my_toy_nli" / "all.jsonl"
   records = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]

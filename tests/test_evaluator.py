@@ -65,6 +65,7 @@ def _metrics(output_dir):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_writes_the_documented_files(evaluated, checkpoint):
   output_dir, _, _ = evaluated
   files = {(os.path.basename(os.path.dirname(p)), os.path.basename(p)[:-len(".jsonl")])
@@ -189,6 +190,7 @@ def _register_copy_task(path):
   catalog.declare_evaluation("xlt_copytest_eval_en", family="copytest", language="en")
 
 
+@pytest.mark.slow
 def test_in_memory_parameters_with_a_task_registered_here(tmp_path):
   data = tmp_path / "copy.txt"
   data.write_text("hello world\nguten tag\nbonjour\n", encoding="utf-8")

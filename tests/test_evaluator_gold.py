@@ -155,6 +155,7 @@ def test_unlabelled_source_gets_predictions_and_no_metric(tmp_path, model_and_pa
   assert not (out / "tensorboard").exists()  # no metric, no scalar
 
 
+@pytest.mark.slow
 def test_labelled_source_metric_is_the_count_of_right_predictions(tmp_path, model_and_params,
                                                                   greedy):
   # Half the targets are what the model predicts, half are not: accuracy 50.
@@ -255,6 +256,7 @@ def _argv(checkpoint, out, tasks, *extra):
           "--gin.BATCH_SIZE=2", *extra]
 
 
+@pytest.mark.slow
 def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, capsys):
   labelled = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   unlabelled = _write(tmp_path / "test.jsonl", ["a", "b", "a", "b"])
@@ -288,6 +290,7 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, 
   assert os.path.isfile(out / "DONE")
 
 
+@pytest.mark.slow
 def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, greedy, capsys):
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
@@ -323,6 +326,7 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
   assert os.path.getmtime(predictions) == mtime
 
 
+@pytest.mark.slow
 def test_a_crash_while_replacing_never_mixes_checkpoints(tmp_path, model_and_params, greedy,
                                                         monkeypatch):
   """Killed after eval_identity.json names the new checkpoint but before the old predictions
@@ -357,6 +361,7 @@ def test_a_crash_while_replacing_never_mixes_checkpoints(tmp_path, model_and_par
   assert _json(out, "metrics.json")["step"] == 40 and os.path.isfile(out / "DONE")
 
 
+@pytest.mark.slow
 def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, greedy, caplog):
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
@@ -391,6 +396,7 @@ def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, gree
   assert os.path.isfile(meta) and _json(out, evaluator.IDENTITY_FILE)["step"] == 3
 
 
+@pytest.mark.slow
 def test_another_data_source_is_not_served_from_old_predictions(tmp_path, model_and_params,
                                                                 greedy, caplog, monkeypatch):
   # First the download (no gold), then the labelled release, same checkpoint and dir: the
@@ -423,6 +429,7 @@ def test_empty_checkpoint_dir_names_the_flag(tmp_path, capsys):
   assert "Path not found" not in err and " ERROR " not in err
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoints, greedy,
                                                               capsys, monkeypatch):
   first = _write(tmp_path / "a.jsonl", [greedy[0], "x", "y", "z"])
@@ -505,6 +512,7 @@ def test_a_full_disk_under_the_summaries_is_named(tmp_path, model_and_params, gr
   assert not os.path.exists(out / "DONE")
 
 
+@pytest.mark.slow
 def test_predictions_written_before_the_cluster_fields_are_recomputed(tmp_path, model_and_params,
                                                                       greedy, caplog):
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "b", "c", "d"])

@@ -55,6 +55,7 @@ def converted(request):
   return reference, state, config, hf.state_dict_to_params(state, config)
 
 
+@pytest.mark.slow
 def test_logits_match_hf_on_a_padded_batch(converted):
   reference, _, config, params = converted
   enc, dec, tgt = _padded_batch(config.vocab_size)

@@ -41,6 +41,7 @@ def test_helpers_pad_and_shift():
   np.testing.assert_array_equal(inference.shift_right(np.array([[4, 5, 1]])), [[0, 4, 5]])
 
 
+@pytest.mark.slow
 def test_greedy_with_partial_last_batch_equals_unpadded(model_and_params):
   model, params = model_and_params
   tokens = _inputs()
@@ -51,6 +52,7 @@ def test_greedy_with_partial_last_batch_equals_unpadded(model_and_params):
   np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_beam_with_partial_last_batch_equals_unpadded(model_and_params):
   model, params = model_and_params
   tokens = _inputs(seed=1)
@@ -60,6 +62,7 @@ def test_beam_with_partial_last_batch_equals_unpadded(model_and_params):
   np.testing.assert_array_equal(got, np.asarray(sequences)[:, 0])
 
 
+@pytest.mark.slow
 def test_score_matches_model_per_example(model_and_params):
   model, params = model_and_params
   tokens = _inputs(rows=3)
@@ -96,6 +99,7 @@ def test_rank_classification_picks_the_known_best_choice(model_and_params):
   np.testing.assert_allclose(scores[2], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rank_classification_single_token_choices_follow_first_step_logits(model_and_params):
   model, params = model_and_params
   tokens = _inputs(rows=2, seed=4)
@@ -157,6 +161,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_over_a_data_and_model_mesh_matches_one_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              JAX_PLATFORMS="cpu")

@@ -225,6 +225,7 @@ def test_other_retrieval_sets_carry_no_items(monkeypatch):
 
 # -- The evaluator writes them -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_prediction_records_carry_item_and_paragraph(tmp_path, monkeypatch):
   _source(monkeypatch, "files", xtreme=DOWNLOAD_SHAPED)
   model = EncoderDecoderModel(get_config("tiny"))

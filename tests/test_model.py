@@ -59,6 +59,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])
+@pytest.mark.slow
 def test_scanned_layers_compute_the_same_function(tiny, remat):
   model, params = tiny
   scanned_model = EncoderDecoderModel(get_config("tiny", scan_layers=True, remat_policy=remat))
@@ -106,6 +107,7 @@ def test_unknown_loss_normalizing_factor_is_rejected():
     EncoderDecoderModel(get_config("tiny"), loss_normalizing_factor="NUM_REAL_TOKENS")
 
 
+@pytest.mark.slow
 def test_packed_examples_do_not_see_each_other(tiny):
   """Two examples packed into one row give the same per-token scores as when apart."""
   model, params = tiny
@@ -133,6 +135,7 @@ def test_packed_examples_do_not_see_each_other(tiny):
   assert metrics["num_examples"] == 2
 
 
+@pytest.mark.slow
 def test_greedy_decoding_agrees_with_teacher_forced_argmax(tiny):
   model, params = tiny
   batch = _batch(seed=3)

@@ -41,6 +41,7 @@ def cpu_plan():
   return status, json.loads(buffer.getvalue())
 
 
+@pytest.mark.slow
 def test_fake_cpu_mesh_plan_fits(cpu_plan):
   status, plan = cpu_plan
   assert status == plan_cli.EXIT_FITS and plan["fits"]
@@ -72,6 +73,7 @@ def test_fake_cpu_mesh_reports_memory_flops_and_shardings(cpu_plan):
   assert sorted(largest["mesh_axes"]) == ["data", "model"]
 
 
+@pytest.mark.slow
 def test_real_tpu_topology_plan(capsys):
   status, plan = _plan(capsys, *TWO_D, "--topology", "v5e:2x2", "--gin.BATCH_SIZE=8",
                        "--gin.xltransfer.partitioning.create_mesh.model=2", "--skip_inference")
@@ -82,6 +84,7 @@ def test_real_tpu_topology_plan(capsys):
   _params_per_device_matches_total_over_shards(plan)
 
 
+@pytest.mark.slow
 def test_config_that_cannot_fit_on_tpu_is_reported(capsys):
   # 2^20 rows: the logits alone need far more than a v5e chip's 16 GiB.
   status, plan = _plan(capsys, "--topology", "v5e:2x2", "--gin.BATCH_SIZE=1048576",
@@ -91,6 +94,7 @@ def test_config_that_cannot_fit_on_tpu_is_reported(capsys):
   assert "RESOURCE_EXHAUSTED" in plan["steps"]["train_step"]["out_of_memory"]
 
 
+@pytest.mark.slow
 def test_peak_above_device_memory_does_not_fit_text_report(capsys):
   status = plan_cli.main([*TINY, "--topology", "cpu:2", "--hbm_gib=0.001", "--skip_inference"])
   out = capsys.readouterr().out
@@ -101,6 +105,7 @@ def test_peak_above_device_memory_does_not_fit_text_report(capsys):
     assert needle in out
 
 
+@pytest.mark.slow
 def test_mesh_that_does_not_divide_the_devices_is_a_config_error(capsys):
   status = plan_cli.main([*TINY, "--topology", "cpu:2", "--skip_inference",
                           "--gin.xltransfer.partitioning.create_mesh.model=3"])
@@ -112,6 +117,7 @@ def test_unknown_topology_is_a_user_error():
     plan_cli.main([*TINY, "--topology", "v9:2x2"])
 
 
+@pytest.mark.slow
 def test_mesh_that_does_not_fit_the_tpu_torus_names_the_gin_key(capfd):
   # 8-way model parallelism on a 4x4 torus: 8 is not a product of its axis sizes.
   status = plan_cli.main([*TINY, "--topology", "v5e:4x4", "--skip_inference",

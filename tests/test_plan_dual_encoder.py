@@ -32,6 +32,7 @@ def dual_plan():
   return _plan()
 
 
+@pytest.mark.slow
 def test_dual_encoder_run_compiles_and_fits(dual_plan):
   status, plan = dual_plan
   assert status == plan_cli.EXIT_FITS and plan["fits"], plan["verdict"]
@@ -73,6 +74,7 @@ def test_report_says_decoding_is_replaced(dual_plan):
   assert "embed_step:" in text and "inference_step" not in text
 
 
+@pytest.mark.slow
 def test_skip_inference_compiles_the_train_step_only():
   status, plan = _plan("--skip_inference")
   assert status == plan_cli.EXIT_FITS

@@ -88,6 +88,7 @@ def _tokens():
   return tokens
 
 
+@pytest.mark.slow
 def test_final_layer_embeddings_are_the_models_mean_pooled_encoding(tiny):
   model, params = tiny
   tokens = _tokens()

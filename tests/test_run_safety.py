@@ -119,6 +119,7 @@ def test_remote_paths_take_no_lock_and_say_so(caplog):
 
 # ---- two trainers on one MODEL_DIR ----
 
+@pytest.mark.slow
 def test_second_trainer_is_refused_then_a_dead_ones_lock_is_taken_over(capsys, tmp_path):
   model_dir = str(tmp_path / "run")
   # The first trainer's input stalls before its first batch: it holds MODEL_DIR meanwhile.
@@ -165,6 +166,7 @@ CHANGES = {
 }
 
 
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused_unless_allowed(capsys, tmp_path):
   model_dir = tmp_path / "run"
   code, err = _train(capsys, model_dir, "--gin.TRAIN_STEPS=5")
@@ -223,6 +225,7 @@ def test_identity_of_an_older_checkpoint_compares_the_keys_it_has(tmp_path, capl
 
 # ---- metrics across a resume ----
 
+@pytest.mark.slow
 def test_metrics_after_a_resume_have_no_duplicates_and_honest_means(capsys, tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
   code, err = _train(capsys, straight, "--gin.TRAIN_STEPS=10")
@@ -279,6 +282,7 @@ def test_drop_records_after_rewrites_atomically(tmp_path):
 
 # ---- SIGTERM during start-up ----
 
+@pytest.mark.slow
 def test_sigterm_before_the_first_step_exits_0_with_nothing_to_save(capsys, tmp_path,
                                                                    monkeypatch):
   model_dir = tmp_path / "run"
@@ -298,6 +302,7 @@ def test_sigterm_before_the_first_step_exits_0_with_nothing_to_save(capsys, tmp_
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored for what runs next
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_of_a_real_process_exits_0(tmp_path):
   model_dir = str(tmp_path / "run")
   proc = subprocess.Popen(helpers.train_command(model_dir, "--gin.TRAIN_STEPS=5"),
@@ -327,6 +332,7 @@ def _error_lines(err):
   return [line for line in err.splitlines() if line.startswith("xltransfer train: error:")]
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoints(
     capsys, tmp_path, monkeypatch):
   model_dir = tmp_path / "run"
@@ -354,6 +360,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoints
   assert not os.path.exists(model_dir / run_lock.LOCK_NAME)
 
 
+@pytest.mark.slow
 def test_full_disk_while_logging_metrics_names_the_file(capsys, tmp_path, monkeypatch):
   model_dir = tmp_path / "run"
   metrics = str(model_dir / "train_metrics.jsonl")
@@ -387,6 +394,7 @@ def _mount_tmpfs(path, size):
                 "fault-injecting tests above cover the same paths")
 
 
+@pytest.mark.slow
 def test_full_tmpfs_model_dir_is_one_line_exit_2(capsys, tmp_path):
   model_dir = tmp_path / "small_disk"
   # Room for the configs and metrics, not for the tiny model's 1.6 MB checkpoint.

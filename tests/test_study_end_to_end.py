@@ -110,6 +110,7 @@ def test_shrunken_study_end_to_end_with_stage_processes(tmp_path, monkeypatch, c
   assert "> **Note:** A shrunken study for the tests." in printed
 
 
+@pytest.mark.slow
 def test_shrunken_study_with_the_real_trainer_and_evaluator(tmp_path):
   """The same study through real `xltransfer train` / `xltransfer eval` subprocesses, on the
   bundled sample data and a tiny random initial checkpoint; then a rerun redoes nothing."""

@@ -76,6 +76,7 @@ def test_runs_every_stage_in_dependency_order_then_skips_on_rerun(study, capsys)
   assert f"{NUM_STAGES} already done" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_stage_commands_chain_checkpoints(study):
   assert _run(study) == 0
   by_id = {s.id: s for s in _stages(study)}
@@ -112,6 +113,7 @@ def test_stage_argv_follows_the_trainer_interface(study):
   assert eval_argv[2:3] == ["--gin_file=models/mt5_tiny.gin"] and len(eval_argv) == 7
 
 
+@pytest.mark.slow
 def test_failed_stage_blocks_its_dependents_and_the_rest_go_on(study, monkeypatch, capsys):
   monkeypatch.setenv("FAKE_STAGE_FAIL", "xlt_inter_mnli")
   assert _run(study) == 1
@@ -156,6 +158,7 @@ def test_a_stage_that_exits_zero_without_done_counts_as_failed(study, tmp_path):
   assert "no DONE" in reason
 
 
+@pytest.mark.slow
 def test_killed_runner_resumes_without_redoing_finished_stages(study):
   env = dict(os.environ, FAKE_STAGE_SLEEP="0.4")
   argv = [sys.executable, "-m", "xltransfer.cli", "study", "run", study["spec"],
@@ -254,6 +257,7 @@ def test_emitted_script_runs_skips_and_blocks(study, tmp_path, monkeypatch):
   assert set(runner.study_states(stages).values()) == {"done"}
 
 
+@pytest.mark.slow
 def test_a_changed_spec_does_not_reuse_finished_stages(study):
   assert _run(study) == 0
   with pytest.raises(UserError, match="different configuration"):

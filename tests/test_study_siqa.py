@@ -120,6 +120,7 @@ def test_other_targets_are_unchanged_and_siqa_steps_0_is_copa_alone(study):
   assert no_xcopa == [s for s in copa_only if s.target != "xcopa"]
 
 
+@pytest.mark.slow
 def test_the_runner_chains_siqa_copa_and_eval_then_a_rerun_skips_them(study, capsys):
   assert _run(study) == 0
   stages = _stages(study)
@@ -152,6 +153,7 @@ def test_the_runner_chains_siqa_copa_and_eval_then_a_rerun_skips_them(study, cap
   assert "done        prefinetune/none/seed0/xcopa" in status
 
 
+@pytest.mark.slow
 def test_a_failed_copa_stage_reruns_without_redoing_siqa(study, monkeypatch):
   monkeypatch.setenv("FAKE_STAGE_FAIL", "xlt_xcopa_train")
   assert _run(study) == 1
@@ -203,6 +205,7 @@ def test_the_data_dir_comes_from_the_environment_when_the_spec_has_none(study, m
     checks.check_data(rebound, where, environ={})
 
 
+@pytest.mark.slow
 def test_a_finished_siqa_stage_needs_its_data_no_more(study):
   assert _run(study) == 0
   os.remove(study["siqa"])

@@ -153,6 +153,7 @@ def _assert_tree_equal(loaded, expected_flat):
 # ----------------------------------------------------------------------------- fixture (a)
 
 
+@pytest.mark.slow
 def test_real_msgpack_checkpoint_maps_to_the_model_and_runs(caplog):
   path = _require(MSGPACK_FIXTURE)
   checkpoint = t5x.read_t5x_checkpoint(path)

@@ -247,6 +247,7 @@ def test_restores_params_step_and_state_one_to_one(tiny_t5x):
   assert [leaf.sharding for leaf in placed] == wanted
 
 
+@pytest.mark.slow
 def test_first_update_from_restored_state_is_t5x_s(tiny_t5x):
   """One step of our Adafactor from the restored step-100 state, parameter by parameter, is
   `t5x_adafactor_step` (T5X's formula in float64, decay 1 - 101 ** -0.8)."""
@@ -272,6 +273,7 @@ def test_first_update_from_restored_state_is_t5x_s(tiny_t5x):
   assert int(to_host(new_factored.count)) == STEP + 1
 
 
+@pytest.mark.slow
 def test_scanned_model_stacks_the_layers_and_updates_alike(tiny_t5x):
   path, params, slots = tiny_t5x
   unscanned_model, unscanned = _trainer(get_config("tiny"), min_dim_size_to_factor=MIN_DIM)
@@ -351,6 +353,7 @@ def test_optimizer_state_errors_name_the_parameter(tmp_path, tiny_t5x):
   assert "restore_optimizer_state = False" in initial.restored
 
 
+@pytest.mark.slow
 def test_momentum_is_restored_as_the_negated_ema(tmp_path, tiny_t5x, caplog):
   """T5X's `m` (beta1) is the EMA of the positive update; optax's EMA of the negative one."""
   _, params, slots = tiny_t5x
@@ -401,6 +404,7 @@ def _t5x_scanned_checkpoint(path, rng):
   return params, slots, full
 
 
+@pytest.mark.slow
 def test_scanned_t5x_checkpoint_into_scanned_and_unscanned_models(tmp_path):
   params, slots, full = _t5x_scanned_checkpoint(tmp_path / "scanned", np.random.default_rng(6))
   model, trainer = _trainer(get_config("tiny", scan_layers=True), min_dim_size_to_factor=MIN_DIM)
@@ -539,6 +543,7 @@ def _train(tmp_path, initial, **kwargs):
                                            async_save=False), **kwargs)
 
 
+@pytest.mark.slow
 def test_train_continues_the_t5x_step_count(tmp_path, tiny_t5x, caplog):
   path = tiny_t5x[0]
   with pytest.raises(ConfigError, match=r"TRAIN_STEPS 100 is not beyond step 100 .*"
@@ -557,6 +562,7 @@ def test_train_continues_the_t5x_step_count(tmp_path, tiny_t5x, caplog):
   assert _train(tmp_path, path, total_steps=STEP + 3)["step"] == STEP + 3
 
 
+@pytest.mark.slow
 def test_train_opt_out_starts_a_fresh_optimizer(tmp_path, tiny_t5x, caplog):
   with caplog.at_level(logging.INFO):
     result = _train(tmp_path, tiny_t5x[0], total_steps=2, restore_optimizer_state=False)
@@ -565,6 +571,7 @@ def test_train_opt_out_starts_a_fresh_optimizer(tmp_path, tiny_t5x, caplog):
           "Adafactor state and step are not restored") in caplog.text
 
 
+@pytest.mark.slow
 def test_restored_state_trains_alike_on_one_device_and_a_2x2_mesh(tiny_t5x):
   """The restored state is sharded like the parameters (data x model mesh of 4 CPU devices):
   two steps from the T5X checkpoint give the one-device run's losses and parameters."""
@@ -614,6 +621,7 @@ def _save_without_layout(manager_dir, trainer, model, label=None):
   progress.write_text(json.dumps(saved))
 
 
+@pytest.mark.slow
 def test_old_checkpoints_resume_where_the_layout_is_unchanged_and_fail_clearly_otherwise(
     tmp_path):
   # The unscanned tiny model's second moments are stored alike before and after (all its

@@ -222,6 +222,7 @@ def _tfds_alternatives():
 
 
 @pytest.mark.parametrize("half", range(2))
+@pytest.mark.slow
 def test_eval_tasks_read_tfds_offline_when_gin_says_so(data_dirs, half):
   """With gin target_source.value = "tfds", every target task that TFDS has reads TFDS
   (mocked): every split of every language, as field dicts the shared preprocessors take."""

@@ -53,6 +53,7 @@ def _dashboard_scalars(log_dir, tag):
   return [(d.step, d.value) for d in read.get("run", {}).get(tag, [])]
 
 
+@pytest.mark.slow
 def test_short_run_logs_ten_points_that_tensorboard_reads(tmp_path, caplog):
   model = EncoderDecoderModel(get_config("tiny"))
   train_ds = input_lib.DatasetConfig("xlt_test_copy", LENGTHS, batch_size=8, shuffle=False)

@@ -110,6 +110,7 @@ def test_model_dir_from_another_run_is_refused(capsys, tmp_path, changed):
   assert "records fewer settings than this version checks" in err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
   # A learning rate of 1e30 makes the first update blow the parameters up; step 2's loss is
   # computed from them and overflows.
@@ -131,6 +132,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys,
   assert "MIXTURE_OR_TASK_NAME = 'xlt_test_copy'" in (tmp_path / "config.gin").read_text()
 
 
+@pytest.mark.slow
 def test_bad_value_fails_without_traceback(capsys, tmp_path):
   code, err = _train(capsys, tmp_path, "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=0")
   assert code == 2

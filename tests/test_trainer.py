@@ -33,6 +33,7 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_eval_runs(tmp_path):
   model = EncoderDecoderModel(get_config("tiny"),
                               loss_normalizing_factor=NUM_REAL_TARGET_TOKENS)
@@ -60,6 +61,7 @@ def test_loss_falls_and_eval_runs(tmp_path):
   assert os.listdir(tmp_path / "train")  # TensorBoard event file
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_full_batch():
   # Per-token normalisation is the case where microbatches need weighting to match.
   model = EncoderDecoderModel(get_config("tiny"), loss_normalizing_factor=NUM_REAL_TARGET_TOKENS)

@@ -57,6 +57,7 @@ def test_abstract_batch_is_sharded_and_checked(trainer):
     accumulating.abstract_batch(7, LENGTHS)
 
 
+@pytest.mark.slow
 def test_lowered_train_step_compiles_and_runs(trainer):
   """The ahead-of-time program is a working train step: memory analysis, then one step."""
   compiled = trainer.lower_train_step(None, trainer.abstract_batch(8, LENGTHS)).compile()

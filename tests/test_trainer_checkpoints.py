@@ -72,6 +72,7 @@ def test_unrecognised_directory(tiny, tmp_path):
     loading.load_initial_params(str(tmp_path), model, trainer.state_shardings.params)
 
 
+@pytest.mark.slow
 def test_initial_checkpoint_then_own_checkpoint_wins(tiny, tmp_path, caplog):
   model, _, params = tiny
   initial = str(tmp_path / "pretrained")

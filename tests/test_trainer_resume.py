@@ -7,9 +7,9 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
-
-import train_cli_helpers as helpers  # noqa: E402  pylint: disable=wrong-import-position
+import train_cli_helpers as helpers  # the fixture directory is importable (conftest.py)
 
 BATCH_SIZE = 8
 # Unpacked batches take exactly BATCH_SIZE examples each, so the stalling source can stop the
@@ -30,6 +30,7 @@ def _wait_for(predicate, proc, timeout=300):
   raise AssertionError("timed out waiting for the run")
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
   straight_dir, interrupted_dir = str(tmp_path / "straight"), str(tmp_path / "interrupted")
   straight = subprocess.Popen(
@@ -68,6 +69,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
   assert len({d for _, d in seen(straight_dir)}) == 10
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_current_step(tmp_path):
   model_dir = str(tmp_path / "run")
   proc = subprocess.Popen(

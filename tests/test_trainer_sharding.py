@@ -58,6 +58,7 @@ def _assert_losses_close(dir_a, dir_b):
                              [losses_a[s] for s in sorted(losses_a)], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_device_2x2_mesh_and_two_hosts_agree(tmp_path):
   """One test (not a shared fixture) so that pytest-xdist never runs the references twice."""
   one_dir, four_dir, pair_dir = (str(tmp_path / name) for name in ("one", "four", "pair"))
@@ -167,6 +168,7 @@ def _assert_both_saved_the_same_step(logs, pair_dir, service=True):
 
 
 @pytest.mark.parametrize("service", [True, False])
+@pytest.mark.slow
 def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_path, service):
   """jax's preemption service (multihost_utils.reached_preemption_sync_point) tells the other
   process: both stop at the same step and write that step's checkpoint together. With the
@@ -180,6 +182,7 @@ def test_sigterm_on_one_host_stops_both_at_the_same_step_with_a_checkpoint(tmp_p
   assert _assert_both_saved_the_same_step(logs, pair_dir, service) >= 3
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_host_during_start_up_is_not_lost(tmp_path):
   """After jax.distributed.initialize, a start-up SIGTERM reaches the preemption service before
   any sync point was asked for: both processes stop at start-up with nothing to save, or, if
