@@ -54,7 +54,8 @@ def test_unknown_command_lists_the_table(capsys):
 
 
 def test_python_dash_m_xltransfer_is_the_cli():
-  result = subprocess.run([sys.executable, "-m", "xltransfer", "score", "--predictions=/nonexistent",
-                           "--labels=/nonexistent"], capture_output=True, text=True, check=False)
+  result = subprocess.run([sys.executable, "-m", "xltransfer", "score",
+                           "--predictions=/nonexistent", "--labels=/nonexistent"],
+                          capture_output=True, text=True, check=False)
   assert result.returncode == 2, result.stderr
   assert result.stderr.startswith("xltransfer score: error:"), result.stderr
