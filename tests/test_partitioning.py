@@ -182,3 +182,22 @@ def test_multi_process_meshes_that_cannot_keep_hosts_whole_are_config_errors():
   uneven = [_FakeHostDevice(i, 0 if i < 5 else 1) for i in range(8)]  # 5 + 3 devices
   with pytest.raises(ConfigError, match=r"over 2 hosts: .*must equal the product"):
     partitioning.create_mesh(model=1, devices=uneven)
+
+
+@pytest.mark.parametrize("preemption_sync, expected", [(True, True), (False, False)])
+def test_evaluation_runs_leave_sigterm_to_python(monkeypatch, preemption_sync, expected):
+  """jax's preemption service takes SIGTERM over at jax.distributed.initialize; only the
+  training loop asks its sync point, so `xltransfer eval` (preemption_sync=False) switches it
+  off and a SIGTERM stops the evaluation as usual."""
+  joined = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: joined.append(kwargs))
+  before = jax.config.jax_enable_preemption_service
+  collectives = jax.config.jax_cpu_collectives_implementation
+  try:
+    jax.config.update("jax_enable_preemption_service", True)
+    partitioning.initialize_distributed("localhost:1234", 2, 0, preemption_sync=preemption_sync)
+    assert joined and joined[0]["coordinator_address"] == "localhost:1234"
+    assert jax.config.jax_enable_preemption_service is expected
+  finally:
+    jax.config.update("jax_enable_preemption_service", before)
+    jax.config.update("jax_cpu_collectives_implementation", collectives)
