@@ -32,9 +32,12 @@ def parse(argv):
   return command, bindings, gin_files
 
 
-def quality(text: str) -> float:
-  """A deterministic number in [0, 1) per checkpoint, so conditions differ."""
-  return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) / 2 ** 32
+def quality(checkpoint: str) -> float:
+  """A deterministic number in [0, 1) per checkpoint, so conditions differ: from the path below
+  the study's stage directories (the same in every run; a hash of the whole path, which holds
+  pytest's temporary directory, let two conditions tie by chance in some runs)."""
+  stage_path = checkpoint.split(f"{os.sep}study{os.sep}", 1)[-1]
+  return int(hashlib.sha256(stage_path.encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
 def eval_languages(names):
