@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import glob
 import io
-import itertools
 import os
 import pathlib
 import re
@@ -32,7 +31,6 @@ from xltransfer.errors import UserError
 from xltransfer.commands import launch as launch_main
 from xltransfer.launch import slurm
 from xltransfer.launch import tpu
-from xltransfer import gin_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "launch/README.md"] + sorted(
@@ -149,8 +147,14 @@ def help_texts():
   return texts
 
 
+# Command modules register gin configurables when first imported, which gin refuses while a
+# config parsed (and locked) by an earlier test in this process is still in place.
+pytestmark = pytest.mark.usefixtures("clean_gin")
+
+
 @pytest.fixture(scope="module")
 def helps():
+  gin.clear_config()
   return help_texts()
 
 

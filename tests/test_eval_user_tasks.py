@@ -13,6 +13,7 @@ from xltransfer.data import vocab
 from xltransfer.errors import ConfigError
 from xltransfer.evaluation import eval_tasks
 from xltransfer.evaluation import evaluator
+from xltransfer.evaluation.settings import EvalSettings
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 from xltransfer.tasks import catalog
@@ -112,12 +113,12 @@ def test_declared_way_family_and_language_decide(tmp_path):
   _register_choices_task("my_toy_retrieval")
   catalog.declare_evaluation("my_toy_retrieval", evaluation=catalog.RETRIEVAL, family="toyset",
                              language="en")
-  tasks = evaluator.resolve_tasks("my_toy_choice,my_toy_nochoice,my_toy_retrieval")
+  tasks = eval_tasks.resolve_tasks("my_toy_choice,my_toy_nochoice,my_toy_retrieval")
   assert [(t.target, t.lang, t.evaluation) for t in tasks] == [
       ("toychoice", "de", "rank_classification"),
       ("my_toy_nochoice", "all", "rank_classification"), ("toyset", "en", "retrieval")]
   model = EncoderDecoderModel(get_config("tiny"))
-  settings = evaluator.EvalSettings(split="validation", batch_size=2,
+  settings = EvalSettings(split="validation", batch_size=2,
                                     task_feature_lengths={"inputs": 16, "targets": 4})
   out = tmp_path / "out"
   outcome = evaluator.Evaluator(model, tasks, str(out), settings, show_progress=False).run(

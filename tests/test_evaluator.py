@@ -16,6 +16,7 @@ from xltransfer.errors import ConfigError
 from xltransfer.data import vocab
 from xltransfer import cli
 from xltransfer.evaluation import evaluator
+from xltransfer.evaluation.settings import EvalSettings
 from xltransfer import metrics as metrics_lib
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
@@ -197,7 +198,7 @@ def test_in_memory_parameters_with_a_task_registered_here(tmp_path):
   _register_copy_task(str(data))
   model = EncoderDecoderModel(get_config("tiny"))
   params = model.init(jax.random.PRNGKey(1))
-  settings = evaluator.EvalSettings(split="validation", batch_size=2,
+  settings = EvalSettings(split="validation", batch_size=2,
                                     task_feature_lengths={"inputs": 16, "targets": 6})
   out = str(tmp_path / "step_7")
   results = evaluator.evaluate_params(model, params, "xlt_copytest_eval_en", out, step=7,
@@ -231,7 +232,7 @@ def test_lareqa_map_over_the_eleven_language_pool(tmp_path, monkeypatch, request
   vocab.use_task_vocabulary(None)  # Resolve the tasks' vocabulary again, from the environment.
   request.addfinalizer(lambda: vocab.use_task_vocabulary(None))
   model = EncoderDecoderModel(get_config("tiny"))
-  settings = evaluator.EvalSettings(batch_size=4, task_feature_lengths={"inputs": 32,
+  settings = EvalSettings(batch_size=4, task_feature_lengths={"inputs": 32,
                                                                         "targets": 4})
   out = str(tmp_path / "out")
   results = evaluator.evaluate_params(model, model.init(jax.random.PRNGKey(2)),
@@ -259,7 +260,7 @@ def test_periodic_evaluator_for_the_trainer(tmp_path):
   data.write_text("hello world\nbonjour\n", encoding="utf-8")
   _register_copy_task(str(data))
   model = EncoderDecoderModel(get_config("tiny"))
-  settings = evaluator.EvalSettings(split="validation", batch_size=2,
+  settings = EvalSettings(split="validation", batch_size=2,
                                     task_feature_lengths={"inputs": 16, "targets": 6})
   periodic = evaluator.PeriodicEvaluator("xlt_copytest_eval_en", str(tmp_path), settings)
   scalars = periodic(step=20, params=model.init(jax.random.PRNGKey(1)), model=model)

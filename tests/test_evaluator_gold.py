@@ -22,6 +22,8 @@ from xltransfer.data import gold, vocab
 from xltransfer.errors import UserError
 from xltransfer import cli
 from xltransfer.evaluation import evaluator
+from xltransfer.evaluation import eval_tasks
+from xltransfer.evaluation.settings import EvalSettings
 from xltransfer.evaluation import outputs
 from xltransfer import metrics as metrics_lib
 from xltransfer.model.config import get_config
@@ -108,19 +110,19 @@ def greedy(model_and_params):
 
 
 def _settings(**overrides):
-  return evaluator.EvalSettings(split="validation", batch_size=2,
+  return EvalSettings(split="validation", batch_size=2,
                                 task_feature_lengths=dict(LENGTHS), **overrides)
 
 
 def _run(model_and_params, tasks, out, step=0, checkpoint="ckpt", **settings):
   model, params = model_and_params
-  ev = evaluator.Evaluator(model, evaluator.resolve_tasks(tasks), str(out), _settings(**settings),
+  ev = evaluator.Evaluator(model, eval_tasks.resolve_tasks(tasks), str(out), _settings(**settings),
                            show_progress=False)
   return ev.run(params, step=step, checkpoint=checkpoint)
 
 
 def _records(out, target, lang="en"):
-  with open(evaluator.predictions_path(str(out), target, lang)) as f:
+  with open(outputs.predictions_path(str(out), target, lang)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -189,7 +191,7 @@ def test_without_provenance_empty_targets_are_no_gold_and_partial_labels_fail(
   assert outcome.metrics == {}
   error = outcome.failed["goldpart"]["en"]
   assert "1 of 4 examples of task xlt_goldpart_eval_en (validation split) have no gold" in error
-  assert not os.path.exists(evaluator.predictions_path(str(out), "goldpart", "en"))
+  assert not os.path.exists(outputs.predictions_path(str(out), "goldpart", "en"))
   assert _json(out, "eval_info.json")["provenance"] == {"goldempty": {"en": None}}
   assert not os.path.exists(out / "DONE")
 
@@ -213,7 +215,7 @@ def test_require_gold_fails_the_task_before_inference(tmp_path, model_and_params
       f"xlt_goldnone_eval_en: no gold to score, so no metric (require_gold): {data}: every "
       "label is 0 (the official test file)")}}
   assert outcome.metrics == {} and outcome.no_gold == {}
-  assert not os.path.exists(evaluator.predictions_path(str(out), "goldnone", "en"))
+  assert not os.path.exists(outputs.predictions_path(str(out), "goldnone", "en"))
   assert _json(out, "metrics.json")["failed"] == outcome.failed
   assert not os.path.exists(out / "DONE")
 
@@ -280,10 +282,10 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path, checkpoints, greedy, 
   assert _json(out, "eval_info.json")["failed"] == metrics["failed"]
   assert not os.path.exists(out / "DONE")
   # The file appears; the rerun computes only the failed task and completes.
-  done_before = os.path.getmtime(evaluator.predictions_path(str(out), "goldlab", "en"))
+  done_before = os.path.getmtime(outputs.predictions_path(str(out), "goldlab", "en"))
   _write(missing, [greedy[0], greedy[1], "u", "v"])
   assert cli.main(["eval", *_argv(checkpoints[3], out, tasks)]) == 0
-  assert os.path.getmtime(evaluator.predictions_path(str(out), "goldlab", "en")) == done_before
+  assert os.path.getmtime(outputs.predictions_path(str(out), "goldlab", "en")) == done_before
   metrics = _json(out, "metrics.json")
   assert metrics["failed"] == {}
   assert metrics["tasks"]["goldmiss"] == {"en": {"accuracy": 50.0}}
@@ -295,7 +297,7 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
   data = _write(tmp_path / "dev.jsonl", [greedy[0], "x", "y", "z"])
   _register("xlt_goldlab_eval_en", data, _labelled(data))
   out = tmp_path / "out"
-  predictions = evaluator.predictions_path(str(out), "goldlab", "en")
+  predictions = outputs.predictions_path(str(out), "goldlab", "en")
   assert cli.main(["eval", *_argv(checkpoints[3], out, "xlt_goldlab_eval_en")]) == 0
   assert _json(out, "predictions/goldlab/en.meta.json")["step"] == 3
   capsys.readouterr()
@@ -306,13 +308,13 @@ def test_another_checkpoint_into_the_same_dir_recomputes(tmp_path, checkpoints, 
           f"{checkpoints[40]} (step 40); recomputing it") in err
   assert "replacing 1 predictions files (predictions/goldlab/en.jsonl)" in err
   for name in ("metrics.json", "eval_info.json", "predictions/goldlab/en.meta.json",
-               evaluator.IDENTITY_FILE):
+               outputs.IDENTITY_FILE):
     recorded = _json(out, name)
     assert (recorded["checkpoint"], recorded["step"]) == (checkpoints[40], 40), name
   assert _json(out, "metrics.json")["tasks"] == {"goldlab": {"en": {"accuracy": 25.0}}}
   assert os.path.isfile(out / "DONE") and len(_records(out, "goldlab")) == 4
   # --no_overwrite refuses instead, before loading anything, and leaves the directory alone.
-  before = {name: _json(out, name) for name in ("metrics.json", evaluator.IDENTITY_FILE)}
+  before = {name: _json(out, name) for name in ("metrics.json", outputs.IDENTITY_FILE)}
   mtime = os.path.getmtime(predictions)
   assert cli.main(["eval", *_argv(checkpoints[3], out, "xlt_goldlab_eval_en", "--no_overwrite")]) == 2
   err = capsys.readouterr().err
@@ -344,13 +346,13 @@ def test_a_crash_while_replacing_never_mixes_checkpoints(tmp_path, model_and_par
     patch.setattr(outputs, "remove_predictions", crash)
     with pytest.raises(KeyboardInterrupt):
       _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a")
-  assert _json(out, evaluator.IDENTITY_FILE)["step"] == 40
+  assert _json(out, outputs.IDENTITY_FILE)["step"] == 40
   assert not os.path.exists(out / "metrics.json") and not os.path.exists(out / "DONE")
   assert _json(out, "predictions/goldlab/en.meta.json")["step"] == 3
   # Under --no_overwrite each such file fails its task, naming what differs ...
   outcome = _run(model_and_params, tasks, out, step=40, checkpoint="/runs/a", no_overwrite=True)
   error = outcome.failed["goldlab"]["en"]
-  assert error.startswith(evaluator.predictions_path(str(out), "goldlab", "en"))
+  assert error.startswith(outputs.predictions_path(str(out), "goldlab", "en"))
   assert "step 3 (this run: 40)" in error and "refused (--no_overwrite)" in error
   assert outcome.metrics == {} and not os.path.exists(out / "DONE")
   # ... and by default it is recomputed.
@@ -367,7 +369,7 @@ def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, gree
   _register("xlt_goldlab_eval_en", data, _labelled(data))
   out = tmp_path / "out"
   _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a")
-  with pytest.raises(evaluator.StaleOutputError, match=r"checkpoint /runs/a \(step 3\), not of "
+  with pytest.raises(outputs.StaleOutputError, match=r"checkpoint /runs/a \(step 3\), not of "
                                                        r"checkpoint /runs/a \(step 40\)"):
     _run(model_and_params, "xlt_goldlab_eval_en", out, step=40, checkpoint="/runs/a",
          no_overwrite=True)
@@ -375,7 +377,7 @@ def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, gree
   outcome = _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a",
                  max_examples=2, no_overwrite=True)
   error = outcome.failed["goldlab"]["en"]
-  assert error.startswith(evaluator.predictions_path(str(out), "goldlab", "en"))
+  assert error.startswith(outputs.predictions_path(str(out), "goldlab", "en"))
   assert "'max_examples': None" in error and "'max_examples': 2" in error
   # By default the task is recomputed with the new settings, and the log says why.
   caplog.set_level("WARNING")
@@ -385,15 +387,15 @@ def test_same_checkpoint_other_step_or_settings(tmp_path, model_and_params, gree
   assert "recomputing" in caplog.text and "'max_examples': None" in caplog.text
   assert _json(out, "predictions/goldlab/en.meta.json")["settings"]["max_examples"] == 2
   # Predictions that nobody recorded the checkpoint of: refused under --no_overwrite ...
-  os.remove(out / evaluator.IDENTITY_FILE)
-  with pytest.raises(evaluator.StaleOutputError, match="no eval_identity.json"):
+  os.remove(out / outputs.IDENTITY_FILE)
+  with pytest.raises(outputs.StaleOutputError, match="no eval_identity.json"):
     _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a",
          max_examples=2, no_overwrite=True)
   # ... recomputed otherwise (their .meta.json names the checkpoint, but the directory did not).
-  os.remove(meta := evaluator.meta_path(evaluator.predictions_path(str(out), "goldlab", "en")))
+  os.remove(meta := outputs.meta_path(outputs.predictions_path(str(out), "goldlab", "en")))
   outcome = _run(model_and_params, "xlt_goldlab_eval_en", out, step=3, checkpoint="/runs/a")
   assert outcome.metrics == {"goldlab": {"en": {"accuracy": 25.0}}}
-  assert os.path.isfile(meta) and _json(out, evaluator.IDENTITY_FILE)["step"] == 3
+  assert os.path.isfile(meta) and _json(out, outputs.IDENTITY_FILE)["step"] == 3
 
 
 @pytest.mark.slow
@@ -437,7 +439,7 @@ def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoin
   _register("xlt_golda_eval_en", first, _labelled(first))
   _register("xlt_goldb_eval_en", second, _labelled(second))
   out = tmp_path / "out"
-  full = evaluator.predictions_path(str(out), "goldb", "en") + ".partial"
+  full = outputs.predictions_path(str(out), "goldb", "en") + ".partial"
   real_gfile = tf.io.gfile.GFile
 
   class FullDisk:
@@ -475,9 +477,9 @@ def test_a_full_disk_names_the_file_and_keeps_finished_tasks(tmp_path, checkpoin
   assert not os.path.exists(out / "DONE")
   # Space is back: the rerun keeps the finished task and completes the other.
   monkeypatch.setattr(tf.io.gfile, "GFile", real_gfile)
-  done_before = os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en"))
+  done_before = os.path.getmtime(outputs.predictions_path(str(out), "golda", "en"))
   assert cli.main(["eval", *_argv(checkpoints[3], out, tasks)]) == 0
-  assert os.path.getmtime(evaluator.predictions_path(str(out), "golda", "en")) == done_before
+  assert os.path.getmtime(outputs.predictions_path(str(out), "golda", "en")) == done_before
   assert _json(out, "metrics.json")["tasks"]["goldb"] == {"en": {"accuracy": 50.0}}
   assert os.path.getsize(target) == int(match.group(1))  # the size the message gave
 
@@ -505,7 +507,7 @@ def test_a_full_disk_under_the_summaries_is_named(tmp_path, model_and_params, gr
     raise OSError(errno.ENOSPC, "No space left on device")
   monkeypatch.setattr(scalar_summaries, "create_writer", full)
   out = tmp_path / "out"
-  with pytest.raises(evaluator.DiskFullError,
+  with pytest.raises(outputs.DiskFullError,
                      match=f"writing TensorBoard summaries into {out}/tensorboard; free space"):
     _run(model_and_params, "xlt_goldlab_eval_en", out)
   assert _json(out, "metrics.json")["tasks"] == {"goldlab": {"en": {"accuracy": 25.0}}}
@@ -519,7 +521,7 @@ def test_predictions_written_before_the_cluster_fields_are_recomputed(tmp_path, 
   _register("xlt_goldfmt_eval_en", data, _labelled(data))
   out = tmp_path / "out"
   _run(model_and_params, "xlt_goldfmt_eval_en", out, checkpoint="/runs/a")
-  meta_file = evaluator.meta_path(evaluator.predictions_path(str(out), "goldfmt", "en"))
+  meta_file = outputs.meta_path(outputs.predictions_path(str(out), "goldfmt", "en"))
   meta = _json(out, "predictions/goldfmt/en.meta.json")
   assert meta["record_format"] == evaluator.RECORD_FORMAT
   del meta["record_format"]  # as an evaluator before "item"/"paragraph" wrote it

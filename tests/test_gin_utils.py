@@ -1,6 +1,7 @@
 """The gin layer (gin_utils): bundled configs found from any directory (checkout and installed
 package), the quiet include probe, registration imports, `--gin.` flags."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,18 @@ def test_study_flags_qualify_spec_fields():
       qualify=lambda name: f"StudySpec.{name}" if name == "seeds" else name)
   assert rest == ["run", "spec.gin"]
   assert bindings == ["StudySpec.seeds = [0, 1]", "MACRO = 3"]
+
+
+@pytest.mark.parametrize("line, new", [
+    ("import xltransfer.train.model_factory", "xltransfer.model.factory"),
+    ("xltransfer.train.mt5_config.size = 'tiny'", "xltransfer.model.mt5_config")])
+def test_a_config_naming_a_moved_configurable_is_told_its_new_name(tmp_path, line, new):
+  import gin  # pylint: disable=import-outside-toplevel
+  config = tmp_path / "old.gin"
+  config.write_text(line + "\n")
+  gin.clear_config()
+  try:
+    with pytest.raises(ConfigError, match=rf"(?s)old\.gin.*is now {re.escape(new)}: update"):
+      gin_utils.parse_config([str(config)], [], [])
+  finally:
+    gin.clear_config()

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from xltransfer.data import paths, readers, retrieval, vocab
 from xltransfer.evaluation import evaluator
+from xltransfer.evaluation.settings import EvalSettings
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 
@@ -229,7 +230,7 @@ def test_other_retrieval_sets_carry_no_items(monkeypatch):
 def test_prediction_records_carry_item_and_paragraph(tmp_path, monkeypatch):
   _source(monkeypatch, "files", xtreme=DOWNLOAD_SHAPED)
   model = EncoderDecoderModel(get_config("tiny"))
-  settings = evaluator.EvalSettings(split="validation", batch_size=4, max_examples=2,
+  settings = EvalSettings(split="validation", batch_size=4, max_examples=2,
                                     task_feature_lengths={"inputs": 32, "targets": 6})
   out = str(tmp_path / "out")
   tasks = ["xlt_xnli_eval_ar", "xlt_xnli_eval_zh", "xlt_xcopa_eval_zh", "xlt_xquad_eval_zh",

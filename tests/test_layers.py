@@ -6,6 +6,7 @@ train and evaluation are siblings and neither imports the other.
 """
 import ast
 import os
+import sys
 
 import pytest
 
@@ -100,6 +101,6 @@ def test_the_check_catches_a_back_edge(tmp_path, monkeypatch, source, target):
   copy = tmp_path / "module.py"
   copy.write_text(original + f"\nimport xltransfer.{target}.anything\n")
   real_modules = list(_modules())
-  monkeypatch.setattr(__import__(__name__), "_modules", lambda: [
+  monkeypatch.setattr(sys.modules[__name__], "_modules", lambda: [
       (str(copy) if path == planted else path, module) for path, module in real_modules])
   assert any(f"imports xltransfer.{target}.anything" in p for p in layer_violations())

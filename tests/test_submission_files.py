@@ -17,7 +17,7 @@ from xltransfer.checkpoints import native
 from xltransfer.data import languages
 from xltransfer.errors import UserError
 from xltransfer import cli
-from xltransfer.evaluation import evaluator, submission
+from xltransfer.evaluation import outputs, submission
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
 
@@ -207,10 +207,10 @@ def test_full_run_writes_exactly_the_official_files(run):
 @pytest.mark.slow  # ~200 eval tasks, one example each: about a minute
 def test_tydiqa_files_hold_the_dev_predictions(run):
   output_dir, submission_dir = run
-  with open(os.path.join(output_dir, evaluator.INFO_FILE)) as f:
+  with open(os.path.join(output_dir, outputs.INFO_FILE)) as f:
     assert set(json.load(f)["splits"]["tydiqa"].values()) == {"validation"}
   for lang in _official("tydiqa"):
-    records = evaluator.read_records(evaluator.predictions_path(output_dir, "tydiqa", lang))
+    records = outputs.read_records(outputs.predictions_path(output_dir, "tydiqa", lang))
     with open(os.path.join(submission_dir, "tydiqa", f"test-{lang}.json")) as f:
       assert json.load(f) == {r["id"]: r["prediction"] for r in records} == {
           f"{lang}-q1": records[0]["prediction"]}
@@ -222,7 +222,7 @@ def test_full_run_files_read_back_one_prediction_per_record(run):
   output_dir, submission_dir = run
   for spec in submission.XTREME_R_TASKS:
     for lang in spec.languages:
-      records = evaluator.read_records(evaluator.predictions_path(output_dir, spec.name, lang))
+      records = outputs.read_records(outputs.predictions_path(output_dir, spec.name, lang))
       assert len(records) == 1
       read = submission.read_submission_file(
           submission.submission_path(submission_dir, spec.name, lang), spec)
@@ -245,9 +245,9 @@ def test_write_submission_takes_each_task_from_its_scored_split(tmp_path, caplog
              ("xnli", "de"): [{"id": "0", "prediction": "neutral"}],
              ("xnli", "fr"): [{"id": "0", "prediction": "neutral"}],
              ("xlt_copy", "all"): [{"id": "0", "prediction": "x"}]}
-  _write(str(output_dir / evaluator.INFO_FILE), json.dumps({"splits": splits}))
+  _write(str(output_dir / outputs.INFO_FILE), json.dumps({"splits": splits}))
   for (target, lang), rows in records.items():
-    _write(evaluator.predictions_path(str(output_dir), target, lang),
+    _write(outputs.predictions_path(str(output_dir), target, lang),
            "".join(json.dumps(r) + "\n" for r in rows))
   submission_dir = tmp_path / "submission"
   with caplog.at_level("INFO"):

@@ -23,6 +23,7 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 import train_fixture_tasks  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 from xltransfer.errors import ConfigError  # noqa: E402
 from xltransfer.evaluation import evaluator as evaluator_lib  # noqa: E402
+from xltransfer.evaluation import outputs  # noqa: E402
 from xltransfer.model.config import get_config  # noqa: E402
 from xltransfer.model.models import EncoderDecoderModel  # noqa: E402
 from xltransfer.train import input as input_lib  # noqa: E402
@@ -163,7 +164,7 @@ def test_evaluator_summaries_are_scalars(tmp_path):
   # The method uses only the output directory of its evaluator.
   evaluator_lib.Evaluator._write_summaries(  # pylint: disable=protected-access
       types.SimpleNamespace(output_dir=str(tmp_path)), results, step=1200)
-  log_dir = tmp_path / evaluator_lib.TENSORBOARD_DIR
+  log_dir = tmp_path / outputs.TENSORBOARD_DIR
   assert _scalars(log_dir, "xnli/de/accuracy") == [(1200, 40.0)]
   assert _dashboard_scalars(log_dir, "xnli/sw/accuracy") == [(1200, 30.0)]
   tags = event_accumulator.EventAccumulator(str(log_dir)).Reload().Tags()

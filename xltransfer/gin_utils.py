@@ -119,6 +119,13 @@ def quiet_include_probes() -> Iterator[None]:
 
 # ---- command-line bindings ----
 
+# Configurables and modules that configs named under an earlier name: the error names the new one.
+RENAMED = {
+    "xltransfer.train.model_factory": "xltransfer.model.factory",
+    "xltransfer.train.mt5_config": "xltransfer.model.mt5_config",
+    "xltransfer.train.encoder_decoder_model": "xltransfer.model.encoder_decoder_model",
+    "xltransfer.train.dual_encoder_model": "xltransfer.model.dual_encoder_model",
+}
 T5X_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
               "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH", "DROPOUT_RATE", "LEARNING_RATE",
               "EVAL_PERIOD", "LOSS_NORMALIZING_FACTOR")
@@ -248,7 +255,10 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str], extra_paths:
       hint = f" (did you mean {', '.join(close)}?)" if close else ""
       where = _where("%" + name + r"\b", files, bindings)
       raise ConfigError(f"macro %{name} is used at {where} but never defined{hint}") from e
-    raise ConfigError(f"gin config error: {message}") from e
+    renamed = [f"{old} is now {new}" for old, new in RENAMED.items()
+               if re.search(re.escape(old) + r"\b", message)]
+    hint = f" ({'; '.join(renamed)}: update the gin file)" if renamed else ""
+    raise ConfigError(f"gin config error: {message}{hint}") from e
   defined, used = _macro_names_used_and_defined()
   unused = sorted(defined - used)
   if unused:

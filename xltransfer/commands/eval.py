@@ -95,7 +95,7 @@ def _run(argv: Sequence[str]) -> int:
   gin.clear_config()
   gin_utils.parse_config(gin_files, list(args.gin_bindings) + _macro_bindings(args)
                          + cli_bindings, args.gin_search_paths)
-  from xltransfer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  from xltransfer.evaluation import evaluator, outputs  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()
   output_dir = outcome["output_dir"]
   for target, by_lang in outcome["metrics"].items():
@@ -104,13 +104,13 @@ def _run(argv: Sequence[str]) -> int:
   for target, by_lang in outcome["no_gold"].items():
     for lang, reason in by_lang.items():
       print(f"{target:8s} {lang:4s} no gold, no metric; predictions only in "
-            f"{evaluator.predictions_path(output_dir, target, lang)}: {reason}")
+            f"{outputs.predictions_path(output_dir, target, lang)}: {reason}")
   print(f"predictions and metrics.json in {output_dir}")
   failed = [(t, l, e) for t, by_lang in outcome["failed"].items() for l, e in by_lang.items()]
   if failed:
     print(f"xltransfer eval: {len(failed)} of {outcome['tasks']} tasks failed (listed under "
-          f"\"failed\" in {os.path.join(output_dir, evaluator.METRICS_FILE)}; no "
-          f"{evaluator.DONE_FILE} written; a rerun redoes only these):", file=sys.stderr)
+          f"\"failed\" in {os.path.join(output_dir, outputs.METRICS_FILE)}; no "
+          f"{outputs.DONE_FILE} written; a rerun redoes only these):", file=sys.stderr)
     for target, lang, error in failed:
       print(f"  {target}/{lang}: {error}", file=sys.stderr)
     if args.submission_dir:

@@ -111,29 +111,13 @@ from xltransfer.evaluation import rank_classification
 from xltransfer.evaluation import retrieval_eval
 from xltransfer.evaluation import outputs
 from xltransfer.evaluation.eval_tasks import EvalTask, pick_split, resolve_tasks
-from xltransfer.evaluation.examples import (CLUSTER_FIELDS, Context, NoGoldError, Way,
-                                            gold_status, seqio_task_metrics)
-from xltransfer.evaluation.outputs import (DONE_FILE, IDENTITY_FILE, INFO_FILE, META_SUFFIX,
-                                           METRICS_FILE, PREDICTIONS_DIR, TENSORBOARD_DIR,
+from xltransfer.evaluation.examples import Context, NoGoldError, Way
+from xltransfer.evaluation.outputs import (DONE_FILE, IDENTITY_FILE, INFO_FILE, METRICS_FILE,
                                            DiskFullError, StaleOutputError, check_output_dir,
-                                           flat_scalars, meta_path, output_identity,
-                                           predictions_path, read_records,
-                                           replace_other_outputs, write_records)
-from xltransfer.evaluation.retrieval_eval import MAP_K, RETRIEVAL_TARGETS, retrieval_metrics
+                                           flat_scalars, meta_path, predictions_path,
+                                           read_records, replace_other_outputs, write_records)
 from xltransfer.evaluation.settings import EvalSettings
 from xltransfer.tasks import catalog
-
-# The names above stay importable from here: xltransfer eval, the submission writer and tests
-# read them as `evaluator.<name>`.
-__all__ = [
-    "CLUSTER_FIELDS", "DONE_FILE", "DiskFullError", "EvalOutcome", "EvalSettings", "EvalTask",
-    "Evaluator", "IDENTITY_FILE", "INFO_FILE", "MAP_K", "META_SUFFIX", "METRICS_FILE",
-    "NoGoldError", "PREDICTIONS_DIR", "PeriodicEvaluator", "RECORD_FORMAT", "RETRIEVAL_TARGETS",
-    "StaleOutputError", "TENSORBOARD_DIR", "TaskResult", "WAYS", "check_output_dir",
-    "checkpoint_step", "evaluate_checkpoint", "evaluate_params", "flat_scalars", "gold_status",
-    "meta_path", "output_identity", "pick_split", "predictions_path", "read_records",
-    "replace_other_outputs", "resolve_tasks", "retrieval_metrics", "seqio_task_metrics",
-    "write_records"]
 
 # How each declared way of evaluating (catalog.EVALUATIONS) predicts and scores.
 WAYS: Dict[str, Way] = {

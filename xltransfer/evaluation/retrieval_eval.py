@@ -27,7 +27,6 @@ RETRIEVAL_SETS = {
         None, lang, {"validation": "dev"}.get(split, split)),
     "lareqa": lambda lang, split: retrieval_data.load_lareqa(None, lang),
 }
-RETRIEVAL_TARGETS = tuple(RETRIEVAL_SETS)
 
 
 def retrieval_set(task, split):

@@ -364,9 +364,9 @@ def write_submission_dir(output_dir: str, submission_dir: str) -> List[str]:
   split and tasks outside XTREME-R are left out; official files still missing for a task that
   has some are logged as a warning.
   """
-  # The evaluator writes the output directory; it imports this module for the layout.
-  from xltransfer.evaluation import evaluator  # pylint: disable=import-outside-toplevel
-  with open(os.path.join(output_dir, evaluator.INFO_FILE)) as f:
+  # Lazily: outputs imports tensorflow, which `xltransfer score` does not need.
+  from xltransfer.evaluation import outputs  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(output_dir, outputs.INFO_FILE)) as f:
     splits = json.load(f)["splits"]
   known = {spec.name: spec for spec in XTREME_R_TASKS}
   written = []
@@ -375,7 +375,7 @@ def write_submission_dir(output_dir: str, submission_dir: str) -> List[str]:
       if target not in known or split != submission_split(target):
         logging.info("submission: %s/%s left out (%s split)", target, lang, split)
         continue
-      records = evaluator.read_records(evaluator.predictions_path(output_dir, target, lang))
+      records = outputs.read_records(outputs.predictions_path(output_dir, target, lang))
       written.append(write_submission_file(
           submission_dir, target, lang, _submission_predictions(target, records)))
   for target in sorted({os.path.basename(os.path.dirname(path)) for path in written}):
