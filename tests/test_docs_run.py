@@ -33,7 +33,7 @@ from xltransfer.launch import slurm
 from xltransfer.launch import tpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "launch/README.md"] + sorted(
+DOCS = ["README.md", "launch/README.md", "tasks/README.md"] + sorted(
     os.path.relpath(p, REPO) for p in glob.glob(str(REPO / "docs" / "*.md")))
 # Placeholders the docs use inside gin paths, and what each stands for.
 PLACEHOLDERS = {

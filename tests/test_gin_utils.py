@@ -69,6 +69,7 @@ def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
   ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
   shutil.copytree(os.path.join(REPO_ROOT, "xltransfer"), source / "xltransfer", ignore=ignore)
   shutil.copytree(REPO_GIN, source / "gin", ignore=ignore)
+  shutil.copytree(os.path.join(REPO_ROOT, "tasks"), source / "tasks", ignore=ignore)
   shutil.copy(os.path.join(REPO_ROOT, "setup.py"), source / "setup.py")
   build = tmp_path / "build"
   proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)],
@@ -87,18 +88,20 @@ def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
       import xltransfer
       from xltransfer import gin_utils
       from xltransfer.planning import run_config
+      from xltransfer.tasks import catalog
       files = run_config.parse(["gin/models/mt5_tiny.gin", "runs/finetune.gin"], [], [])
       print(xltransfer.__file__)
       print(gin_utils.config_dir())
       print("\\n".join(files))
       print(gin.query_parameter("xltransfer.model.mt5_config.size"))
       print(gin.query_parameter("xltransfer.partitioning.create_mesh.data"))
+      print(catalog.__file__)
   """)
   env = dict(os.environ, PYTHONPATH=str(build), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  package, config_dir, *files, size, data = proc.stdout.split()
+  package, config_dir, *files, size, data, catalog = proc.stdout.split()
   installed = str(build / "xltransfer" / "gin")
   assert package == str(build / "xltransfer" / "__init__.py")
   assert config_dir == installed
@@ -106,6 +109,8 @@ def test_setup_py_installs_the_configs_and_the_cli_finds_them(tmp_path):
                    os.path.join(installed, "runs", "finetune.gin")]
   # runs/finetune.gin's `include 'meshes/cpu.gin'` came from the installed copy too.
   assert size == "tiny" and data == "-1"
+  # The top-level tasks/ is installed as the package xltransfer.tasks.
+  assert catalog == str(build / "xltransfer" / "tasks" / "catalog.py")
 
 
 def test_include_probes_are_dropped_only_while_parsing(caplog):

@@ -10,13 +10,16 @@ import sys
 
 import pytest
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "xltransfer")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "xltransfer")
+# Package directories outside xltransfer/ (setup.py's package_dir): the top-level tasks/.
+MAPPED_PACKAGES = {"xltransfer.tasks": os.path.join(REPO, "tasks")}
 
 # Bottom to top. A unit is a subpackage or a top-level module of xltransfer.
 LAYERS = (
     ("errors", {"errors"}),
     ("foundation", {"gin_utils", "command_line", "run_lock", "disk_full", "host_memory",
-                    "scalar_summaries"}),
+                    "scalar_summaries", "library_logs"}),
     ("core", {"model", "partitioning", "data", "checkpoints", "metrics"}),
     ("tasks", {"tasks"}),
     ("runs", {"train", "evaluation"}),
@@ -38,12 +41,14 @@ def _unit(module: str) -> str:
 
 
 def _modules():
-  for directory, _, files in os.walk(PACKAGE):
-    for name in files:
-      if name.endswith(".py"):
-        path = os.path.join(directory, name)
-        relative = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].replace(os.sep, ".")
-        yield path, relative.removesuffix(".__init__")
+  roots = [("xltransfer", PACKAGE)] + list(MAPPED_PACKAGES.items())
+  for package, root in roots:
+    for directory, _, files in os.walk(root):
+      for name in files:
+        if name.endswith(".py"):
+          path = os.path.join(directory, name)
+          relative = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+          yield path, f"{package}.{relative}".removesuffix(".__init__")
 
 
 def _imports(path: str):
@@ -96,7 +101,8 @@ def test_every_unit_of_the_package_has_a_layer():
                                             ("tasks", "evaluation"), ("checkpoints", "train")])
 def test_the_check_catches_a_back_edge(tmp_path, monkeypatch, source, target):
   """A planted import of `target` in `source` is reported (the check can fail)."""
-  planted = os.path.join(PACKAGE, source, "__init__.py")
+  planted = os.path.join(MAPPED_PACKAGES.get(f"xltransfer.{source}",
+                                             os.path.join(PACKAGE, source)), "__init__.py")
   original = open(planted).read()
   copy = tmp_path / "module.py"
   copy.write_text(original + f"\nimport xltransfer.{target}.anything\n")

@@ -449,10 +449,11 @@ def test_docs_example_registers_a_task_that_runs(data_dirs):
     code = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
   try:
     exec(compile(code, "docs/tasks.md", "exec"), {})  # pylint: disable=exec-used
-    assert catalog.ENTRIES["xlt_inter_toy_nli"].kind == "intermediate"
+    assert catalog.ENTRIES["toy_nli"].kind == "intermediate"
+    assert seqio.get_mixture_or_task("toy_nli").metric_fns  # the example has a metric
   finally:
-    catalog.ENTRIES.pop("xlt_inter_toy_nli", None)
-    seqio.TaskRegistry.remove("xlt_inter_toy_nli")
+    catalog.ENTRIES.pop("toy_nli", None)
+    seqio.TaskRegistry.remove("toy_nli")
 
 
 def test_eval_task_names_check_family_and_language():

@@ -143,6 +143,36 @@ def test_eta_on_the_log_line_before_and_after_compilation(tmp_path, monkeypatch,
   assert _scalars(tmp_path / "train", "loss") == [(1, 2.0), (2, 2.0)]
 
 
+def test_each_logged_step_and_eval_is_one_log_line(tmp_path, caplog):
+  # absl at INFO too: clu's LoggingWriter logs through it (`--log_level=debug`, `eval`).
+  caplog.set_level("INFO")
+  caplog.set_level("INFO", logger="absl")
+  summaries = summaries_lib.TrainSummaries(str(tmp_path), total_steps=2, start_step=0,
+                                           log_period=1)
+  metrics = {"loss": np.float32(2.71828), "loss_sum": np.float32(27.1828), "num_tokens": 10,
+             "num_examples": 2, "accuracy_correct": 5, "learning_rate": np.float32(0.01)}
+  summaries.add(1, metrics)
+  summaries.add(2, metrics)
+  summaries.write_eval(2, {"loss": 3.14159, "accuracy": 0.25})
+  summaries.close()
+  messages = [r.getMessage() for r in caplog.records]
+  assert [m.split(" | ")[0] for m in messages if "2.718" in m] == ["step 1/2 (50.0%)",
+                                                                   "step 2/2 (100.0%)"]
+  assert [m.split(":")[0] for m in messages if "3.14" in m] == ["eval at step 2"]
+  assert _scalars(tmp_path / "validation", "loss") == [(2, pytest.approx(3.14159))]
+
+
+def test_evaluator_summaries_are_not_logged_again(tmp_path, caplog):
+  # The evaluator logs each task's metrics itself ("eval TASK (...): accuracy=..").
+  caplog.set_level("INFO")
+  caplog.set_level("INFO", logger="absl")
+  evaluator_lib.Evaluator._write_summaries(  # pylint: disable=protected-access
+      types.SimpleNamespace(output_dir=str(tmp_path)), {"xnli": {"de": {"accuracy": 40.0}}},
+      step=7)
+  assert not [r.getMessage() for r in caplog.records if "xnli/de/accuracy" in r.getMessage()]
+  assert _scalars(tmp_path / outputs.TENSORBOARD_DIR, "xnli/de/accuracy") == [(7, 40.0)]
+
+
 def test_resume_drops_simple_value_events_after_the_step(tmp_path):
   writer = create_writer(str(tmp_path), asynchronous=False)
   for step in range(1, 6):

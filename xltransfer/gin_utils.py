@@ -14,15 +14,27 @@
   search-path miss of an include, although the include is then found) are dropped while
   parsing (`quiet_include_probes`).
 - Registrations (`import_modules`): the modules whose configurables and seqio tasks a config
-  names are imported before it is parsed.
+  names are imported before it is parsed; a slow one (`defer_modules`: xltransfer.tasks, which
+  loads seqio and TensorFlow) after it, unless the config names one of its configurables.
+- A user's task modules (`import_user_modules`, `--module`): a module name or a `.py` path,
+  imported before parsing; T5X's `MIXTURE_OR_TASK_MODULE` macro (a gin file's or
+  `--gin.MIXTURE_OR_TASK_MODULE`) is imported after parsing, before the config is locked. The
+  working directory and each given gin file's directory are on the import path, so a gin
+  file's `import my_tasks` finds `my_tasks.py` beside it. A module that fails to import is a
+  ConfigError naming the file and line where it failed.
 """
+import ast
 import contextlib
 import difflib
 import importlib
+import importlib.util
 import logging
 import os
 import re
 import shlex
+import sys
+import sysconfig
+import traceback
 from typing import Callable, Iterator, List, Optional, Sequence
 
 import gin
@@ -126,9 +138,12 @@ RENAMED = {
     "xltransfer.train.encoder_decoder_model": "xltransfer.model.encoder_decoder_model",
     "xltransfer.train.dual_encoder_model": "xltransfer.model.dual_encoder_model",
 }
-T5X_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
-              "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH", "DROPOUT_RATE", "LEARNING_RATE",
-              "EVAL_PERIOD", "LOSS_NORMALIZING_FACTOR")
+# T5X's macro naming the module that registers a run's tasks: read by parse_config, so it
+# counts as used although no binding refers to it.
+MODULE_MACRO = "MIXTURE_OR_TASK_MODULE"
+T5X_MACROS = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", MODULE_MACRO, "TASK_FEATURE_LENGTHS",
+              "TRAIN_STEPS", "BATCH_SIZE", "INITIAL_CHECKPOINT_PATH", "DROPOUT_RATE",
+              "LEARNING_RATE", "EVAL_PERIOD", "LOSS_NORMALIZING_FACTOR")
 
 
 def split_gin_flags(argv: Sequence[str], qualify: Optional[Callable[[str], str]] = None):
@@ -219,9 +234,15 @@ def _unparsable_binding(error: Exception, bindings: Sequence[str]) -> Optional[s
           f"{name} = {quoted})")
 
 
-def parse_config(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str]):
+def parse_config(gin_files: Sequence[str], bindings: Sequence[str], extra_paths: Sequence[str],
+                 modules: Sequence[str] = ()):
   """Parses the config (`extra_paths`: --gin_search_paths); every mistake becomes a
-  ConfigError that names the file and line or the binding. Returns the resolved files."""
+  ConfigError that names the file and line or the binding. Returns the resolved files.
+
+  The user's `modules` (--module) are imported first; between parsing and locking the
+  config, the module T5X's MIXTURE_OR_TASK_MODULE names (its registrations may add
+  configurables, which a locked config refuses).
+  """
   search = search_paths(extra_paths)
   for path in search:
     gin.add_config_file_search_path(path)
@@ -229,38 +250,24 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str], extra_paths:
   if not files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=models/mt5_small.gin "
                       "--gin_file=runs/finetune.gin")
+  add_import_paths(files)
+  import_user_modules(modules)
   try:
     with quiet_include_probes():
-      gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
-  except (ValueError, IOError, ImportError, SyntaxError) as e:
-    message = str(e)
-    required = re.search(r"(\w+)/macro\.value set to `%gin\.REQUIRED`", message)
-    undefined = re.search(r"No bindings specified for '(\w+)/gin\.macro'", message)
-    if required:
-      name = required.group(1)
-      where = _where(r"^\s*" + name + r"\s*=", files, bindings)
-      defined, used = _macro_names_used_and_defined()
-      typos = difflib.get_close_matches(name, sorted(defined - used), n=3)
-      hint = (f" ({', '.join(typos)} is set but used by nothing: a typo?)" if typos else "")
-      raise ConfigError(
-          f"required macro {name} is not set (declared %gin.REQUIRED at {where}); pass "
-          f"--gin.{name}=VALUE or bind it in a gin file{hint}") from e
-    unquoted = _unparsable_binding(e, bindings)
-    if unquoted:
-      raise ConfigError(unquoted) from e
-    if undefined:
-      name = undefined.group(1)
-      defined, _ = _macro_names_used_and_defined()
-      close = difflib.get_close_matches(name, sorted(defined | set(T5X_MACROS)), n=3)
-      hint = f" (did you mean {', '.join(close)}?)" if close else ""
-      where = _where("%" + name + r"\b", files, bindings)
-      raise ConfigError(f"macro %{name} is used at {where} but never defined{hint}") from e
-    renamed = [f"{old} is now {new}" for old, new in RENAMED.items()
-               if re.search(re.escape(old) + r"\b", message)]
-    hint = f" ({'; '.join(renamed)}: update the gin file)" if renamed else ""
-    raise ConfigError(f"gin config error: {message}{hint}") from e
+      gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    import_user_modules(_module_macro(), f"{MODULE_MACRO} =")
+    gin.finalize()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _PARSE_ERRORS) and not _raised_by_gin_import(e):
+      raise
+    if _imported_deferred_for(e):
+      gin.clear_config()
+      return parse_config(gin_files, bindings, extra_paths, modules)
+    _raise_parse_error(e, files, bindings)
   defined, used = _macro_names_used_and_defined()
-  unused = sorted(defined - used)
+  unused = sorted(defined - used - {MODULE_MACRO})
   if unused:
     problems = []
     for name in unused:
@@ -272,19 +279,237 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str], extra_paths:
   return files
 
 
+# What gin raises for a mistake in a config (a gin `import` line's module may raise anything).
+_PARSE_ERRORS = (ValueError, IOError, ImportError, SyntaxError)
+
+
+def _raise_parse_error(e: Exception, files: Sequence[str], bindings: Sequence[str]):
+  """The ConfigError for an exception of gin's parse or finalize."""
+  message = str(e)
+  required = re.search(r"(\w+)/macro\.value set to `%gin\.REQUIRED`", message)
+  undefined = re.search(r"No bindings specified for '(\w+)/gin\.macro'", message)
+  if required:
+    name = required.group(1)
+    where = _where(r"^\s*" + name + r"\s*=", files, bindings)
+    defined, used = _macro_names_used_and_defined()
+    typos = difflib.get_close_matches(name, sorted(defined - used - {name}), n=3)
+    hint = (f" ({', '.join(typos)} is set but used by nothing: a typo?)" if typos else "")
+    raise ConfigError(
+        f"required macro {name} is not set (declared %gin.REQUIRED at {where}); pass "
+        f"--gin.{name}=VALUE or bind it in a gin file{hint}") from e
+  unquoted = _unparsable_binding(e, bindings)
+  if unquoted:
+    raise ConfigError(unquoted) from e
+  if undefined:
+    name = undefined.group(1)
+    defined, _ = _macro_names_used_and_defined()
+    close = difflib.get_close_matches(name, sorted((defined | set(T5X_MACROS)) - {name}), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    where = _where("%" + name + r"\b", files, bindings)
+    raise ConfigError(f"macro %{name} is used at {where} but never defined{hint}") from e
+  renamed = [f"{old} is now {new}" for old, new in RENAMED.items()
+             if re.search(re.escape(old) + r"\b", message)]
+  if renamed:
+    raise ConfigError(f"gin config error: {message} ({'; '.join(renamed)}: update the gin "
+                      "file)") from e
+  if _raised_by_gin_import(e):
+    # gin appends '  In file "F", line N' and the statement to the message.
+    located = re.search(r'In file "(.*)", line (\d+)\n\s*(.*)', message)
+    what = (f"{located.group(1)}:{located.group(2)}: `{located.group(3).strip()}`" if located
+            else "a gin `import` line")
+    raise ConfigError(_import_failure(what, None, e)) from e
+  raise ConfigError(f"gin config error: {message}") from e
+
+
 # ---- registrations ----
 
 def import_modules(names: Sequence[str], optional: Sequence[str] = ()) -> None:
-  """Imports the modules that register configurables and seqio tasks, before parsing.
+  """Imports the modules that register configurables and seqio tasks, before parsing (or
+  after it: a locked config is unlocked meanwhile, as registrations add configurables).
 
   A module in `optional` that cannot be imported is a warning (its registrations are then
   missing, which the parse reports if the config needs them); any other is a ConfigError.
   """
   for name in list(names) + list(optional):
     try:
-      importlib.import_module(name)
+      with gin.unlock_config():
+        importlib.import_module(name)
     except ImportError as e:
       if name not in optional:
         raise ConfigError(f"cannot import {name}: {e}") from e
       logging.warning("%s could not be imported (%s); only tasks registered by gin `import` "
                       "lines are available", name, e)
+
+
+# Registration modules too slow to import before every parse (xltransfer.tasks loads seqio
+# and TensorFlow: seconds that a mistyped macro need not wait): `defer_modules` names them,
+# `parse_config` imports them only for a config that names a configurable nothing imported
+# yet registers (then parses again), and the command imports them after the parse.
+_DEFERRED: List[str] = []
+
+
+def defer_modules(names: Sequence[str]) -> None:
+  """Registration modules that `parse_config` imports only when the config needs them."""
+  _DEFERRED[:] = [name for name in names if name not in sys.modules]
+
+
+def _imported_deferred_for(error: Exception) -> bool:
+  """For an unknown configurable: imports the deferred modules (warning on failure); whether
+  any was, so that the parse is worth repeating."""
+  if not _DEFERRED or "No configurable matching" not in str(error):
+    return False
+  pending = list(_DEFERRED)
+  _DEFERRED.clear()
+  import_modules([], pending)
+  return any(name in sys.modules for name in pending)
+
+
+# ---- a user's task modules ----
+
+def add_module_flag(parser) -> None:
+  """The `--module` flag of every command that reads tasks (train, eval, plan, study, tasks)."""
+  parser.add_argument(
+      "--module", action="append", default=[], metavar="MODULE",
+      help="a module registering your seqio tasks or gin configurables, imported before the "
+           "config is parsed: a module name (found from the working directory, the gin "
+           "files' directories or PYTHONPATH) or a path to a .py file; repeatable. T5X's "
+           f"--gin.{MODULE_MACRO}='name' works too (imported after parsing)")
+
+
+def add_import_paths(gin_files: Sequence[str]) -> None:
+  """The working directory and the directories of the user's gin files join the import path
+  (after what is already there, so a local file cannot shadow an installed package)."""
+  bundled = config_dir() + os.sep
+  directories = [os.getcwd()] + [os.path.dirname(os.path.abspath(f)) for f in gin_files
+                                 if not os.path.abspath(f).startswith(bundled)]
+  for directory in directories:
+    if directory not in sys.path:
+      sys.path.append(directory)
+
+
+def _module_macro() -> List[str]:
+  """The module names bound to MIXTURE_OR_TASK_MODULE (T5X: a name or None), if any."""
+  try:
+    value = gin.query_parameter(f"%{MODULE_MACRO}")
+  except ValueError:
+    return []
+  if value is None:
+    return []
+  values = list(value) if isinstance(value, (list, tuple)) else [value]
+  if not all(isinstance(v, str) for v in values):
+    raise ConfigError(f"{MODULE_MACRO} = {value!r}: expected a module name in quotes, e.g. "
+                      f"{MODULE_MACRO} = 'my_tasks'")
+  return values
+
+
+def _is_path(spec: str) -> bool:
+  return spec.endswith(".py") or os.sep in spec
+
+
+def _import_file(spec: str) -> str:
+  """Imports a `.py` file as the module named by its stem; returns that name. Its directory
+  joins the end of the import path (for its sibling imports) without shadowing anything."""
+  path = os.path.abspath(os.path.expanduser(spec))
+  if not os.path.isfile(path):
+    raise ConfigError(f"--module={spec}: no such file")
+  directory, filename = os.path.split(path)
+  name = filename[:-len(".py")] if filename.endswith(".py") else filename
+  loaded = sys.modules.get(name)
+  if loaded is not None:
+    loaded_from = os.path.abspath(getattr(loaded, "__file__", "") or "")
+    if loaded_from != path:
+      raise ConfigError(f"--module={spec}: a module named {name!r} is already imported from "
+                        f"{loaded_from or 'a built-in'}; rename the file")
+    return name
+  if directory not in sys.path:
+    sys.path.append(directory)
+  module_spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  sys.modules[name] = module
+  try:
+    module_spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]  # as a failed `import` leaves nothing behind
+    raise
+  return name
+
+
+def import_user_modules(specs: Sequence[str], flag: str = "--module=") -> None:
+  """Imports a user's task modules (names or `.py` paths); a failure is a ConfigError naming
+  the file and line where the import failed."""
+  add_import_paths(())
+  for spec in specs:
+    name = spec[:-len(".py")].rsplit(os.sep, 1)[-1] if _is_path(spec) else spec
+    try:
+      if _is_path(spec):
+        _import_file(spec)
+      else:
+        importlib.import_module(spec)
+    except ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(_import_failure(f"{flag}{spec}", name, e)) from e
+
+
+def load_registrations(gin_files: Sequence[str], extra_paths: Sequence[str] = (),
+                       modules: Sequence[str] = ()) -> List[str]:
+  """For a command that runs nothing from a config (`xltransfer tasks`): imports `modules`,
+  then parses the gin files for their `import` lines, their MIXTURE_OR_TASK_MODULE and
+  settings such as the target source, without requiring their macros to be set. The
+  modules whose configurables the files bind must be imported first. Returns the files."""
+  search = search_paths(extra_paths)
+  for path in search:
+    gin.add_config_file_search_path(path)
+  files = [resolve(f, search) for f in gin_files]
+  add_import_paths(files)
+  import_user_modules(modules)
+  try:
+    with quiet_include_probes():
+      gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    import_user_modules(_module_macro(), f"{MODULE_MACRO} =")
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _PARSE_ERRORS) and not _raised_by_gin_import(e):
+      raise
+    _raise_parse_error(e, files, [])
+  return files
+
+
+def _raised_by_gin_import(error: Exception) -> bool:
+  return any(frame.name == "process_import"
+             for frame in traceback.extract_tb(error.__traceback__))
+
+
+def _is_library_file(path: str) -> bool:
+  library_dirs = {sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")}
+  return (path.startswith("<") or path.startswith(PACKAGE_DIR + os.sep)
+          or any(path.startswith(d + os.sep) for d in library_dirs))
+
+
+def _failure_site(error: Exception) -> str:
+  """FILE:LINE where an import failed: a SyntaxError's own, else the innermost frame in the
+  user's code (not the import machinery, installed packages or xltransfer)."""
+  if isinstance(error, SyntaxError) and error.filename and error.lineno:
+    return f"{error.filename}:{error.lineno}"
+  frames = traceback.extract_tb(error.__traceback__)
+  own = [f for f in frames if not _is_library_file(f.filename)]
+  frame = (own or frames)[-1] if (own or frames) else None
+  return f"{frame.filename}:{frame.lineno}" if frame else "unknown location"
+
+
+def _import_failure(what: str, name: Optional[str], error: Exception) -> str:
+  """The message for a module that could not be imported (by --module or a gin import)."""
+  missing = None
+  if isinstance(error, ModuleNotFoundError):
+    # gin re-raises with the file and line added to the message and `name` lost.
+    named = re.search(r"No module named '([\w.]+)'", str(error))
+    missing = error.name or (named.group(1) if named else None)
+  if missing and (name is None or name == missing or name.startswith(missing + ".")):
+    stem = missing.rsplit(".", 1)[-1]
+    return (f"{what}: no module named {missing!r} on the import path (the working directory, "
+            f"the gin files' directories, PYTHONPATH, the installed packages); pass its file "
+            f"(--module=path/to/{stem}.py) or add its directory to PYTHONPATH")
+  reason = (str(error).splitlines() or [""])[0]
+  return (f"{what}: importing {name or 'the module'} failed at {_failure_site(error)}: "
+          f"{type(error).__name__}: {reason}")

@@ -40,11 +40,15 @@ class ScalarSummaryWriter(metric_writers.SummaryWriter):
 
 def create_writer(logdir: str, *, just_logging: bool = False,
                   asynchronous: bool = True) -> metric_writers.MultiWriter:
-  """As `clu.metric_writers.create_default_writer(logdir, ...)` (log lines and event files;
-  `just_logging` for the processes other than 0), with `ScalarSummaryWriter` for the files."""
-  writers = [metric_writers.LoggingWriter()]
-  if not just_logging:
-    writers.append(ScalarSummaryWriter(logdir))
+  """Event files under `logdir` with `ScalarSummaryWriter`; `just_logging` (the processes
+  other than 0) writes none.
+
+  Unlike `clu.metric_writers.create_default_writer` there is no `LoggingWriter`: every caller
+  logs the same figures in its own readable line (the trainer's progress and "eval at step"
+  lines, the evaluator's per-task line), so clu's `[step] key=value` line logged each of them
+  a second time wherever absl logs at INFO (`--log_level=debug`, `xltransfer eval`, tests).
+  """
+  writers = [] if just_logging else [ScalarSummaryWriter(logdir)]
   if asynchronous:
     return metric_writers.AsyncMultiWriter(writers)
   return metric_writers.MultiWriter(writers)

@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                            "= 4' (repeatable)")
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="extra directories (comma-separated) to find gin files and includes")
+  gin_utils.add_module_flag(parser)
   parser.add_argument("--checkpoint", help="sets CHECKPOINT_PATH")
   parser.add_argument("--output_dir", help="sets EVAL_OUTPUT_DIR")
   parser.add_argument("--tasks", help="sets MIXTURE_OR_TASK_NAME (comma-separated names)")
@@ -90,11 +91,12 @@ def _run(argv: Sequence[str]) -> int:
   import gin  # pylint: disable=import-outside-toplevel
   from xltransfer import partitioning  # pylint: disable=import-outside-toplevel
   partitioning.initialize_distributed(preemption_sync=False)  # SIGTERM stops an eval at once
-  gin_utils.import_modules(["xltransfer.evaluation.evaluator", "xltransfer.tasks",
-                            "xltransfer.model.factory"])
+  gin_utils.import_modules(["xltransfer.evaluation.evaluator", "xltransfer.model.factory"])
+  gin_utils.defer_modules(["xltransfer.tasks"])  # seqio and TensorFlow: after a good config
   gin.clear_config()
   gin_utils.parse_config(gin_files, list(args.gin_bindings) + _macro_bindings(args)
-                         + cli_bindings, args.gin_search_paths)
+                         + cli_bindings, args.gin_search_paths, args.module)
+  gin_utils.import_modules(["xltransfer.tasks"])
   from xltransfer.evaluation import evaluator, outputs  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()
   output_dir = outcome["output_dir"]

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="gin file (repeatable), as for `xltransfer train`")
   parser.add_argument("--gin_bindings", action="append", default=[])
   parser.add_argument("--gin_search_paths", action="append", default=[])
+  gin_utils.add_module_flag(parser)
   parser.add_argument("--mesh_file", action="append", default=[],
                       help="mesh gin file(s) applied after --gin_file (e.g. meshes/tpu_v4_64.gin)")
   parser.add_argument("--topology", default="local",

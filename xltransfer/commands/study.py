@@ -12,6 +12,10 @@ only the stages that need its output. Before any stage runs, `run` checks that t
 file of XCOPA's first fine-tuning stage (SIQA, then COPA) exists. `--emit DIR` writes the
 stages instead (stages.json, one gin file per stage, run_stages.sh) for a pod launcher. DIR
 for status/report is the study's output directory (or an --emit directory for status).
+`--dry_run` ends with what the study costs: stages, training steps and, per training stage
+kind, hours from its stages that already ran here and, with `--plan [KIND=]PLAN.json` (from
+`xltransfer plan --output`), device-hours estimated from the plan's FLOPs at an assumed
+`--mfu` (xltransfer/study/cost.py).
 """
 import argparse
 import dataclasses
@@ -22,7 +26,7 @@ import sys
 
 from xltransfer import gin_utils
 from xltransfer.errors import UserError
-from xltransfer.study import checks, grid, report, runner
+from xltransfer.study import checks, cost, grid, report, runner
 from xltransfer.study import spec as spec_lib
 
 
@@ -42,6 +46,7 @@ def _parser():
   run = commands.add_parser("run", help="run (or --emit) the stages of a study spec")
   run.add_argument("spec", help="gin file binding StudySpec")
   run.add_argument("--output_dir", help="study directory (default: the spec's output_dir)")
+  gin_utils.add_module_flag(run)
   run.add_argument("--emit", metavar="DIR",
                    help="write stages.json, per-stage gin files and run_stages.sh to DIR "
                         "instead of running")
@@ -50,6 +55,13 @@ def _parser():
                         "xltransfer CLI; `xltransfer` in emitted files)")
   run.add_argument("--report", action="store_true", help="write the report after running")
   run.add_argument("--dry_run", action="store_true", help="print the stage commands only")
+  run.add_argument("--plan", action="append", default=[], metavar="[KIND=]PLAN.json",
+                   help="with --dry_run: estimate device-hours per training stage kind from "
+                        "an `xltransfer plan --output` JSON (KIND: intermediate, prefinetune "
+                        "or finetune; without it, every training kind)")
+  run.add_argument("--mfu", type=float, default=None,
+                   help=f"with --plan: the assumed model FLOPs utilisation (default "
+                        f"{cost.DEFAULT_MFU})")
   run.add_argument("--check_names", action="store_true",
                    help="first check that every condition and target mixture is registered "
                         "(imports xltransfer.tasks, which loads tensorflow)")
@@ -69,10 +81,16 @@ def _run(args, bindings) -> int:
   spec = spec_lib.load_spec(args.spec, bindings)
   if args.output_dir:
     spec = dataclasses.replace(spec, output_dir=args.output_dir)
+  if args.module:
+    spec = dataclasses.replace(spec, task_modules=tuple(spec.task_modules)
+                               + spec_lib.module_paths(args.module))
+  gin_utils.import_user_modules(spec.task_modules)
   spec_lib.check_gin_files(spec, args.spec)
   study_dir = spec.study_dir()
   stages = grid.build_stages(spec, study_dir)
   program = tuple(shlex.split(args.program)) if args.program else None
+  if (args.plan or args.mfu is not None) and not args.dry_run:
+    raise UserError("--plan and --mfu estimate device time for --dry_run; add --dry_run")
   if args.check_names:
     checks.check_names(stages, args.spec)
   if args.emit:
@@ -82,10 +100,11 @@ def _run(args, bindings) -> int:
           f"gin files in {info['gin_dir']}")
     return 0
   if args.dry_run:
+    cost_lines = cost.cost_lines(stages, spec, cost.parse_plan_flags(args.plan), args.mfu)
     for stage in stages:
       print(f"# {stage.id} (after {', '.join(stage.deps) or 'nothing'})")
       print(shlex.join(runner.stage_argv(stage, program or runner.DEFAULT_PROGRAM)))
-    _print_cost(stages)
+    print("\n".join(cost_lines))
     return 0
   if "://" in study_dir:
     raise UserError(f"StudySpec.output_dir {study_dir} is remote: `study run` keeps stage "
@@ -102,26 +121,6 @@ def _run(args, bindings) -> int:
   if args.report:
     _print_report(report.write_report(study_dir))
   return 0 if summary.ok else 1
-
-
-def _print_cost(stages) -> None:
-  """What the study costs in stages and training steps (device time: `xltransfer plan` on a
-  training stage's gin files gives its step time on a topology)."""
-  rows = grid.stage_counts(stages)
-  print(f"# {len(stages)} stages: " + ", ".join(f"{n} {role}" for role, n, _, _ in rows))
-  trained = [(role, steps, examples) for role, _, steps, examples in rows if steps]
-  if trained:
-    print(f"# training: {sum(s for _, s, _ in trained):,} steps in all ("
-          + ", ".join(f"{role} {steps:,}" for role, steps, _ in trained)
-          + f"); {sum(e for _, _, e in trained):,} training examples (steps x batch)")
-  for role, _, steps, _ in rows:
-    measured = [t for s in stages if s.role == role
-                for t in [grid.measured_seconds_per_step(s)] if t is not None]
-    if steps and measured:
-      per_step = sorted(measured)[len(measured) // 2]
-      print(f"# {role}: {per_step:.3g} s/step measured on the {len(measured)} stage(s) that "
-            f"ran here -> about {per_step * steps / 3600:,.1f} hours for all {role} stages "
-            "on the same machine")
 
 
 def _status(args) -> int:

@@ -1,27 +1,47 @@
 """`xltransfer tasks`: list and inspect the registered tasks and mixtures.
 
-  xltransfer tasks list [--kind intermediate|target|corpus|translated|mixture] [--json]
+  xltransfer tasks list [--kind intermediate|target|corpus|translated|mixture|seqio] [--json]
   xltransfer tasks show NAME [--split S] [-n 3] [--vocab builtin|byte|mt5|PATH]
+
+Both take --module=my_tasks (or a .py path) and --gin_file=my_run.gin to load a user's
+registrations as `xltransfer train|eval` would (the gin files' `import` lines, T5X's
+MIXTURE_OR_TASK_MODULE, settings such as the target source). Tasks registered with seqio
+outside the catalogue are listed as kind `seqio`.
 
 For each XTREME-R eval task, `list` says which source and split its scores come from under the
 current target source (gin `target_source`, $XLTRANSFER_TARGET_SOURCE), and `show` what the
 split it read actually holds (a stripped file is named, predictions only).
 """
 import argparse
+import difflib
 import json
 import sys
 
+from xltransfer import gin_utils
 from xltransfer.errors import UserError
+
+# What `--gin_file` configs may bind: the configurables of train, eval and plan configs.
+REGISTRATION_MODULES = ["xltransfer.partitioning", "xltransfer.model.factory",
+                        "xltransfer.train.run", "xltransfer.train.evaluate",
+                        "xltransfer.evaluation.evaluator"]
+# Tasks registered with seqio directly (not through the catalogue).
+SEQIO_KIND = "seqio"
 
 
 def _parser():
   parser = argparse.ArgumentParser(prog="xltransfer tasks", description=__doc__.splitlines()[0])
+  loading = argparse.ArgumentParser(add_help=False)
+  gin_utils.add_module_flag(loading)
+  loading.add_argument("--gin_file", action="append", default=[],
+                       help="a gin file whose `import` lines (and settings) to load (repeatable)")
+  loading.add_argument("--gin_search_paths", action="append", default=[])
   sub = parser.add_subparsers(dest="command", required=True)
-  listing = sub.add_parser("list", help="registered tasks and mixtures")
+  listing = sub.add_parser("list", help="registered tasks and mixtures", parents=[loading])
   listing.add_argument("--kind", choices=("intermediate", "target", "corpus", "translated",
-                                          "mixture"))
+                                          "mixture", SEQIO_KIND))
   listing.add_argument("--json", action="store_true", help="one JSON object per entry, as a list")
-  show = sub.add_parser("show", help="raw and tokenized examples of a task, decoded back")
+  show = sub.add_parser("show", help="raw and tokenized examples of a task, decoded back",
+                        parents=[loading])
   show.add_argument("name")
   show.add_argument("--split", default="train")
   show.add_argument("-n", type=int, default=3, help="number of examples")
@@ -44,9 +64,34 @@ def _scores_from(entry):
   return {split: describe(split) for split in entry.splits}
 
 
-def _list(args, out):
+def _seqio_entries():
+  """Catalogue-style entries for the tasks and mixtures registered with seqio directly."""
+  import seqio  # pylint: disable=g-import-not-at-top
   from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
-  entries = catalog.entries(args.kind)
+  found = []
+  for registry in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    for name in sorted(registry.names()):
+      if name in catalog.ENTRIES:
+        continue
+      provider = registry.get(name)
+      declared = catalog.evaluation_of(name)
+      is_task = isinstance(provider, seqio.Task)
+      found.append(catalog.Entry(
+          name, SEQIO_KIND, (declared and declared.family) or name,
+          declared.language if declared else None,
+          tuple(provider.splits) if is_task else (),
+          "seqio task" if is_task else "seqio mixture",
+          ((declared and declared.evaluation) or catalog.GENERATION) if is_task else None))
+  return found
+
+
+def _all_entries(kind=None):
+  from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
+  return catalog.entries(kind) + (_seqio_entries() if kind in (None, SEQIO_KIND) else [])
+
+
+def _list(args, out):
+  entries = _all_entries(args.kind)
   if args.json:
     json.dump([{"name": e.name, "kind": e.kind, "family": e.family, "language": e.language,
                 "splits": list(e.splits), "data": e.data, "evaluation": e.evaluation,
@@ -80,14 +125,16 @@ def _value(value, vocabulary=None, token_feature=False):
 def _show(args, out):
   import seqio  # pylint: disable=g-import-not-at-top
   from xltransfer.data import vocab  # pylint: disable=g-import-not-at-top
-  from xltransfer.tasks import catalog  # pylint: disable=g-import-not-at-top
   if args.vocab:
     vocab.use_task_vocabulary(args.vocab)
-  provider = seqio.get_mixture_or_task(args.name) if args.name in catalog.ENTRIES else None
-  if provider is None:
-    close = [n for n in catalog.ENTRIES if args.name in n][:10]
+  names = [e.name for e in _all_entries()]
+  if args.name not in names:
+    close = ([n for n in names if args.name in n][:10]
+             or difflib.get_close_matches(args.name, names, n=5))
     raise UserError(f"unknown task or mixture {args.name!r}"
-                    + (f"; similar: {', '.join(close)}" if close else "; see `xltransfer tasks list`"))
+                    + (f"; similar: {', '.join(close)}" if close else "; see `xltransfer tasks list`")
+                    + " (a task of your own: --module=MODULE or --gin_file=FILE loads it)")
+  provider = seqio.get_mixture_or_task(args.name)
   if isinstance(provider, seqio.Mixture):
     out.write(f"mixture {args.name}: {len(provider.tasks)} tasks\n")
     total = provider.total_rate
@@ -111,6 +158,9 @@ def _show(args, out):
   raw = provider.source.get_dataset(split=args.split, shuffle=False)
   for i, ex in enumerate(raw.take(args.n).as_numpy_iterator()):
     out.write(f"[{i}]\n")
+    if not isinstance(ex, dict):  # a text-line source yields bare lines
+      out.write(f"  {_value(ex)}\n")
+      continue
     for k, v in ex.items():
       out.write(f"  {k}: {_value(v)}\n")
   vocabulary = vocab.task_vocabulary()
@@ -127,6 +177,11 @@ def main(argv=None, out=None) -> int:
   args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
   out = out or sys.stdout
   import xltransfer.tasks  # pylint: disable=g-import-not-at-top,unused-import
+  if args.gin_file:
+    gin_utils.import_modules(REGISTRATION_MODULES)
+    gin_utils.load_registrations(args.gin_file, args.gin_search_paths, args.module)
+  else:
+    gin_utils.import_user_modules(args.module)
   if args.command == "list":
     return _list(args, out)
   return _show(args, out)

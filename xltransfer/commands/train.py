@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="a gin binding such as 'train.log_period = 10' (repeatable)")
   parser.add_argument("--gin_search_paths", action="append", default=[],
                       help="extra directories (comma-separated) to find gin files and includes")
+  gin_utils.add_module_flag(parser)
   parser.add_argument("--run_mode", choices=("train", "eval"), default="train",
                       help="train (xltransfer.train.train) or teacher-forced evaluation "
                            "(xltransfer.train.evaluate)")
@@ -85,10 +86,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
   partitioning.initialize_distributed(args.coordinator_address, args.num_processes,
                                       args.process_id,
                                       preemption_sync=args.run_mode == "train")
-  gin_utils.import_modules(*_registration_modules())
+  configurables, tasks = _registration_modules()
+  gin_utils.import_modules(configurables)
+  gin_utils.defer_modules(tasks)  # seqio and TensorFlow: after the config is known to be good
   gin.clear_config()
   gin_utils.parse_config(args.gin_file, list(args.gin_bindings) + cli_bindings,
-                         args.gin_search_paths)
+                         args.gin_search_paths, args.module)
+  gin_utils.import_modules([], tasks)
   from xltransfer.train import evaluate, run  # pylint: disable=import-outside-toplevel
   entry = run.train if args.run_mode == "train" else evaluate.evaluate
   try:

@@ -38,7 +38,7 @@ from xltransfer.errors import DataFormatError
 
 
 # Text prefixes of (query, candidate) per retrieval target: the training tasks format their
-# pairs with them (xltransfer/tasks/targets.py) and the evaluator embeds with them, so that
+# pairs with them (tasks/targets.py) and the evaluator embeds with them, so that
 # evaluation embeds what a dual encoder was trained on.
 PREFIXES = {"tatoeba": ("sentence: ", "sentence: "),
             "mewslix": ("mention: ", "entity: "),

@@ -27,18 +27,28 @@ so the choice can be made after `import xltransfer.tasks`: by
 `xltransfer.data.vocab.use_task_vocabulary("builtin")`, the gin binding
 `task_vocabulary_spec.spec = "builtin"` or the environment variable `XLTRANSFER_VOCAB`;
 "mt5" otherwise.
+
+This module registers the gin configurable `task_vocabulary_spec`, so a gin file's
+`import xltransfer.data.vocab` (models/mt5_tiny.gin) imports it while the config is parsed:
+seqio and TensorFlow (seconds to import) are imported when a vocabulary is first made, and its
+seqio subclasses (`ReleasedMt5Vocabulary`, `DeferredVocabulary`) are defined then.
 """
+from __future__ import annotations
+
 import functools
 import os
 import re
+from typing import TYPE_CHECKING
 
 import gin
-from google.protobuf import message as protobuf_message
-import seqio
-from sentencepiece import sentencepiece_model_pb2
-import tensorflow as tf
 
 from xltransfer.errors import ConfigError
+
+if TYPE_CHECKING:
+  import seqio
+
+# pylint: disable=import-outside-toplevel
+# (seqio, tensorflow and sentencepiece's protos: see the docstring)
 
 MT5_MODEL_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
@@ -53,28 +63,137 @@ NAMED_SPECS = ("mt5", "builtin", "byte")
 ENV_VAR = "XLTRANSFER_VOCAB"
 
 
-class ReleasedMt5Vocabulary(seqio.SentencePieceVocabulary):
-  """The released mT5 vocabulary, read from Google's bucket when first used. Offline (or
-  without access) that read fails deep inside TensorFlow's file system; this says so in one
-  line, with the ways to run without it."""
+@functools.lru_cache(maxsize=None)
+def _vocabulary_classes():
+  """(ReleasedMt5Vocabulary, DeferredVocabulary), defined on first use (see the docstring)."""
+  import seqio
+  import tensorflow as tf
 
-  def _model_context(self):
-    try:
-      return super()._model_context()
-    except (tf.errors.OpError, OSError) as e:
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-      raise ConfigError(
-          f"cannot read the mT5 vocabulary {self.sentencepiece_model_file} ({reason}); offline, "
-          f"use the bundled one (XLTRANSFER_VOCAB=builtin, or --vocab builtin for `xltransfer "
-          f"tasks`, or the gin binding task_vocabulary_spec.spec = 'builtin') or a local copy "
-          f"of the released file (XLTRANSFER_VOCAB=/path/to/sentencepiece.model)") from None
+  class ReleasedMt5Vocabulary(seqio.SentencePieceVocabulary):
+    """The released mT5 vocabulary, read from Google's bucket when first used. Offline (or
+    without access) that read fails deep inside TensorFlow's file system; this says so in one
+    line, with the ways to run without it."""
+
+    def _model_context(self):
+      try:
+        return super()._model_context()
+      except (tf.errors.OpError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            f"cannot read the mT5 vocabulary {self.sentencepiece_model_file} ({reason}); offline, "
+            f"use the bundled one (XLTRANSFER_VOCAB=builtin, or --vocab builtin for `xltransfer "
+            f"tasks`, or the gin binding task_vocabulary_spec.spec = 'builtin') or a local copy "
+            f"of the released file (XLTRANSFER_VOCAB=/path/to/sentencepiece.model)") from None
+
+  class DeferredVocabulary(seqio.Vocabulary):
+    """A vocabulary that becomes `get_vocabulary(task_vocabulary_spec())` when first used.
+
+    seqio fixes a task's vocabulary at registration, which happens on import, before gin
+    files are parsed; deferring the choice lets one set of registrations serve every vocabulary.
+    Once resolved it stays fixed until `use_task_vocabulary` (or `reset`) changes it.
+    """
+
+    def __init__(self):
+      super().__init__(extra_ids=0)
+      self._resolved = None
+      self.spec = None  # The spec it resolved to.
+
+    def reset(self):
+      """Forgets the resolved vocabulary; the next use resolves the spec again."""
+      self._resolved = None
+      self.spec = None
+
+    @property
+    def resolved(self) -> seqio.Vocabulary:
+      if self._resolved is None:
+        spec = task_vocabulary_spec()
+        self._resolved = get_vocabulary(spec)
+        self.spec = spec
+      return self._resolved
+
+    # The public methods delegate whole, so the resolved vocabulary handles its own extra ids.
+    @property
+    def bos_id(self):
+      return self.resolved.bos_id
+
+    @property
+    def eos_id(self):
+      return self.resolved.eos_id
+
+    @property
+    def unk_id(self):
+      return self.resolved.unk_id
+
+    @property
+    def pad_id(self):
+      return self.resolved.pad_id
+
+    @property
+    def extra_ids(self):
+      return self.resolved.extra_ids
+
+    @property
+    def vocab_size(self):
+      return self.resolved.vocab_size
+
+    @property
+    def _base_vocab_size(self):
+      return self.resolved.vocab_size - self.resolved.extra_ids
+
+    def encode(self, s):
+      return self.resolved.encode(s)
+
+    def decode(self, ids):
+      return self.resolved.decode(ids)
+
+    def encode_tf(self, s):
+      return self.resolved.encode_tf(s)
+
+    def decode_tf(self, ids):
+      return self.resolved.decode_tf(ids)
+
+    def _encode(self, s):
+      return self.resolved.encode(s)
+
+    def _decode(self, ids):
+      return self.resolved.decode(ids)
+
+    def _encode_tf(self, s):
+      return self.resolved.encode_tf(s)
+
+    def _decode_tf(self, ids):
+      return self.resolved.decode_tf(ids)
+
+    def __eq__(self, other):
+      if isinstance(other, DeferredVocabulary):
+        other = other.resolved
+      return self.resolved == other
+
+    def __hash__(self):
+      return id(self)
+
+    def __str__(self):
+      return f"DeferredVocabulary({self.resolved})"
+
+  for cls in (ReleasedMt5Vocabulary, DeferredVocabulary):
+    cls.__module__, cls.__qualname__ = __name__, cls.__name__  # importable, picklable
+  return ReleasedMt5Vocabulary, DeferredVocabulary
+
+
+def __getattr__(name):
+  # `vocab.ReleasedMt5Vocabulary`, `vocab.DeferredVocabulary`: defined on first use.
+  if name in ("ReleasedMt5Vocabulary", "DeferredVocabulary"):
+    released, deferred = _vocabulary_classes()
+    return released if name == "ReleasedMt5Vocabulary" else deferred
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(spec: str = "mt5") -> seqio.Vocabulary:
   """Returns the vocabulary for "mt5", "builtin", "byte" or a SentencePiece model path."""
+  import seqio
   if spec == "mt5":
-    return ReleasedMt5Vocabulary(MT5_MODEL_PATH, extra_ids=0)
+    return _vocabulary_classes()[0](MT5_MODEL_PATH, extra_ids=0)
   if spec == "builtin":
     return seqio.SentencePieceVocabulary(BUILTIN_MODEL_PATH, extra_ids=EXTRA_IDS)
   if spec == "byte":
@@ -94,6 +213,9 @@ def defines_own_sentinels(model_file: str) -> bool:
   at the ids span corruption uses, <extra_id_N> at `size - 1 - N`, as in the released mT5
   model; False when it has none. A partial or misplaced set raises ConfigError.
   """
+  from google.protobuf import message as protobuf_message
+  from sentencepiece import sentencepiece_model_pb2
+  import tensorflow as tf
   try:
     with tf.io.gfile.GFile(model_file, "rb") as f:
       model = sentencepiece_model_pb2.ModelProto.FromString(f.read())
@@ -140,7 +262,8 @@ def vocabulary_size(vocabulary: seqio.Vocabulary) -> int:
 
   Lets `xltransfer plan` and the start-of-run checks size the default vocabulary offline.
   """
-  if isinstance(vocabulary, DeferredVocabulary):
+  import seqio
+  if isinstance(vocabulary, _vocabulary_classes()[1]):
     vocabulary = vocabulary.resolved
   if (isinstance(vocabulary, seqio.SentencePieceVocabulary)
       and vocabulary.sentencepiece_model_file == MT5_MODEL_PATH):
@@ -164,107 +287,15 @@ def use_task_vocabulary(spec) -> seqio.Vocabulary:
   if spec is not None:
     get_vocabulary(spec)  # Fail here, not at first use, on a bad spec.
   _OVERRIDE["spec"] = spec
-  _TASK_VOCABULARY.reset()
-  return _TASK_VOCABULARY
+  vocabulary = task_vocabulary()
+  vocabulary.reset()
+  return vocabulary
 
 
-class DeferredVocabulary(seqio.Vocabulary):
-  """A vocabulary that becomes `get_vocabulary(task_vocabulary_spec())` when first used.
-
-  seqio fixes a task's vocabulary at registration, which happens on import, before gin
-  files are parsed; deferring the choice lets one set of registrations serve every vocabulary.
-  Once resolved it stays fixed until `use_task_vocabulary` (or `reset`) changes it.
-  """
-
-  def __init__(self):
-    super().__init__(extra_ids=0)
-    self._resolved = None
-    self.spec = None  # The spec it resolved to.
-
-  def reset(self):
-    """Forgets the resolved vocabulary; the next use resolves the spec again."""
-    self._resolved = None
-    self.spec = None
-
-  @property
-  def resolved(self) -> seqio.Vocabulary:
-    if self._resolved is None:
-      spec = task_vocabulary_spec()
-      self._resolved = get_vocabulary(spec)
-      self.spec = spec
-    return self._resolved
-
-  # The public methods delegate whole, so the resolved vocabulary handles its own extra ids.
-  @property
-  def bos_id(self):
-    return self.resolved.bos_id
-
-  @property
-  def eos_id(self):
-    return self.resolved.eos_id
-
-  @property
-  def unk_id(self):
-    return self.resolved.unk_id
-
-  @property
-  def pad_id(self):
-    return self.resolved.pad_id
-
-  @property
-  def extra_ids(self):
-    return self.resolved.extra_ids
-
-  @property
-  def vocab_size(self):
-    return self.resolved.vocab_size
-
-  @property
-  def _base_vocab_size(self):
-    return self.resolved.vocab_size - self.resolved.extra_ids
-
-  def encode(self, s):
-    return self.resolved.encode(s)
-
-  def decode(self, ids):
-    return self.resolved.decode(ids)
-
-  def encode_tf(self, s):
-    return self.resolved.encode_tf(s)
-
-  def decode_tf(self, ids):
-    return self.resolved.decode_tf(ids)
-
-  def _encode(self, s):
-    return self.resolved.encode(s)
-
-  def _decode(self, ids):
-    return self.resolved.decode(ids)
-
-  def _encode_tf(self, s):
-    return self.resolved.encode_tf(s)
-
-  def _decode_tf(self, ids):
-    return self.resolved.decode_tf(ids)
-
-  def __eq__(self, other):
-    if isinstance(other, DeferredVocabulary):
-      other = other.resolved
-    return self.resolved == other
-
-  def __hash__(self):
-    return id(self)
-
-  def __str__(self):
-    return f"DeferredVocabulary({self.resolved})"
-
-
-_TASK_VOCABULARY = DeferredVocabulary()
-
-
+@functools.lru_cache(maxsize=None)
 def task_vocabulary() -> DeferredVocabulary:
   """The single deferred vocabulary shared by every registered xltransfer task."""
-  return _TASK_VOCABULARY
+  return _vocabulary_classes()[1]()
 
 
 def sentinel_id(vocabulary: seqio.Vocabulary, index: int) -> int:

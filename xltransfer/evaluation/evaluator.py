@@ -83,7 +83,13 @@ Modules: `settings` (EvalSettings), `eval_tasks` (which tasks, how each is evalu
 
 `evaluate_params` is the in-memory entry point (the trainer's periodic evaluation);
 `evaluate_checkpoint` loads a checkpoint first (gin-configurable, used by `xltransfer eval`).
+
+`xltransfer eval` imports this module to register its configurables before parsing the
+config, so seqio, TensorFlow and the task catalogue (seconds to import) are imported by the
+functions that use them: a config error is reported without waiting for them.
 """
+from __future__ import annotations
+
 import dataclasses
 import json
 import logging
@@ -91,10 +97,11 @@ import os
 import re
 from typing import Dict, Optional, Sequence, Union
 
+import functools
+from typing import TYPE_CHECKING
+
 import gin
 import jax
-import seqio
-import tensorflow as tf
 import tqdm
 
 from xltransfer import partitioning
@@ -102,29 +109,28 @@ from xltransfer import run_lock
 from xltransfer.checkpoints import loading
 from xltransfer.data import gold as gold_lib
 from xltransfer.data import paths
-from xltransfer.data import vocab
-from xltransfer.data import vocab_check
 from xltransfer.errors import CheckpointError, ConfigError, UserError
-from xltransfer.evaluation import generation
 from xltransfer.evaluation import inference as inference_lib
-from xltransfer.evaluation import rank_classification
-from xltransfer.evaluation import retrieval_eval
-from xltransfer.evaluation import outputs
-from xltransfer.evaluation.eval_tasks import EvalTask, pick_split, resolve_tasks
-from xltransfer.evaluation.examples import Context, NoGoldError, Way
-from xltransfer.evaluation.outputs import (DONE_FILE, IDENTITY_FILE, INFO_FILE, METRICS_FILE,
-                                           DiskFullError, StaleOutputError, check_output_dir,
-                                           flat_scalars, meta_path, predictions_path,
-                                           read_records, replace_other_outputs, write_records)
 from xltransfer.evaluation.settings import EvalSettings
-from xltransfer.tasks import catalog
 
-# How each declared way of evaluating (catalog.EVALUATIONS) predicts and scores.
-WAYS: Dict[str, Way] = {
-    catalog.GENERATION: generation.WAY,
-    catalog.RANK_CLASSIFICATION: rank_classification.WAY,
-    catalog.RETRIEVAL: retrieval_eval.WAY,
-}
+if TYPE_CHECKING:
+  from xltransfer.evaluation.eval_tasks import EvalTask
+  from xltransfer.evaluation.examples import Context, Way
+
+# pylint: disable=import-outside-toplevel
+# (seqio, tensorflow, the task catalogue and the modules that import them: see the docstring)
+
+
+@functools.lru_cache(maxsize=None)
+def ways() -> Dict[str, Way]:
+  """How each declared way of evaluating (catalog.EVALUATIONS) predicts and scores."""
+  from xltransfer.evaluation import generation, rank_classification, retrieval_eval
+  from xltransfer.tasks import catalog
+  return {
+      catalog.GENERATION: generation.WAY,
+      catalog.RANK_CLASSIFICATION: rank_classification.WAY,
+      catalog.RETRIEVAL: retrieval_eval.WAY,
+  }
 
 # The fields a predictions file's records carry; recorded in its .meta.json so that a file
 # written before a field existed is recomputed rather than reused without it.
@@ -136,6 +142,7 @@ def _data_inputs(task: EvalTask) -> dict:
   """Where the task's data comes from, known without reading it: a predictions file made from
   another source (e.g. the download, before `target_source` 'original'), data dir or
   vocabulary is not reused."""
+  from xltransfer.data import vocab
   return {"source": paths.target_source(task.target), "xtreme_data_dir": paths.xtreme_data_dir(),
           "original_data_dir": paths.original_data_dir(), "user_data_dir": paths.user_data_dir(),
           "vocabulary": vocab.task_vocabulary_spec()}
@@ -212,6 +219,12 @@ class Evaluator:
         lock.release()
 
   def _run_locked(self, params, step: int, checkpoint: str) -> EvalOutcome:
+    import tensorflow as tf
+    from xltransfer.evaluation import outputs
+    from xltransfer.evaluation.examples import Context
+    from xltransfer.evaluation.outputs import (DONE_FILE, IDENTITY_FILE, INFO_FILE,
+                                               METRICS_FILE, DiskFullError, check_output_dir,
+                                               predictions_path, replace_other_outputs)
     self._identity = check_output_dir(self.output_dir, checkpoint, step,
                                       self.settings.no_overwrite)
     replace_other_outputs(self.output_dir, self._identity)
@@ -271,10 +284,16 @@ class Evaluator:
   # ---- one task ----
 
   def _evaluate_task(self, context: Context, task: EvalTask) -> TaskResult:
-    if task.evaluation not in WAYS:
+    import seqio
+    import tensorflow as tf
+    from xltransfer.evaluation import outputs
+    from xltransfer.evaluation.eval_tasks import pick_split
+    from xltransfer.evaluation.outputs import (StaleOutputError, meta_path, predictions_path,
+                                               read_records, write_records)
+    if task.evaluation not in ways():
       raise ConfigError(f"task {task.name}: unknown evaluation {task.evaluation!r}; valid: "
-                        f"{', '.join(WAYS)}")
-    way = WAYS[task.evaluation]
+                        f"{', '.join(ways())}")
+    way = ways()[task.evaluation]
     split = pick_split(seqio.get_mixture_or_task(task.name), self.settings.split)
     path = predictions_path(self.output_dir, task.target, task.lang)
     # Decided once from what the file says, so that every host decides alike while process 0
@@ -314,6 +333,9 @@ class Evaluator:
   def _mismatch(self, task: EvalTask, split: str, path: str) -> Optional[str]:
     """None when an existing predictions file's .meta.json says it was made for this task,
     checkpoint, step, split and settings; otherwise what differs, naming the file."""
+    import tensorflow as tf
+    from xltransfer.evaluation import outputs
+    from xltransfer.evaluation.outputs import meta_path
     meta_file = meta_path(path)
     if not tf.io.gfile.exists(meta_file):
       return f"{path} has no {os.path.basename(meta_file)} saying what it was made from"
@@ -329,6 +351,9 @@ class Evaluator:
 
   def _recorded(self, task: EvalTask, path: str):
     """(provenance, no_gold, records) of a predictions file that `_mismatch` accepted."""
+    from xltransfer.evaluation import outputs
+    from xltransfer.evaluation.examples import NoGoldError
+    from xltransfer.evaluation.outputs import meta_path
     meta = outputs.read_json(meta_path(path))
     provenance = meta.get("provenance")
     provenance = gold_lib.Provenance.from_json(provenance) if provenance else None
@@ -338,6 +363,7 @@ class Evaluator:
     return provenance, no_gold, meta.get("records")
 
   def _write_summaries(self, results: Dict[str, Dict[str, dict]], step: int):
+    from xltransfer.evaluation import outputs
     outputs.write_summaries(self.output_dir, results, step)
 
 
@@ -348,6 +374,7 @@ def evaluate_params(model, params, mixture_or_task_name: Union[str, Sequence[str
                     partitioner=None, checkpoint: str = "(in-memory parameters)",
                     show_progress: bool = True) -> Dict[str, Dict[str, dict]]:
   """Evaluates in-memory params (e.g. from the trainer's periodic evaluation)."""
+  from xltransfer.evaluation.eval_tasks import resolve_tasks
   tasks = resolve_tasks(mixture_or_task_name)
   evaluator = Evaluator(model, tasks, output_dir, settings, partitioner, show_progress)
   return evaluator.evaluate(params, step=step, checkpoint=checkpoint)
@@ -355,6 +382,7 @@ def evaluate_params(model, params, mixture_or_task_name: Union[str, Sequence[str
 
 def checkpoint_step(path: str) -> int:
   """The training step a checkpoint path names (`checkpoint_N`, or a run's latest); else 0."""
+  import tensorflow as tf
   match = re.search(r"checkpoint_(\d+)/?$", path)
   if match:
     return int(match.group(1))
@@ -379,6 +407,9 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   Returns {"output_dir", "step", "metrics": {target: {lang: {metric: value}}}, "no_gold":
   {target: {lang: why}}, "failed": {target: {lang: error}}, "tasks": number of tasks}.
   """
+  from xltransfer.data import vocab_check
+  from xltransfer.evaluation.eval_tasks import resolve_tasks
+  from xltransfer.evaluation.outputs import check_output_dir
   tasks = resolve_tasks(mixture_or_task_name)  # Fail on a bad name before loading anything.
   settings = settings if settings is not None else EvalSettings()
   vocab_check.check_model_vocabulary(model, tasks)
@@ -422,6 +453,7 @@ class PeriodicEvaluator:
   def __init__(self, mixture_or_task_name: Union[str, Sequence[str]] = gin.REQUIRED,
                output_dir: str = gin.REQUIRED, settings: Optional[EvalSettings] = None,
                partitioner=None, show_progress: bool = False):
+    from xltransfer.evaluation.eval_tasks import resolve_tasks
     self.tasks = resolve_tasks(mixture_or_task_name)
     self.output_dir = output_dir
     self.settings = settings
@@ -441,4 +473,5 @@ class PeriodicEvaluator:
       raise UserError(f"zero-shot evaluation at step {int(step)} into {self.step_dir(step)}: "
                       + "; ".join(f"{t}/{l}: {e}" for t, by in outcome.failed.items()
                                   for l, e in by.items()))
+    from xltransfer.evaluation.outputs import flat_scalars
     return flat_scalars(outcome.metrics, prefix="zeroshot/")

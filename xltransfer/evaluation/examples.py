@@ -5,11 +5,13 @@ Gold is decided before any inference (see evaluator.py's docstring): `gold_statu
 source's provenance, or, without one, from the examples' targets.
 """
 import dataclasses
+import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import seqio
 
+from xltransfer import metrics as metrics_lib
 from xltransfer.data import gold as gold_lib
 from xltransfer.errors import DataFormatError, UserError
 from xltransfer.evaluation import inference as inference_lib
@@ -129,6 +131,21 @@ def example_scorer(metric_fns, target, prediction):
   return lambda t, p: float(main([t], [p])[key])
 
 
+def metric_fns_of(task: seqio.Task) -> list:
+  """The task's metric_fns; a task without any (a user's) is scored by exact-match accuracy,
+  the metric a text-to-text or multiple-choice prediction implies, with a warning."""
+  if task.metric_fns:
+    return list(task.metric_fns)
+  if task.name not in _WARNED_IMPLIED_METRIC:
+    _WARNED_IMPLIED_METRIC.add(task.name)
+    logging.warning("task %s has no metric_fns: scoring it by exact-match accuracy (give the "
+                    "task metric_fns to choose its metric)", task.name)
+  return [metrics_lib.accuracy]
+
+
+_WARNED_IMPLIED_METRIC = set()
+
+
 def seqio_task_metrics(task: seqio.Task, records: List[dict]) -> Dict[str, float]:
   """The task's metric_fns over the records' targets and predictions (labelled records)."""
   if not records:
@@ -136,7 +153,7 @@ def seqio_task_metrics(task: seqio.Task, records: List[dict]) -> Dict[str, float
   targets = [r["target"] for r in records]
   predictions = [r["prediction"] for r in records]
   scores: Dict[str, float] = {}
-  for fn in task.metric_fns:
+  for fn in metric_fns_of(task):
     scores.update({k: float(v) for k, v in fn(targets, predictions).items()})
   return scores
 
@@ -183,7 +200,7 @@ def predict_seqio_task(context: Context, task: EvalTask, split: str, predictor: 
                     "prediction": jsonable(prediction), **extra})
   scorer = None
   if no_gold is None:
-    scorer = example_scorer(list(seqio_task.metric_fns), records[0]["target"],
+    scorer = example_scorer(metric_fns_of(seqio_task), records[0]["target"],
                             records[0]["prediction"])
   for record in records:
     record["example_score"] = (None if scorer is None else

@@ -10,7 +10,6 @@ starts a worker process for TPU and fake-device targets).
 import logging
 from typing import Any, Dict
 
-from xltransfer.data import vocab_check
 from xltransfer.model.config import MODEL_SIZES
 from xltransfer.planning import compile as compile_lib
 from xltransfer.planning import devices as devices_lib
@@ -23,12 +22,15 @@ from xltransfer.train import run as run_lib
 def compute_plan(args, target) -> Dict[str, Any]:
   """Compiles and measures (in the process whose jax can make the target's devices)."""
   gin_files = run_config.parse(list(args.gin_file) + list(args.mesh_file), args.gin_bindings,
-                               args.gin_search_paths)
+                               args.gin_search_paths, getattr(args, "module", ()))
   devices = devices_lib.machine_devices(target)
   if target.kind == "local":
     target = _local_target(target, devices)
   run_config.bind_devices(devices)
   run = run_config.load(gin_files, args.inference_batch_size)
+  # Imported after the parse: it loads seqio and TensorFlow, which a config error need not
+  # wait for.
+  from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
   vocab_check.check_gin_train_datasets(run.model)  # Before compiling anything.
   partitioner = compile_lib.partitioner_for(run, devices)
   # The trainer `xltransfer train` builds from the same bindings.

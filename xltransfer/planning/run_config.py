@@ -55,20 +55,22 @@ def _required_macros():
   return names
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]):
-  """Parses the config like `xltransfer train`; returns the resolved gin file paths."""
+def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str],
+          modules: Sequence[str] = ()):
+  """Parses the config like `xltransfer train` (`modules`: its --module); returns the resolved
+  gin file paths."""
   gin_utils.import_modules(["xltransfer.partitioning", "xltransfer.model.factory",
                             "xltransfer.train.run"])
   gin.clear_config()
   try:
-    return gin_utils.parse_config(gin_files, bindings, search_paths)
+    return gin_utils.parse_config(gin_files, bindings, search_paths, modules)
   except ConfigError:
     required = [name for name in _required_macros() if name in PLACEHOLDERS]
     if not required:
       raise
   placeholders = [f"{name} = {PLACEHOLDERS[name]}" for name in required]
   gin.clear_config()
-  return gin_utils.parse_config(gin_files, placeholders + list(bindings), search_paths)
+  return gin_utils.parse_config(gin_files, placeholders + list(bindings), search_paths, modules)
 
 
 class _DeviceList(list):

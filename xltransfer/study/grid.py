@@ -49,7 +49,7 @@ ROLES = ("intermediate", "prefinetune", "finetune", "eval", "direct")
 STUDY_FILE = "study.json"
 
 # What the prefinetune stage trains on, and the file that task reads under the XTREME-R data
-# dir (xltransfer/tasks/targets.py, SIQA_FILES["train"]): `study run` checks it up front.
+# dir (tasks/targets.py, SIQA_FILES["train"]): `study run` checks it up front.
 SIQA_MIXTURE = "xlt_xcopa_siqa_train"
 SIQA_TRAIN_FILE = ("siqa", "socialIQa_v1.4_trn.jsonl")
 XTREME_DATA_BINDING = "xtreme_data_dir.path"
@@ -82,11 +82,12 @@ class Stage:
   bindings: tuple  # ((macro or configurable.param, python value), ...)
   raw_bindings: tuple  # ("NAME=VALUE", ...) from the spec, passed through verbatim
   deps: tuple  # ids of the stages whose outputs this one reads
+  modules: tuple = ()  # the user's task modules the command imports (--module)
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["bindings"] = [[k, v] for k, v in self.bindings]
-    for key in ("gin_files", "raw_bindings", "deps"):
+    for key in ("gin_files", "raw_bindings", "deps", "modules"):
       d[key] = list(d[key])
     return d
 
@@ -94,7 +95,8 @@ class Stage:
   def from_dict(cls, d: dict) -> "Stage":
     d = dict(d)
     d["bindings"] = tuple((k, _freeze(v)) for k, v in d["bindings"])
-    for key in ("gin_files", "raw_bindings", "deps"):
+    d.setdefault("modules", ())  # study files written before stages had modules
+    for key in ("gin_files", "raw_bindings", "deps", "modules"):
       d[key] = tuple(d[key])
     return cls(**d)
 
@@ -135,7 +137,8 @@ def build_stages(spec: spec_lib.StudySpec, study_dir: Optional[str] = None) -> l
     stages.append(Stage(
         stage_id, "train", role, condition, seed, target, stage_dir,
         (spec.model_gin(),) + tuple(spec.train_gin_files) + tuple(gin_files),
-        tuple(bindings + _common_bindings(spec)), tuple(spec.train_bindings), tuple(deps)))
+        tuple(bindings + _common_bindings(spec)), tuple(spec.train_bindings), tuple(deps),
+        tuple(spec.task_modules)))
     return checkpoint_of(spec, stage_dir, steps)
 
   def eval_stage(stage_id, role, condition, seed, target, checkpoint, deps):
@@ -150,7 +153,8 @@ def build_stages(spec: spec_lib.StudySpec, study_dir: Optional[str] = None) -> l
         stage_id, "eval", role, condition, seed, target, stage_dir,
         (spec.model_gin(),) + tuple(spec.eval_gin_files)
         + tuple(spec.target_gin_files.get(target, ())),
-        tuple(bindings + _common_bindings(spec)), tuple(spec.eval_bindings), tuple(deps)))
+        tuple(bindings + _common_bindings(spec)), tuple(spec.eval_bindings), tuple(deps),
+        tuple(spec.task_modules)))
 
   retrieval = [t for t in spec.targets if t in spec_lib.RETRIEVAL_TARGETS]
   if spec.baseline_condition == spec_lib.BASELINE:

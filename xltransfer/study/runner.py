@@ -66,6 +66,7 @@ def stage_argv(stage: grid.Stage, program=DEFAULT_PROGRAM, gin_file=None) -> lis
   train/eval flags (tests use small python scripts).
   """
   argv = [*program, stage.command] + [f"--gin_file={f}" for f in stage.gin_files]
+  argv += [f"--module={m}" for m in stage.modules]
   if gin_file:
     return argv + [f"--gin_file={gin_file}"]
   argv += [f"--gin.{name}={gin_literal(value)}" for name, value in stage.bindings]

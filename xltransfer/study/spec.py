@@ -118,6 +118,10 @@ class StudySpec:
   eval_bindings: tuple = ()
   # How a stage's checkpoint is named for the next stage: {model_dir} and {steps} expand.
   checkpoint_template: str = "{model_dir}"
+  # The user's modules registering tasks or mixtures the conditions name (module names, or
+  # .py paths): `study run` imports them to check the names, and every stage gets them as
+  # `--module` (also `study run --module`).
+  task_modules: tuple = ()
 
   def __post_init__(self):
     # gin hands over lists; freeze them so a spec is hashable and compares by value.
@@ -310,10 +314,15 @@ def load_spec(path: str, bindings=()) -> StudySpec:
     gin.clear_config()
   validate(spec, path)
   # Stages may run from another directory (or rerun from one): make local paths absolute.
-  return dataclasses.replace(spec, **{
+  return dataclasses.replace(spec, task_modules=module_paths(spec.task_modules), **{
       key: _absolute(getattr(spec, key))
       for key in ("initial_checkpoint", "xtreme_data_dir", "user_data_dir",
                   "original_data_dir")})
+
+
+def module_paths(modules) -> tuple:
+  """Task modules as stages elsewhere can import them: `.py` paths made absolute."""
+  return tuple(_absolute(m) if m.endswith(".py") or os.sep in m else m for m in modules)
 
 
 def _absolute(path):

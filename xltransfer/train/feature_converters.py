@@ -9,11 +9,9 @@
 TASK_FEATURE_LENGTHS has the keys `inputs` and `targets` for both; for the dual encoder they
 are the query and candidate lengths.
 """
+import functools
 import numbers
 from typing import Mapping
-
-import seqio
-import tensorflow as tf
 
 from xltransfer.errors import ConfigError
 from xltransfer.model.dual_encoder import CANDIDATE_FEATURE, QUERY_FEATURE
@@ -24,30 +22,52 @@ NAMES = (ENC_DEC, DUAL_ENCODER)
 TASK_FEATURES = ("inputs", "targets")
 
 
-class DualEncoderFeatureConverter(seqio.FeatureConverter):
-  """(query, candidate) token pairs, trimmed and zero-padded to their lengths."""
-
-  TASK_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for k in TASK_FEATURES}
-  MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
-                    for k in (QUERY_FEATURE, CANDIDATE_FEATURE)}
-  PACKING_FEATURE_DTYPES = {}
-
-  def __init__(self, pack: bool = False, **kwargs):
-    if pack:
-      # Packing would put several pairs in a row; in-batch negatives need one pair per row.
-      raise ConfigError("the dual encoder's batches cannot be packed: set DatasetConfig.pack = "
+# DatasetConfig checks its converter while a config is parsed: seqio and TensorFlow (seconds
+# to import) are imported only when a converter is made.
+_PACKED_DUAL_ENCODER = ("the dual encoder's batches cannot be packed: set DatasetConfig.pack = "
                         "False (gin/models/dual_encoder.gin does, when loaded after the run file)")
-    super().__init__(pack=False, **kwargs)
 
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    ds = self._pack_or_pad(ds, task_feature_lengths)
-    return ds.map(lambda ex: {QUERY_FEATURE: ex["inputs"], CANDIDATE_FEATURE: ex["targets"]},
-                  num_parallel_calls=tf.data.AUTOTUNE)
 
-  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    return {QUERY_FEATURE: task_feature_lengths["inputs"],
-            CANDIDATE_FEATURE: task_feature_lengths["targets"]}
+@functools.lru_cache(maxsize=None)
+def _dual_encoder_converter_class():
+  import seqio  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+  class DualEncoderFeatureConverter(seqio.FeatureConverter):
+    """(query, candidate) token pairs, trimmed and zero-padded to their lengths."""
+
+    TASK_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                     for k in TASK_FEATURES}
+    MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                      for k in (QUERY_FEATURE, CANDIDATE_FEATURE)}
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = False, **kwargs):
+      if pack:
+        # Packing would put several pairs in a row; in-batch negatives need one pair per row.
+        raise ConfigError(_PACKED_DUAL_ENCODER)
+      super().__init__(pack=False, **kwargs)
+
+    def _convert_features(self, ds: "tf.data.Dataset",
+                          task_feature_lengths: Mapping[str, int]) -> "tf.data.Dataset":
+      ds = self._pack_or_pad(ds, task_feature_lengths)
+      return ds.map(lambda ex: {QUERY_FEATURE: ex["inputs"], CANDIDATE_FEATURE: ex["targets"]},
+                    num_parallel_calls=tf.data.AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                  ) -> Mapping[str, int]:
+      return {QUERY_FEATURE: task_feature_lengths["inputs"],
+              CANDIDATE_FEATURE: task_feature_lengths["targets"]}
+
+  DualEncoderFeatureConverter.__module__ = __name__
+  return DualEncoderFeatureConverter
+
+
+def __getattr__(name):
+  # `feature_converters.DualEncoderFeatureConverter`, made on first use (see above).
+  if name == "DualEncoderFeatureConverter":
+    return _dual_encoder_converter_class()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check(name: str, task_feature_lengths: Mapping[str, int], pack: bool) -> None:
@@ -64,10 +84,12 @@ def check(name: str, task_feature_lengths: Mapping[str, int], pack: bool) -> Non
     if not isinstance(length, numbers.Integral) or isinstance(length, bool) or length <= 0:
       raise ConfigError(f"TASK_FEATURE_LENGTHS[{key!r}] must be a positive integer, got {length!r}")
   if name == DUAL_ENCODER and pack:
-    DualEncoderFeatureConverter(pack=True)  # raises with the explanation
+    raise ConfigError(_PACKED_DUAL_ENCODER)
 
 
-def make(name: str, pack: bool) -> seqio.FeatureConverter:
+def make(name: str, pack: bool):
+  """The seqio.FeatureConverter named `name`."""
   if name == DUAL_ENCODER:
-    return DualEncoderFeatureConverter(pack=pack)
+    return _dual_encoder_converter_class()(pack=pack)
+  import seqio  # pylint: disable=import-outside-toplevel
   return seqio.EncDecFeatureConverter(pack=pack)

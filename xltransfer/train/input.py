@@ -21,16 +21,18 @@ from typing import Dict, Iterator, Mapping, Optional
 import gin
 import jax
 import numpy as np
-import seqio
-import tensorflow as tf
 
 from xltransfer.errors import ConfigError, UserError
 from xltransfer.train import feature_converters
+
+# seqio and TensorFlow take seconds to import; DatasetConfig is registered (and checked) while
+# a config is parsed, so they are imported by the functions that read data.
 
 SHARDING_MODES = ("source", "host_slice")
 
 
 def _require_registered(name: str):
+  import seqio  # pylint: disable=import-outside-toplevel
   if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
     return
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
@@ -82,8 +84,10 @@ class DatasetConfig:
 
 
 def host_dataset(config: DatasetConfig, shard_index: int, num_shards: int, per_host_batch: int,
-                 num_epochs: Optional[int] = None) -> tf.data.Dataset:
+                 num_epochs: Optional[int] = None) -> "tf.data.Dataset":
   """This host's batches (numpy-convertible dicts) of the model's features."""
+  import seqio  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   _require_registered(config.mixture_or_task_name)
   options = dict(
       mixture_or_task_name=config.mixture_or_task_name,

@@ -27,7 +27,6 @@ import numpy as np
 
 from xltransfer import run_lock
 from xltransfer.disk_full import reporting_disk_full
-from xltransfer.data import vocab_check
 from xltransfer.errors import CheckpointError, ConfigError, UserError
 from xltransfer.partitioning import create_partitioner
 from xltransfer.train import checkpointing
@@ -273,6 +272,8 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
     input_lib._require_registered(train_dataset.mixture_or_task_name)  # pylint: disable=protected-access
     if eval_dataset is not None:
       input_lib._require_registered(eval_dataset.mixture_or_task_name)  # pylint: disable=protected-access
+    # Imported here: it loads seqio and TensorFlow, which a config error need not wait for.
+    from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
     vocab_check.check_model_vocabulary(model, train_dataset, eval_dataset, inference_evaluator)
     if initial_checkpoint_path and not initial_checkpoint_path.startswith("gs://") and (
         not os.path.exists(initial_checkpoint_path)):

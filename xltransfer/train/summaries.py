@@ -25,11 +25,9 @@ from typing import Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from xltransfer.disk_full import reporting_disk_full
 from xltransfer.errors import ConfigError
-from xltransfer.scalar_summaries import create_writer
 from xltransfer.train.trainer import to_host
 
 AVERAGED = ("loss", "z_loss", "cross_ent_loss", "grad_norm")
@@ -92,6 +90,9 @@ def drop_events_after(log_dir: str, step: int):
   """Rewrites the TensorBoard event files in `log_dir` without their summaries of steps after
   `step` (each file via a temporary copy renamed over it); a record cut short by a kill ends
   the file's readable part."""
+  # Here, not at the top: `xltransfer train` imports this module to parse its config, and a
+  # config error should not wait seconds for TensorFlow.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   for path in sorted(tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
     kept, dropped = [], 0
     try:
@@ -130,9 +131,11 @@ class TrainSummaries:
                  f"{DEFAULT_LOG_POINTS})) for the N = {total_steps - start_step} steps of this "
                  "run)")
     self._is_chief = jax.process_index() == 0
-    self._writer = create_writer(
+    # clu's writers import TensorFlow: not at the top, which a config's parse imports.
+    from xltransfer import scalar_summaries  # pylint: disable=import-outside-toplevel
+    self._writer = scalar_summaries.create_writer(
         os.path.join(model_dir, "train"), just_logging=not self._is_chief, asynchronous=True)
-    self._eval_writer = create_writer(
+    self._eval_writer = scalar_summaries.create_writer(
         os.path.join(model_dir, "validation"), just_logging=not self._is_chief, asynchronous=True)
     self._jsonl = os.path.join(model_dir, "train_metrics.jsonl")
     if self._is_chief:

@@ -8,11 +8,14 @@ How a task is evaluated (`xltransfer.evaluation` reads it here, never from the t
                          the most likely (multiple choice: XCOPA, SIQA, HellaSwag, ...);
   "retrieval"            embed queries and candidates with the encoder and rank by cosine
                          similarity (Tatoeba, Mewsli-X, LAReQA: `family` names the retrieval set).
-The catalogue holds xltransfer's own `xlt_` registrations. A task registered directly with
-seqio (a user's task) is evaluated by generation with its own metric_fns, or as
-`declare_evaluation` says; see xltransfer/evaluation/eval_tasks.py for the defaults.
+The study's own registrations are named `xlt_...`; a user's task may take any name, through
+`register_task` (listed here) or directly with seqio (evaluated by generation with its own
+metric_fns, or as `declare_evaluation` says; see xltransfer/evaluation/eval_tasks.py). A task
+without metric_fns is scored by exact-match accuracy (xltransfer/evaluation/examples.py);
+`register_task` warns about a target task registered without them.
 """
 import dataclasses
+import logging
 from typing import Optional
 
 import seqio
@@ -67,14 +70,6 @@ def standard_tail():
   return [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
 
 
-def _check_name(name, what):
-  if not name.startswith(PREFIX):
-    raise ConfigError(
-        f"{what} {name!r}: the catalogue holds xltransfer's own registrations, whose names start "
-        f"with {PREFIX!r}; register your own task with seqio.TaskRegistry.add (any name) and "
-        "say how it is evaluated with xltransfer.tasks.catalog.declare_evaluation")
-
-
 def _check_evaluation(name, evaluation):
   if evaluation not in EVALUATIONS:
     raise ConfigError(f"task {name!r}: unknown evaluation {evaluation!r}; valid: "
@@ -85,11 +80,15 @@ def register_task(name, *, kind, family, language, data, source, preprocessors,
                   metric_fns=(), postprocess_fn=None, splits=None, evaluation=GENERATION):
   """Registers a seqio Task (replacing an earlier one of the same name) and catalogs it with
   how it is evaluated (one of EVALUATIONS)."""
-  _check_name(name, "register_task")
   if kind not in KINDS or kind == "mixture":
     raise ConfigError(f"register_task {name!r}: unknown kind {kind!r}; valid: "
                       f"{', '.join(k for k in KINDS if k != 'mixture')}")
   _check_evaluation(name, evaluation)
+  if kind == "target" and not metric_fns and evaluation != RETRIEVAL:
+    logging.warning(
+        "register_task %r: a target task without metric_fns; `xltransfer eval` scores it by "
+        "exact-match accuracy. Pass metric_fns (xltransfer.tasks.metrics has the XTREME-R "
+        "ones) to choose its metric", name)
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(), preprocessors=preprocessors,
@@ -100,7 +99,6 @@ def register_task(name, *, kind, family, language, data, source, preprocessors,
 
 def register_mixture(name, tasks, *, family, default_rate=None, data="(its tasks)"):
   """Registers a seqio Mixture of (task, rate) pairs or task names with a default rate."""
-  _check_name(name, "register_mixture")
   seqio.MixtureRegistry.remove(name)
   seqio.MixtureRegistry.add(name, list(tasks), default_rate=default_rate)
   ENTRIES[name] = Entry(name, "mixture", family, None, (), data)
