@@ -1,4 +1,5 @@
-"""Greedy decoding throughput of xltransfer's mT5 against HF PyTorch `generate`, side by side.
+"""Decoding throughput of xltransfer's mT5 against HF PyTorch `generate`, side by side: greedy,
+or beam search with `--num_beams`.
 
 Both run on this machine's CPU with the same weights (HF's random init converted) and the same
 inputs, each with its key/value cache, each in float32 and in bfloat16 (ours: bf16 activations,
@@ -9,8 +10,14 @@ largest of the others and no row stops early. Prints new tokens per second of al
 x new tokens / wall time, encoder included), the best against the best, the model FLOP/s over a
 bf16 GEMM peak measured here, and how many tokens each pair of modes agrees on.
 
+With `--num_beams K` both sides run beam search (ours: `EncoderDecoderModel.beam_search`; HF:
+`generate(num_beams=K)`) and the best beam's tokens are compared. No hypothesis can end (EOS
+never wins), so all have the same length and the two length penalties (GNMT's for us, HF's
+length ** penalty) rank them alike.
+
   python benchmarks/decode_vs_hf.py                     # mT5-small, batch 16, 256 in, 64 new
   python benchmarks/decode_vs_hf.py --size tiny --batch 2 --inputs 16 --new_tokens 4 --steps 1
+  python benchmarks/decode_vs_hf.py --num_beams 4 --batch 4 --new_tokens 32 --steps 1
 """
 import argparse
 import os
@@ -34,6 +41,8 @@ def _args():
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--dtype", default="both", help="float32, bfloat16 or both")
+  parser.add_argument("--num_beams", type=int, default=1,
+                      help="1: greedy decoding; K > 1: beam search with K beams on both sides")
   return parser.parse_args()
 
 
@@ -61,6 +70,9 @@ def main():
 
   def ours(mode):
     model = EncoderDecoderModel(config.replace(dtype=mode))
+    if args.num_beams > 1:  # The best beam (they come best first).
+      return lambda: np.asarray(jax.block_until_ready(model.beam_search(
+          params, device_inputs, args.new_tokens, args.num_beams)[0][:, 0]))
     return lambda: np.asarray(jax.block_until_ready(
         model.greedy_decode(params, device_inputs, args.new_tokens)))
 
@@ -71,13 +83,14 @@ def main():
     def run():
       with torch.no_grad(), hf_autocast(mode):
         out = reference.generate(input_ids=torch_inputs, attention_mask=mask, do_sample=False,
-                                 num_beams=1, max_new_tokens=args.new_tokens,
+                                 num_beams=args.num_beams, max_new_tokens=args.new_tokens,
                                  min_new_tokens=args.new_tokens, use_cache=True)
       return out[:, 1:].numpy()  # Drops the decoder start token.
     return run
 
   modes = modes_from_flag(args.dtype)
-  print(f"mT5-{args.size} greedy decoding, batch {args.batch}, inputs {args.inputs}, "
+  search = f"beam search ({args.num_beams} beams)" if args.num_beams > 1 else "greedy decoding"
+  print(f"mT5-{args.size} {search}, batch {args.batch}, inputs {args.inputs}, "
         f"{args.new_tokens} new tokens, vocab {config.vocab_size}, "
         f"{args.threads} CPU threads, {args.steps} timed runs after {args.warmup} warm-up; "
         f"jax {jax.__version__}, torch {torch.__version__}")
@@ -93,7 +106,9 @@ def main():
                          f"(shape {out.shape}); the timings would not compare")
       rows.append((name.replace("HF generate", "HF"), seconds))
       outputs[name] = out
-  report(rows, tokens, "tokens", decode_flops(config, args.batch, args.inputs, args.new_tokens),
+  peak, peaks = bf16_gemm_peak(previous=(peak, peaks))  # again: the better probe counts
+  report(rows, tokens, "tokens",
+         decode_flops(config, args.batch, args.inputs, args.new_tokens, args.num_beams),
          peak, peaks, per="decode")
   names = list(outputs)
   for i, first in enumerate(names):

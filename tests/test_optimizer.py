@@ -62,6 +62,18 @@ def test_matches_reference_update(factored):
   np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,dims", [((6, 40), (0,)), ((6, 40), (1,)), ((3, 4, 5), (0, 1)),
+                                         ((3, 4, 5), (1,)), ((3, 4, 5), (0, 2)), ((7,), (0,))])
+def test_mean_over_is_the_mean(shape, dims):
+  # Leading axes go through a matrix-vector product (fast on XLA:CPU); the rest through
+  # jnp.mean. Either way the statistic is the mean, to float32 rounding.
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape, jnp.float32, 0.0, 3.0)
+  got = jax.jit(opt_lib._mean_over, static_argnums=1)(x, dims)
+  np.testing.assert_allclose(np.asarray(got), np.mean(np.asarray(x, np.float64), axis=dims),
+                             rtol=1e-6)
+  assert got.shape == np.mean(np.asarray(x), axis=dims).shape
+
+
 def test_factoring_is_t5x_s():
   """T5X `adafactor.py` with standard_logical_factor_rules (its mT5 configs): rank <= 2 without
   a batch axis -> the size heuristic `_factored_dims` (logical axes ignored), else the rule.

@@ -17,8 +17,15 @@ def length_penalty(length, alpha: float):
 
 
 def _gather_beams(tree, indices, batch, beams, batch_axis):
-  """Reorders [.., batch*beams, ..] arrays (cache) by per-example beam indices [batch, k]."""
-  def gather(x):
+  """Reorders [.., batch*beams, ..] arrays (cache) by per-example beam indices [batch, k].
+
+  Cross-attention keys and values are left as they are: an example's beams all attend to its
+  one encoder output, so reordering them among themselves changes nothing, and skipping them
+  saves copying the largest part of the cache on every step.
+  """
+  def gather(path, x):
+    if any(getattr(key, "key", None) == "encoder_decoder_attention" for key in path):
+      return x
     if x.ndim <= batch_axis:
       return x  # cache indices (scalars, or one per layer when scanned)
     shape = x.shape
@@ -26,7 +33,7 @@ def _gather_beams(tree, indices, batch, beams, batch_axis):
     idx = indices.reshape((1,) * batch_axis + indices.shape + (1,) * (x.ndim - batch_axis - 2))
     x = jnp.take_along_axis(x, idx, axis=batch_axis + 1)
     return x.reshape(shape)
-  return jax.tree_util.tree_map(gather, tree)
+  return jax.tree_util.tree_map_with_path(gather, tree)
 
 
 def _take(x, indices):
@@ -48,7 +55,9 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
   batch = encoder_input_tokens.shape[0]
   k = beam_size
   tokens_k = jnp.repeat(encoder_input_tokens, k, axis=0)
-  encoded = module.apply({"params": params}, tokens_k, method=Transformer.encode)
+  # The encoder runs once per example; its output is copied to the example's k beams.
+  encoded = jnp.repeat(module.apply({"params": params}, encoder_input_tokens,
+                                    method=Transformer.encode), k, axis=0)
 
   def step(tokens, cache):
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}

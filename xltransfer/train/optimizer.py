@@ -217,6 +217,24 @@ def _drop_dims(shape, dims):
   return tuple(s for i, s in enumerate(shape) if i not in dims)
 
 
+def _mean_over(x, dims: Tuple[int, ...]):
+  """`jnp.mean(x, axis=dims)`; over leading axes, as a matrix-vector product.
+
+  XLA:CPU's library reduction walks a reduction over leading axes (an [embed, vocab] kernel's
+  column statistic) at a fraction of memory speed: with mT5's 512 x 250k output layer the
+  mT5-small bf16 train step took 4.6 s on 2 CPU cores, 3.2 s with this. As a product with a
+  vector of 1/n (float32 at full precision) it streams the rows; the result differs only in
+  summation order.
+  """
+  dims = tuple(sorted(dims))
+  if not dims or dims != tuple(range(len(dims))) or len(dims) == x.ndim:
+    return jnp.mean(x, axis=dims)
+  count = int(np.prod([x.shape[d] for d in dims]))
+  weights = jnp.full((count,), 1.0 / count, x.dtype)
+  return jnp.tensordot(weights, x.reshape((count,) + x.shape[len(dims):]), axes=1,
+                       precision=jax.lax.Precision.HIGHEST)
+
+
 def scale_by_factored_rms(factorings, decay_rate: float = 0.8, step_offset: int = 0,
                           epsilon1: float = 1e-30, epsilon2: float = 1e-3,
                           clipping_threshold: Optional[float] = 1.0,
@@ -249,8 +267,8 @@ def scale_by_factored_rms(factorings, decay_rate: float = 0.8, step_offset: int 
       grad = grad.astype(jnp.float32)
       grad_sqr = grad * grad + epsilon1
       if f.factored:
-        new_v_row = decay * v_row + mixing * jnp.mean(grad_sqr, axis=f.col_dims)
-        new_v_col = decay * v_col + mixing * jnp.mean(grad_sqr, axis=f.row_dims)
+        new_v_row = decay * v_row + mixing * _mean_over(grad_sqr, f.col_dims)
+        new_v_col = decay * v_col + mixing * _mean_over(grad_sqr, f.row_dims)
         # Row dims' positions inside v_row (whose column dims are gone).
         rows_in_v_row = tuple(d - sum(c < d for c in f.col_dims) for d in f.row_dims)
         row_mean = jnp.mean(new_v_row, axis=rows_in_v_row, keepdims=True)
