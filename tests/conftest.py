@@ -17,6 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"xltransfer_test_jax_cache_{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# The registered task names (xltransfer/registered_names.py) are remembered here, not in the
+# user's ~/.cache; the first test process that imports xltransfer.tasks writes them.
+os.environ.setdefault("XLTRANSFER_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"xltransfer_test_cache_{os.getuid()}"))
 
 # The trainer tests' seqio task (`xlt_test_copy`) is registered by the module
 # tests/fixtures/train/train_fixture_tasks.py, which test modules import and which

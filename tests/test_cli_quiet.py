@@ -167,11 +167,12 @@ def test_mistyped_macro_is_one_line_without_tensorflow(tmp_path):
 @pytest.mark.slow
 def test_unknown_task_after_the_libraries_load_is_one_line_unless_verbose(tmp_path):
   # This error comes after TensorFlow (the task registry) and jax (the MODEL_DIR lock) have
-  # loaded and logged; JAX_PLATFORMS unset lets an installed libtpu probe for a TPU too.
+  # loaded and logged (an empty names cache: registered_names.py cannot answer it before);
+  # JAX_PLATFORMS unset lets an installed libtpu probe for a TPU too.
   argv = ("train", "--gin_file=models/mt5_small.gin", "--gin_file=runs/finetune.gin",
           f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=3",
           "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.MIXTURE_OR_TASK_NAME='xlt_xnli_trian'")
-  env = {"JAX_PLATFORMS": ""}
+  env = {"JAX_PLATFORMS": "", "XLTRANSFER_CACHE_DIR": str(tmp_path / "cache")}
   quiet = _xltransfer(*argv, **env)
   assert quiet.returncode == 2
   lines = quiet.stderr.splitlines()
@@ -181,6 +182,7 @@ def test_unknown_task_after_the_libraries_load_is_one_line_unless_verbose(tmp_pa
   # `--log_level` format, no library's.
   assert all(" INFO " in line or " WARNING " in line for line in lines[:-1]), quiet.stderr
   assert not any(library_logs.is_noise(line.encode()) for line in lines)
+  (tmp_path / "cache" / "task_names.json").unlink()  # the quiet run remembered the names
   verbose = _xltransfer("-v", *argv, **env)
   assert verbose.returncode == 2
   assert verbose.stderr.splitlines()[-1] == lines[-1]

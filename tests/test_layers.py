@@ -19,7 +19,7 @@ MAPPED_PACKAGES = {"xltransfer.tasks": os.path.join(REPO, "tasks")}
 LAYERS = (
     ("errors", {"errors"}),
     ("foundation", {"gin_utils", "command_line", "run_lock", "disk_full", "host_memory",
-                    "scalar_summaries", "library_logs"}),
+                    "scalar_summaries", "registered_names", "library_logs"}),
     ("core", {"model", "partitioning", "data", "checkpoints", "metrics"}),
     ("tasks", {"tasks"}),
     ("runs", {"train", "evaluation"}),

@@ -19,6 +19,7 @@ from xltransfer.errors import ConfigError, UserError
 from xltransfer.evaluation import examples
 from xltransfer.study import grid, runner
 from xltransfer.study import spec as spec_lib
+from xltransfer.tasks import catalog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(REPO, "tasks", "my_task_template.py")
@@ -30,6 +31,7 @@ def isolated_imports(monkeypatch):
   monkeypatch.setattr(sys, "path", list(sys.path))
   before_modules = set(sys.modules)
   before_tasks = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  before_entries = set(catalog.ENTRIES)
   gin.clear_config()
   yield
   gin.clear_config()
@@ -40,6 +42,8 @@ def isolated_imports(monkeypatch):
     seqio.TaskRegistry.remove(name)
   for name in set(seqio.MixtureRegistry.names()) - before_tasks:
     seqio.MixtureRegistry.remove(name)
+  for name in set(catalog.ENTRIES) - before_entries:
+    del catalog.ENTRIES[name]
 
 
 def _task_module(directory, name, body=None):

@@ -33,6 +33,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from xltransfer import gin_utils
+from xltransfer import registered_names
 from xltransfer.errors import ConfigError
 
 DEFAULT_GIN_FILE = "eval/zeroshot.gin"
@@ -77,6 +78,15 @@ def _macro_bindings(args) -> List[str]:
   return [f"{name} = {value!r}" for name, value in flags.items() if value is not None]
 
 
+def _task_names(gin) -> List[str]:
+  """The comma-separated names of MIXTURE_OR_TASK_NAME (--tasks), if the config uses it."""
+  try:
+    value = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  except ValueError:
+    return []
+  return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else []
+
+
 def _run(argv: Sequence[str]) -> int:
   rest, cli_bindings = gin_utils.split_gin_flags(argv)
   args = _parser().parse_args(rest)
@@ -96,6 +106,7 @@ def _run(argv: Sequence[str]) -> int:
   gin.clear_config()
   gin_utils.parse_config(gin_files, list(args.gin_bindings) + _macro_bindings(args)
                          + cli_bindings, args.gin_search_paths, args.module)
+  registered_names.check(_task_names(gin), "task or mixture")  # before TensorFlow loads
   gin_utils.import_modules(["xltransfer.tasks"])
   from xltransfer.evaluation import evaluator, outputs  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()

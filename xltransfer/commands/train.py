@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import gin
 
 from xltransfer import gin_utils
+from xltransfer import registered_names
 from xltransfer.errors import ConfigError
 from xltransfer.train import termination
 
@@ -53,6 +54,15 @@ def _registration_modules():
   """The modules whose configurables a training config names (tasks: optional)."""
   return (["xltransfer.partitioning", "xltransfer.model.factory", "xltransfer.train.run",
            "xltransfer.train.evaluate"], ["xltransfer.tasks"])
+
+
+def _task_names() -> list:
+  """The MIXTURE_OR_TASK_NAME macro's name, if the config uses the macro."""
+  try:
+    name = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
+  except ValueError:
+    return []
+  return [name] if isinstance(name, str) else []
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -92,6 +102,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
   gin.clear_config()
   gin_utils.parse_config(args.gin_file, list(args.gin_bindings) + cli_bindings,
                          args.gin_search_paths, args.module)
+  registered_names.check(_task_names(), "MIXTURE_OR_TASK_NAME")  # before TensorFlow loads
   gin_utils.import_modules([], tasks)
   from xltransfer.train import evaluate, run  # pylint: disable=import-outside-toplevel
   entry = run.train if args.run_mode == "train" else evaluate.evaluate

@@ -7,6 +7,7 @@ releases must be where the stages will look.
 import difflib
 import os
 
+from xltransfer import registered_names
 from xltransfer.data import paths
 from xltransfer.errors import ConfigError, UserError
 from xltransfer.study import grid, runner
@@ -28,9 +29,13 @@ def check_compatible(study_dir, stages):
 def check_names(stages, where, known=None) -> None:
   """Raises ConfigError naming each mixture/task the stages use that seqio does not know."""
   if known is None:
-    import seqio  # pylint: disable=import-outside-toplevel
-    import xltransfer.tasks  # pylint: disable=import-outside-toplevel,unused-import
-    known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    remembered = registered_names.remembered()  # no TensorFlow needed when remembered
+    if remembered is not None:
+      known = remembered | registered_names.loaded_seqio_names()
+    else:
+      import seqio  # pylint: disable=import-outside-toplevel
+      import xltransfer.tasks  # pylint: disable=import-outside-toplevel,unused-import
+      known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   unknown = grid.unknown_mixtures(stages, known)
   if unknown:
     problems = []
