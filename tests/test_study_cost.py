@@ -9,6 +9,9 @@ from xltransfer.commands import study as study_command
 from xltransfer.errors import UserError
 from xltransfer.study import cost
 
+# `plan` parses (and locks) the gin config in this process.
+pytestmark = pytest.mark.usefixtures("clean_gin")
+
 # One seed: 1 intermediate stage (1000 steps x 128) and 4 fine-tunings (baseline and mnli x
 # xnli, lareqa; tatoeba has none), 1000 steps x 128 each.
 SPEC = """

@@ -16,6 +16,7 @@ def registry(monkeypatch, tmp_path):
   from xltransfer.tasks import rates  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("XLTRANSFER_DATA_DIR", os.path.join(FIXTURES, "intermediate"))
   monkeypatch.setenv(rates.CACHE_ENV_VAR, str(tmp_path / "cache"))
+  gin.clear_config()  # the tests bind parameters: start unlocked, whatever ran before
   yield rates
   gin.clear_config()
 
