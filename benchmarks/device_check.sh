@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's device check, one script: mT5-base, -large and -XL train steps and greedy decoding,
 # xltransfer (JAX) against HF PyTorch on the GPU present (benchmarks/gpu_step.py), and
-# `xltransfer plan --topology local` for the same configs where it can run.
+# `xltransfer plan --topology local` for the same configs.
 #
 # It runs in the repository root (the device tool's copy of the working tree) and writes to
 # $OUT: device_check.log (all output), gpu_step_SIZE.json per size, plan_SIZE.json per size
@@ -18,8 +18,8 @@
 # The project itself is not installed: PYTHONPATH points at this checkout (gin files are read
 # from its gin/ folder).
 #
-# On a CPU, tiny shapes end to end (gpu_step --tiny, and `plan` for the tiny config if seqio is
-# installed; DEVICE_CHECK_PLAN=0 skips it):
+# On a CPU, tiny shapes end to end (gpu_step --tiny, and `plan` for the tiny config;
+# DEVICE_CHECK_PLAN=0 skips it):
 #   DEVICE_CHECK_TINY=1 OUT=/tmp/device_out PYTHON=.venv/bin/python bash benchmarks/device_check.sh
 set -u
 OUT=${OUT:?set OUT to the folder for the figures}
@@ -72,7 +72,7 @@ else
       exit 2
     fi
   done
-  PLAN_LIMIT=25  # only where seqio is installed; with the sizes, under 8 minutes
+  PLAN_LIMIT=25  # with the sizes, under 8 minutes
 fi
 
 if command -v nvidia-smi > /dev/null; then
@@ -96,14 +96,8 @@ done
 
 if [ "$RUN_PLAN" != 1 ]; then
   echo "[device_check] xltransfer plan: SKIPPED (DEVICE_CHECK_PLAN=$RUN_PLAN)"
-elif ! "$PYTHON" -c "import seqio" 2> /dev/null; then
-  # planning/plan.py imports data/vocab_check.py, which imports seqio, and planning/compile.py
-  # takes the batch's features from seqio's EncDecFeatureConverter: plan cannot run here.
-  echo "[device_check] xltransfer plan: SKIPPED: seqio is not installed (planning/plan.py imports" \
-       "xltransfer/data/vocab_check.py, which imports seqio; planning/compile.py builds the batch" \
-       "with seqio's EncDecFeatureConverter). gpu_step's 'pred GiB' is the same prediction, from" \
-       "its own compile of the same step (planning/compile.py's formula)."
 else
+  # Without seqio (the GPU image), plan skips the vocabulary check, saying so: no seqio task.
   for size in "${SIZES[@]}"; do
     mapfile -t FLAGS < <("$PYTHON" benchmarks/gpu_step.py --sizes "$size" "${MODE[@]}" --plan_flags)
     step "xltransfer plan $size" "$PLAN_LIMIT" "$PYTHON" -m xltransfer plan "${FLAGS[@]}" \

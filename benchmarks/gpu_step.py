@@ -112,12 +112,11 @@ def peak_bf16_flops(device_kind: str):
 
 
 def packed_model_features(inputs: int, targets: int):
-  """The packed enc_dec batch features (name -> length) as seqio's EncDecFeatureConverter with
-  pack=True makes them (tests/test_gpu_step_benchmark.py compares with seqio's own list)."""
-  return {"encoder_input_tokens": inputs, "encoder_segment_ids": inputs,
-          "encoder_positions": inputs, "decoder_target_tokens": targets,
-          "decoder_input_tokens": targets, "decoder_loss_weights": targets,
-          "decoder_segment_ids": targets, "decoder_positions": targets}
+  """The packed enc_dec batch features (name -> length) the trainer's converter makes, from
+  the planner's seqio-free list (tests/test_plan_without_seqio.py compares it with seqio's)."""
+  from xltransfer.train import feature_converters  # pylint: disable=import-outside-toplevel
+  return feature_converters.model_feature_lengths(
+      feature_converters.ENC_DEC, True, {"inputs": inputs, "targets": targets})
 
 
 def _packed_stream(rng, rows, length, segments, vocab_size):

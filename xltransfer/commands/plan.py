@@ -13,7 +13,7 @@ place of greedy decoding, and the report says so.
 
 Targets (--topology): TPU topologies (v4:4x4x8, v5e:16x16, v5p:4x4x4, v6e:8x8) or gcloud
 accelerator types (v4-128, v5litepod-256, v5p-128), compiled by libtpu's TPU compiler (the
-`tpu` extra; no TPU needed); GPU nodes (h100:8, h100:4x8, a100:8) and fake CPU meshes
+`tpu` extra; no TPU needed); GPU nodes (h100:8, h100:4x8, h200:8, a100:8) and fake CPU meshes
 (cpu:8), compiled by XLA:CPU on fake host devices (memory is then an estimate); `local`, the
 devices of this machine. TPU and fake-device targets compile in a worker process that gets
 the environment they need.

@@ -61,9 +61,10 @@ def partitioner_for(run, devices):
 
 def abstract_batch(run, trainer: Trainer) -> Dict[str, jax.ShapeDtypeStruct]:
   """The feature converter's batch (packed or not), sharded as the trainer expects."""
-  # The same converter as the trainer's input pipeline (train/input.py), so the same features.
-  converter = feature_converters.make(run.feature_converter, run.pack)
-  lengths = converter.get_model_feature_lengths(run.task_feature_lengths)
+  # The features of the trainer's input pipeline's converter (train/input.py), stated as data
+  # so that a plan needs no seqio.
+  lengths = feature_converters.model_feature_lengths(run.feature_converter, run.pack,
+                                                     run.task_feature_lengths)
   return trainer.abstract_batch(run.batch_size, lengths)
 
 

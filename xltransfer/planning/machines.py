@@ -4,9 +4,10 @@ A target is named on the command line as
 
   TPU    `v4:4x4x8`, `v5e:16x16`, `v5p:4x4x4`, `v6e:8x8` (jax topology names, chips), or the
          gcloud accelerator type `v4-256`, `v5litepod-256`, `v5p-128` (TensorCores for v4/v5p)
-  GPU    `h100:8` (one node of 8), `h100:4x8` (4 nodes of 8), `a100:8`, `a100-40gb:8`
+  GPU    `h100:8` (one node of 8), `h100:4x8` (4 nodes of 8), `h200:8`, `a100:8`, `a100-40gb:8`
   CPU    `cpu:8` (8 fake host devices)
-  local  the devices this process sees (on a TPU VM or a GPU node)
+  local  the devices this process sees (on a TPU VM or a GPU node), known by their jax
+         device_kind (`local_chip`), their memory from the allocator's bytes_limit
 
 TPU targets compile with the real TPU compiler from libtpu (compile-only devices; no TPU is
 needed). GPU and CPU targets compile on fake host devices with XLA:CPU, so their memory
@@ -28,7 +29,7 @@ class Chip:
   name: str
   hbm_bytes: int
   peak_flops: float
-  # jax `device_kind` of the compile-only device, to check that libtpu made what we asked.
+  # jax `device_kind`: checks that libtpu made what we asked, and names a `local` device.
   device_kind: Optional[str] = None
 
 
@@ -39,14 +40,21 @@ CHIPS: Dict[str, Chip] = {
     "v5e": Chip("TPU v5e", 16 * GIB, 197e12, "TPU v5 lite"),
     "v5p": Chip("TPU v5p", 95 * GIB, 459e12, "TPU v5"),
     "v6e": Chip("TPU v6e", 32 * GIB, 918e12, "TPU v6 lite"),
-    "h100": Chip("NVIDIA H100 80GB (SXM)", 80 * GIB, 989e12),
-    "a100": Chip("NVIDIA A100 80GB", 80 * GIB, 312e12),
-    "a100-40gb": Chip("NVIDIA A100 40GB", 40 * GIB, 312e12),
+    # A GPU's device_kind is CUDA's device name, as nvidia-smi and torch print it.
+    "h100": Chip("NVIDIA H100 80GB (SXM)", 80 * GIB, 989e12, "NVIDIA H100 80GB HBM3"),
+    # The H100's compute with 141 GB (nvidia-smi: 143771 MiB).
+    "h200": Chip("NVIDIA H200 (SXM)", 140 * GIB, 989e12, "NVIDIA H200"),
+    "a100": Chip("NVIDIA A100 80GB", 80 * GIB, 312e12, "NVIDIA A100-SXM4-80GB"),
+    "a100-40gb": Chip("NVIDIA A100 40GB", 40 * GIB, 312e12, "NVIDIA A100-SXM4-40GB"),
     # A fake host device: no HBM limit of its own; memory is checked against --hbm_gib.
     "cpu": Chip("CPU (fake host device)", 16 * GIB, 1e12),
 }
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
-GPU_KINDS = ("h100", "a100", "a100-40gb")
+GPU_KINDS = ("h100", "h200", "a100", "a100-40gb")
+# Other CUDA names of the same peak FLOP/s (PCIe A100s run at the SXM parts' 312 TFLOP/s). Not
+# matched, so their peak is unknown: H100 PCIe (756 TFLOP/s) and H100 NVL (835). An H200 NVL
+# (835) reported as "NVIDIA H200" cannot be told apart by name: its plan overstates the peak.
+_OTHER_GPU_NAMES = {"NVIDIA A100-PCIE-40GB": "a100-40gb", "NVIDIA A100 80GB PCIe": "a100"}
 _GCLOUD_GENERATIONS = {"v4": "v4", "v5p": "v5p", "v5litepod": "v5e", "v6e": "v6e"}
 
 # Chips -> torus shape, as Cloud TPU builds slices of each size.
@@ -132,3 +140,15 @@ def check_device_kind(target: Machine, device_kind: str):
   if target.chip.device_kind and device_kind != target.chip.device_kind:
     raise ConfigError(f"libtpu made {device_kind!r} devices for {target.name}, expected "
                       f"{target.chip.device_kind!r}; memory and FLOP/s numbers would be wrong")
+
+
+def local_chip(device_kind: str, memory_bytes: Optional[int]) -> Chip:
+  """The chip of a device this process sees (`--topology local`), by its jax `device_kind`;
+  `memory_bytes` (the allocator's `bytes_limit`, what jax may use) replaces the chip's HBM when
+  given. An unknown kind (the host CPU) gets the nominal CPU device's peak FLOP/s."""
+  chip = next((c for c in CHIPS.values() if c.device_kind == device_kind), None)
+  if chip is None and device_kind in _OTHER_GPU_NAMES:
+    chip = CHIPS[_OTHER_GPU_NAMES[device_kind]]
+  if chip is None:
+    chip = Chip(device_kind, CHIPS["cpu"].hbm_bytes, CHIPS["cpu"].peak_flops)
+  return chip if memory_bytes is None else dataclasses.replace(chip, hbm_bytes=int(memory_bytes))

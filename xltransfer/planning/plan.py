@@ -7,8 +7,9 @@ returns the per-device memory, the FLOPs (flops.py) and whether every step fits 
 memory. It runs in the process whose jax can make the target's devices (commands/plan.py
 starts a worker process for TPU and fake-device targets).
 """
+import importlib.util
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from xltransfer.model.config import MODEL_SIZES
 from xltransfer.planning import compile as compile_lib
@@ -28,10 +29,7 @@ def compute_plan(args, target) -> Dict[str, Any]:
     target = _local_target(target, devices)
   run_config.bind_devices(devices)
   run = run_config.load(gin_files, args.inference_batch_size)
-  # Imported after the parse: it loads seqio and TensorFlow, which a config error need not
-  # wait for.
-  from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
-  vocab_check.check_gin_train_datasets(run.model)  # Before compiling anything.
+  notes = _check_vocabulary(run.model)  # Before compiling anything.
   partitioner = compile_lib.partitioner_for(run, devices)
   # The trainer `xltransfer train` builds from the same bindings.
   trainer = run_lib.build_trainer(run.model, partitioner, run.learning_rate, run.optimizer,
@@ -40,10 +38,11 @@ def compute_plan(args, target) -> Dict[str, Any]:
   logging.info("compiling the train step for %s", target.name)
   steps = {"train_step": compile_lib.plan_train_step(trainer, run).as_dict()}
   decoder = compile_lib.has_decoder(run.model)
-  notes = [] if decoder else [
-      f"the {run.model.kind} model has no decoder: greedy decoding is not planned"
-      + ("" if args.skip_inference else "; its evaluation step, the retrieval evaluator's "
-         "mean-pooled encoder embedding, is planned instead (embed_step)")]
+  if not decoder:
+    notes.append(
+        f"the {run.model.kind} model has no decoder: greedy decoding is not planned"
+        + ("" if args.skip_inference else "; its evaluation step, the retrieval evaluator's "
+           "mean-pooled encoder embedding, is planned instead (embed_step)"))
   if not args.skip_inference:
     name = "inference step" if decoder else "embedding step"
     logging.info("compiling the %s for %s", name, target.name)
@@ -80,6 +79,22 @@ def compute_plan(args, target) -> Dict[str, Any]:
       "fits": fits,
       "verdict": verdict,
   }
+
+
+def _check_vocabulary(model) -> List[str]:
+  """The training datasets' vocabularies against the model's (data/vocab_check.py), or, where
+  seqio is not installed (a GPU image with the engine core only), a note that there was nothing
+  to check: the datasets are seqio tasks, which cannot have been registered."""
+  if importlib.util.find_spec("seqio") is None:
+    note = ("vocabulary check skipped: seqio is not installed, so no seqio task (the training "
+            "datasets) can be registered to check against the model's vocabulary")
+    logging.info(note)
+    return [note]
+  # Imported after the parse: it loads seqio and TensorFlow, which a config error need not
+  # wait for.
+  from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
+  vocab_check.check_gin_train_datasets(model)
+  return []
 
 
 def _flops(run, compiler_flops_per_device, peak_flops_per_device, num_devices):
@@ -128,15 +143,18 @@ def _rules_summary(rules) -> str:
 
 
 def _local_target(target, devices):
+  """The machine of `--topology local`: the chip its device_kind names (machines.local_chip),
+  with the memory the allocator reports it may use where it reports one."""
+  del target  # Everything comes from the devices.
   stats = {}
   try:
     stats = devices[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except
-    pass
+    pass  # Backends without memory statistics (the CPU of older jax versions) raise.
   kind = devices[0].device_kind
-  chip = machines.Chip(kind, int(stats.get("bytes_limit", machines.CHIPS["cpu"].hbm_bytes)),
-                          machines.CHIPS["cpu"].peak_flops)
-  for known in machines.CHIPS.values():
-    if known.device_kind == kind:
-      chip = known
+  chip = machines.local_chip(kind, stats.get("bytes_limit"))
+  if chip.device_kind is None and devices[0].platform != "cpu":
+    logging.warning("no peak FLOP/s known for device kind %r (planning/machines.py CHIPS): the "
+                    "ceiling throughput assumes a nominal %.0e FLOP/s per device", kind,
+                    chip.peak_flops)
   return machines.Machine("local", f"local ({len(devices)} × {kind})", chip, len(devices))

@@ -7,11 +7,12 @@
                   (the retrieval training tasks put the query in `inputs`).
 
 TASK_FEATURE_LENGTHS has the keys `inputs` and `targets` for both; for the dual encoder they
-are the query and candidate lengths.
+are the query and candidate lengths. `model_feature_lengths` states each converter's batch
+features as plain data, for the planner where seqio is not installed.
 """
 import functools
 import numbers
-from typing import Mapping
+from typing import Dict, Mapping
 
 from xltransfer.errors import ConfigError
 from xltransfer.model.dual_encoder import CANDIDATE_FEATURE, QUERY_FEATURE
@@ -20,6 +21,16 @@ ENC_DEC = "enc_dec"
 DUAL_ENCODER = "dual_encoder"
 NAMES = (ENC_DEC, DUAL_ENCODER)
 TASK_FEATURES = ("inputs", "targets")
+
+
+# Each converter's model features (all int32) and the task feature whose length each takes, as
+# seqio's converters make them (tests/test_plan_without_seqio.py converts a dataset with each
+# and compares).
+_ENC_DEC_FEATURES = {"encoder_input_tokens": "inputs", "decoder_target_tokens": "targets",
+                     "decoder_input_tokens": "targets", "decoder_loss_weights": "targets"}
+_ENC_DEC_PACKING_FEATURES = {"encoder_segment_ids": "inputs", "encoder_positions": "inputs",
+                             "decoder_segment_ids": "targets", "decoder_positions": "targets"}
+_DUAL_ENCODER_FEATURES = {QUERY_FEATURE: "inputs", CANDIDATE_FEATURE: "targets"}
 
 
 # DatasetConfig checks its converter while a config is parsed: seqio and TensorFlow (seconds
@@ -93,3 +104,15 @@ def make(name: str, pack: bool):
     return _dual_encoder_converter_class()(pack=pack)
   import seqio  # pylint: disable=import-outside-toplevel
   return seqio.EncDecFeatureConverter(pack=pack)
+
+
+def model_feature_lengths(name: str, pack: bool,
+                          task_feature_lengths: Mapping[str, int]) -> Dict[str, int]:
+  """The batch features (name -> length; all int32) of converter `name`, as
+  `make(name, pack).get_model_feature_lengths` gives them, without importing seqio."""
+  check(name, task_feature_lengths, pack)
+  if name == DUAL_ENCODER:
+    features = _DUAL_ENCODER_FEATURES
+  else:
+    features = {**_ENC_DEC_FEATURES, **(_ENC_DEC_PACKING_FEATURES if pack else {})}
+  return {feature: task_feature_lengths[task_feature] for feature, task_feature in features.items()}
