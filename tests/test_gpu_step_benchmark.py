@@ -11,6 +11,8 @@ import types
 import numpy as np
 import pytest
 
+import hidden_packages
+
 from xltransfer.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,19 +21,8 @@ _SPEC = importlib.util.spec_from_file_location("gpu_step", os.path.join(BENCHMAR
 gpu_step = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(gpu_step)
 
-# Makes the packages absent for the child interpreter: its path finder does not see them.
-_HIDE = """
-import importlib.machinery, sys
-_HIDDEN = ("tensorflow", "tensorflow_text", "tensorflow_datasets", "seqio")
-class _WithoutHidden(importlib.machinery.PathFinder):
-  @classmethod
-  def find_spec(cls, fullname, path=None, target=None):
-    if fullname.split(".")[0] in _HIDDEN:
-      return None
-    return super().find_spec(fullname, path, target)
-sys.meta_path[:] = [_WithoutHidden if f is importlib.machinery.PathFinder else f
-                    for f in sys.meta_path]
-"""
+# A sitecustomize that hides TensorFlow, tfds and seqio from the benchmark's interpreter.
+_HIDE = hidden_packages.PRELUDE
 
 
 def _positive(value):
