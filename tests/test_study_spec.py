@@ -208,6 +208,10 @@ def test_cli_errors(tmp_path):
   path = _write(tmp_path, MINIMAL)
   with pytest.raises(UserError, match="remote"):
     study_command.main(["run", path, "--output_dir", "gs://bucket/study"])
+  # A near miss of a field would otherwise be a gin macro that nothing reads.
+  with pytest.raises(UserError, match=r"--gin.seedz: StudySpec has no field 'seedz'; did you "
+                                      r"mean seeds\?"):
+    study_command.main(["run", path, "--dry_run", "--gin.seedz=[0]"])
 
 
 def test_check_names_reports_unregistered_mixtures_with_suggestions(tmp_path):

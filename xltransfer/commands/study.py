@@ -19,6 +19,7 @@ kind, hours from its stages that already ran here and, with `--plan [KIND=]PLAN.
 """
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import shlex
@@ -33,10 +34,21 @@ from xltransfer.study import spec as spec_lib
 _SPEC_FIELDS = {f.name for f in dataclasses.fields(spec_lib.StudySpec)}
 
 
+def _qualify(name: str) -> str:
+  """A StudySpec field's name as its binding; a near miss of one (`seedz`) is an error rather
+  than a gin macro that nothing reads; anything else (a macro, a configurable) as given."""
+  if name in _SPEC_FIELDS:
+    return f"StudySpec.{name}"
+  close = difflib.get_close_matches(name, sorted(_SPEC_FIELDS), n=3) if "." not in name else []
+  if close:
+    raise UserError(f"--gin.{name}: StudySpec has no field {name!r}; did you mean "
+                    f"{', '.join(close)}?")
+  return name
+
+
 def split_gin_flags(argv):
   """`--gin.NAME=VALUE` flags as bindings (a StudySpec field's name is qualified); the rest."""
-  return gin_utils.split_gin_flags(
-      argv, qualify=lambda name: f"StudySpec.{name}" if name in _SPEC_FIELDS else name)
+  return gin_utils.split_gin_flags(argv, qualify=_qualify)
 
 
 def _parser():
