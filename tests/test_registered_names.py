@@ -99,3 +99,15 @@ def test_train_reports_a_mistyped_name_without_importing_tensorflow(cache_dir, t
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert ("MIXTURE_OR_TASK_NAME 'xlt_xnli_trian' is not a registered seqio task or mixture; "
           "did you mean xlt_xnli_train?") in proc.stderr
+
+
+def test_a_new_sample_text_changes_the_fingerprint(monkeypatch, tmp_path):
+  """The bundled sample texts decide which xlt_span_sample_* tasks exist: a new one must make
+  the remembered names stale, not make its task look unregistered."""
+  package = tmp_path / "xltransfer"
+  (package / "assets" / "sample_text").mkdir(parents=True)
+  (package / "module.py").write_text("")
+  monkeypatch.setattr(registered_names, "_source_dirs", lambda: [str(package)])
+  before = registered_names.fingerprint()
+  (package / "assets" / "sample_text" / "yo.txt").write_text("a text\n")
+  assert registered_names.fingerprint() != before

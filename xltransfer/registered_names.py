@@ -3,8 +3,9 @@ that a mistyped name is reported before TensorFlow is imported (importing it tak
 2-core machine; a config error should not wait for it).
 
 tasks/__init__.py writes the names after registering them (`remember`). `unknown(names)` reads
-them back when they were written by the same code: a fingerprint of every module file under
-xltransfer/ and tasks/ (path, size, modification time) and the seqio and tfds versions. It
+them back when they were written by the same code and data: a fingerprint of every file under
+xltransfer/ and tasks/ (path, size, modification time; the bundled sample texts decide which
+`xlt_span_sample_*` tasks exist) and the seqio and tfds versions. It
 returns the names that are neither remembered nor in seqio's registry (which holds a user's
 own tasks once their module imported seqio), or None when nothing valid is remembered: the
 caller then imports the tasks and asks seqio, as before.
@@ -45,13 +46,13 @@ def _source_dirs() -> List[str]:
 
 
 def fingerprint() -> str:
-  """Changes whenever a module that could register a name, or seqio/tfds, changes."""
+  """Changes whenever a file that could decide a registered name, or seqio/tfds, changes."""
   digest = hashlib.sha256()
   for root_dir in _source_dirs():
     for directory, subdirs, files in os.walk(root_dir):
       subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
       for name in sorted(files):
-        if name.endswith(".py"):
+        if not name.endswith((".pyc", ".tmp")):
           stat = os.stat(os.path.join(directory, name))
           digest.update(f"{os.path.join(directory, name)}:{stat.st_size}:"
                         f"{stat.st_mtime_ns}\n".encode())
