@@ -96,18 +96,15 @@ def scale_settings(path: str = SCALE_GIN, base_path: str = SCALE_BASE_GIN):
 
 
 def peak_bf16_flops(device_kind: str):
-  """Dense bf16 peak FLOP/s of one device of this kind (planning/machines.py's chips; the H200
-  is the H100's chip with more memory), and where the figure comes from; (None, why) if
-  unknown."""
-  from xltransfer.planning.machines import CHIPS
-  kind = device_kind.lower()
-  table = (("h200", "h100"), ("h100", "h100"), ("a100", "a100"), ("tpu v4", "v4"),
-           ("tpu v5 lite", "v5e"), ("tpu v5", "v5p"), ("tpu v6 lite", "v6e"))
-  for needle, chip in table:
-    if needle in kind:
-      return CHIPS[chip].peak_flops, f"planning/machines.py CHIPS[{chip!r}]"
-  if "cpu" in kind:
-    return CHIPS["cpu"].peak_flops, "nominal 1 TFLOP/s of planning/machines.py's CPU device"
+  """Dense bf16 peak FLOP/s of one device of this kind, as `xltransfer plan --topology local`
+  takes it (planning/machines.local_chip), and where the figure comes from; (None, why) for a
+  kind the planner does not know (an H100 PCIe, say: a lower peak than the SXM part)."""
+  from xltransfer.planning import machines  # pylint: disable=import-outside-toplevel
+  chip = machines.local_chip(device_kind, None)
+  if any(chip is known for known in machines.CHIPS.values()):
+    return chip.peak_flops, f"planning/machines.py chip {chip.name!r}"
+  if "cpu" in device_kind.lower():
+    return machines.CHIPS["cpu"].peak_flops, "nominal 1 TFLOP/s of planning/machines.py's CPU"
   return None, f"no peak FLOP/s known for {device_kind!r}: pass --peak_flops"
 
 

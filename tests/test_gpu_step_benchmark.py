@@ -141,6 +141,8 @@ def test_peak_flops_by_device_kind():
   assert gpu_step.peak_bf16_flops("cpu")[0] > 0
   peak, why = gpu_step.peak_bf16_flops("Some Future GPU")
   assert peak is None and "--peak_flops" in why
+  # As the planner: an H100 PCIe (756 TFLOP/s) is not taken for the SXM part.
+  assert gpu_step.peak_bf16_flops("NVIDIA H100 PCIe")[0] is None
 
 
 def test_synthetic_batch_is_packed_without_padding():
