@@ -124,7 +124,7 @@ def _matmul_flops_per_token(config, *, attended: int, cross_attended: int = 0,
 def model_flops(config, batch: int, inputs: int, targets: int, train: bool = True) -> float:
   """Model FLOPs of a teacher-forced step: every matmul of the network (dense layers,
   attention products, output layer), forward, times 3 with the backward pass. The relative
-  position one-hot, elementwise work, the loss and the optimizer are not counted."""
+  position bias, elementwise work, the loss and the optimizer are not counted."""
   joined = config.num_heads * config.head_dim
   encoder = inputs * config.num_encoder_layers * _matmul_flops_per_token(
       config, attended=inputs, decoder=False)
