@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Initializer = Callable[..., jax.Array]
 
@@ -110,6 +111,11 @@ def einsum(spec: str, a, b, out_dtype=jnp.float32):
 # their gradient to bf16, as T5X's and torch autocast's bf16 output layers do) and writes every
 # product, forward and backward, in canonical form, transposing an operand into a fresh
 # row-major copy when it must (see `_row_major`).
+
+
+# The checkpoint name of a `mixed_einsum` product without batch axes (a dense layer's or the
+# output layer's, not attention's): what the "minimal" remat policy saves in low precision.
+NO_BATCH_PRODUCT = "no_batch_product"
 
 
 def _row_major(x, perm, always: bool = False):
@@ -237,10 +243,16 @@ def mixed_einsum(spec: str, a, b, out_dtype=jnp.float32):
   """`jnp.einsum(spec, a, b)` accumulated in float32 and returned in `out_dtype`, every product
   (also in the backward pass) a canonical low-precision x low-precision -> float32 dot. Two
   operands of one dtype, single-letter axes."""
-  _parse_einsum(spec)  # Errors at the call site rather than inside the VJP.
+  lhs, rhs, out = _parse_einsum(spec)  # Errors at the call site rather than inside the VJP.
   if a.dtype != b.dtype:
     raise ValueError(f"mixed_einsum {spec!r}: operands of one dtype, got {a.dtype} and {b.dtype}")
-  return _mixed_einsum(spec, a, b, jnp.dtype(out_dtype))
+  product = _mixed_einsum(spec, a, b, jnp.dtype(out_dtype))
+  if not set(lhs) & set(rhs) & set(out):
+    # A remat policy sees the custom VJP as one opaque call, not the dot_general inside it:
+    # the name lets the "minimal" policy save this product as it saves a plain
+    # `checkpoint_dots_with_no_batch_dims` dot.
+    product = checkpoint_name(product, NO_BATCH_PRODUCT)
+  return product
 
 
 class Embed(nn.Module):

@@ -11,8 +11,13 @@ import jax.numpy as jnp
 from xltransfer.model import layers
 from xltransfer.model.config import MT5Config
 
+# "minimal" saves the products without batch axes (dense and output layers; attention's are
+# recomputed): plain dot_generals in float32, `mixed_einsum` products (bf16 operands) by the
+# name it gives them, since the policy cannot see into their custom VJP.
 REMAT_POLICIES = {
-    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "minimal": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names(layers.NO_BATCH_PRODUCT)),
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 
