@@ -7,6 +7,7 @@ Short sequences keep each compile to seconds.
 import contextlib
 import io
 import json
+import pathlib
 
 import pytest
 
@@ -71,6 +72,25 @@ def test_fake_cpu_mesh_reports_memory_flops_and_shardings(cpu_plan):
   assert largest["path"] in (".params['decoder']['logits_dense']['kernel']",
                              ".params['token_embedder']['embedding']")
   assert sorted(largest["mesh_axes"]) == ["data", "model"]
+
+
+def test_plan_of_a_model_whose_gin_file_does_not_import_the_vocabulary_module(
+    capsys, tmp_path, monkeypatch):
+  # The released sizes' gin files (models/mt5_{small,...,xxl}.gin) do not import
+  # xltransfer.data.vocab, which registers a gin configurable; the vocabulary check imported it
+  # after the parse had locked gin, and every such plan ended in a RuntimeError. The fake-device
+  # target compiles in a fresh worker process, where nothing has imported it yet.
+  tiny = pathlib.Path(__file__).resolve().parents[1] / "gin" / "models" / "mt5_tiny.gin"
+  lines = [line for line in open(tiny, encoding="utf-8")
+           if "xltransfer.data.vocab" not in line]
+  assert len(lines) == len(open(tiny, encoding="utf-8").readlines()) - 2
+  (tmp_path / "model.gin").write_text("".join(lines), encoding="utf-8")
+  monkeypatch.setenv("XLTRANSFER_VOCAB", "builtin")  # What the removed binding chose.
+  status = plan_cli.main([f"--gin_file={tmp_path / 'model.gin'}", *TINY[1:], "--topology",
+                          "cpu:2", "--skip_inference", "--json"])
+  captured = capsys.readouterr()
+  assert status == plan_cli.EXIT_FITS, captured.err[-2000:]
+  assert json.loads(captured.out)["fits"]
 
 
 @pytest.mark.slow

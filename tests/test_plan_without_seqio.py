@@ -160,3 +160,16 @@ def test_plan_local_runs_without_tensorflow_or_seqio(tmp_path):
   # The train step's memory holds at least the parameters.
   assert 0 < plan["state"]["per_device_bytes"]["params"] <= train["peak_bytes"]
   assert "FITS" in proc.stdout
+
+
+def test_a_gpu_allocators_limit_below_the_chips_hbm_is_named_in_the_plan():
+  # On the device check's H200 (session 9), the allocator's bytes_limit was 112583507968 bytes:
+  # jax's default 75% preallocation, the memory `plan` measured headroom against.
+  target = _local(_FakeDevice("NVIDIA H200", {"bytes_limit": 112583507968}))
+  (note,) = plan_lib._allocator_memory_note(target, "NVIDIA H200")  # pylint: disable=protected-access
+  assert "104.85 GiB jax's allocator may use" in note and "XLA_PYTHON_CLIENT_MEM_FRACTION" in note
+  assert "chip's 140 GiB" in note
+  full = _local(_FakeDevice("NVIDIA H200", None))
+  assert plan_lib._allocator_memory_note(full, "NVIDIA H200") == []  # pylint: disable=protected-access
+  cpu = _local(_FakeDevice("cpu", {"bytes_limit": 1}, platform="cpu"))
+  assert plan_lib._allocator_memory_note(cpu, "cpu") == []  # pylint: disable=protected-access

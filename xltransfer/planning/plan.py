@@ -11,6 +11,8 @@ import importlib.util
 import logging
 from typing import Any, Dict, List
 
+import gin
+
 from xltransfer.model.config import MODEL_SIZES
 from xltransfer.planning import compile as compile_lib
 from xltransfer.planning import devices as devices_lib
@@ -30,6 +32,8 @@ def compute_plan(args, target) -> Dict[str, Any]:
   run_config.bind_devices(devices)
   run = run_config.load(gin_files, args.inference_batch_size)
   notes = _check_vocabulary(run.model)  # Before compiling anything.
+  if target.kind == "local":
+    notes += _allocator_memory_note(target, devices[0].device_kind)
   partitioner = compile_lib.partitioner_for(run, devices)
   # The trainer `xltransfer train` builds from the same bindings.
   trainer = run_lib.build_trainer(run.model, partitioner, run.learning_rate, run.optimizer,
@@ -91,8 +95,10 @@ def _check_vocabulary(model) -> List[str]:
     logging.info(note)
     return [note]
   # Imported after the parse: it loads seqio and TensorFlow, which a config error need not
-  # wait for.
-  from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
+  # wait for. The parse has locked gin's registry, and data/vocab.py registers a configurable
+  # (a gin file for a released size does not import it, as the tiny model's does).
+  with gin.unlock_config():
+    from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
   vocab_check.check_gin_train_datasets(model)
   return []
 
@@ -140,6 +146,18 @@ def _size_name(config) -> str:
 def _rules_summary(rules) -> str:
   """The partitioned logical axes only (the replicated ones are the same for every preset)."""
   return ", ".join(f"{name}->{axis}" for name, axis in rules if axis is not None)
+
+
+def _allocator_memory_note(target, device_kind) -> List[str]:
+  """Says so where the local device's memory is the allocator's limit, below the chip's HBM:
+  on a GPU, jax preallocates 75% of it by default (an H200's 139.8 GiB gives 104.85 GiB), and
+  that limit is what a step must fit in."""
+  chip_hbm = machines.local_chip(device_kind, None).hbm_bytes
+  if target.chip.device_kind is None or target.chip.hbm_bytes >= chip_hbm:
+    return []
+  return [f"device memory: the {target.chip.hbm_bytes / machines.GIB:.2f} GiB jax's allocator "
+          f"may use (its bytes_limit; XLA_PYTHON_CLIENT_MEM_FRACTION sets it, 0.75 by default), "
+          f"not the chip's {chip_hbm / machines.GIB:.0f} GiB"]
 
 
 def _local_target(target, devices):
