@@ -136,3 +136,66 @@ def test_plan_with_a_fitting_vocabulary_is_not_stopped_by_the_check():
   run = run_config.load(["models/mt5_tiny.gin", "runs/finetune.gin"])
   vocab_check.check_gin_train_datasets(run.model)
   assert vocab.vocabulary_size(vocab.task_vocabulary()) == run.model.config.vocab_size == 1024
+
+
+# ---- a vocabulary file that cannot be read: one line naming it, before any work ----
+
+@pytest.fixture
+def released_vocabulary_unreadable(tmp_path, monkeypatch):
+  """The released mT5 vocabulary as it is offline: its file cannot be opened (a missing local
+  path stands for gs://t5-data without a network, so the test needs none)."""
+  missing = str(tmp_path / "mc4.250000.100extra" / "sentencepiece.model")
+  monkeypatch.setattr(vocab, "MT5_MODEL_PATH", missing)
+  vocab.get_vocabulary.cache_clear()  # It caches "mt5" with the path of its first call.
+  vocab.use_task_vocabulary("mt5")
+  yield missing
+  monkeypatch.undo()
+  vocab.get_vocabulary.cache_clear()
+  vocab.use_task_vocabulary(None)
+
+
+def test_reading_the_files_is_asked_for_by_runs_that_tokenize(released_vocabulary_unreadable):
+  # Sizing needs no file (plan offline), so only read_files finds the unreadable one.
+  vocab_check.check_model_vocabulary(_model("small"), SPAN_TASK)
+  with pytest.raises(ConfigError) as raised:
+    vocab_check.check_model_vocabulary(_model("small"), SPAN_TASK, read_files=True)
+  message = str(raised.value)
+  assert released_vocabulary_unreadable in message and "XLTRANSFER_VOCAB=builtin" in message
+  assert "\n" not in message
+
+
+@pytest.fixture
+def task_with_a_missing_vocabulary_file(tmp_path):
+  name = "xlt_test_vocab_check_missing_file"
+  path = str(tmp_path / "gone.model")
+  features = {k: seqio.Feature(seqio.SentencePieceVocabulary(path)) for k in ("inputs", "targets")}
+  source = seqio.FunctionDataSource(
+      lambda split, shuffle_files: tf.data.Dataset.from_tensors({"targets": "x"}), ["train"])
+  seqio.TaskRegistry.add(name, source=source, output_features=features, preprocessors=[])
+  yield name, path
+  seqio.TaskRegistry.remove(name)
+
+
+def test_a_user_vocabulary_file_that_cannot_be_read_names_the_task_and_file(
+    task_with_a_missing_vocabulary_file):
+  name, path = task_with_a_missing_vocabulary_file
+  for read_files in (False, True):  # Sizing a user's vocabulary reads it already.
+    with pytest.raises(ConfigError, match=f"^task {name}: cannot read its 'inputs' vocabulary "
+                                          f"{path} "):
+      vocab_check.check_model_vocabulary(_model(), name, read_files=read_files)
+
+
+def test_train_offline_with_the_released_vocabulary_stops_with_one_line(
+    capsys, tmp_path, released_vocabulary_unreadable):
+  # Before: the read failed inside the tf.data pipeline, after the model was built, and the
+  # message came wrapped in 20 lines of TensorFlow's autograph trace ("in user code: ...").
+  code, err = _command(capsys, "train", *TINY, "--gin_file=runs/finetune.gin", *MT5_TASKS,
+                       "--gin.xltransfer.model.mt5_config.overrides={'vocab_size': 250112}",
+                       f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+                       f"--gin.MIXTURE_OR_TASK_NAME='{SPAN_TASK}'", "--gin.TRAIN_STEPS=1",
+                       "--gin.INITIAL_CHECKPOINT_PATH=None")
+  assert code == 2
+  error_lines = [line for line in err.splitlines() if line.startswith("xltransfer train: error:")]
+  assert len(error_lines) == 1, err
+  assert released_vocabulary_unreadable in error_lines[0] and "in user code" not in err
+  assert not list((tmp_path / "run").glob("checkpoint_*"))

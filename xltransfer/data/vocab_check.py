@@ -13,6 +13,7 @@ from typing import List
 
 import gin
 import seqio
+import tensorflow as tf
 
 from xltransfer.data import span_corruption, vocab
 from xltransfer.errors import ConfigError
@@ -43,10 +44,15 @@ def task_names(*sources) -> List[str]:
   return list(dict.fromkeys(names))
 
 
-def check_model_vocabulary(model, *sources):
+def check_model_vocabulary(model, *sources, read_files: bool = False):
   """Raises ConfigError if a task of `sources` (see `task_names`; mixtures are checked task by
   task) has a vocabulary larger than the model's `config.vocab_size` embedding rows. Sentinel
   ids are a vocabulary's top ids (`vocab_size - 1 - N`), so they fit exactly when it does.
+
+  With `read_files` (a run that will tokenize: `train`, `eval`), each SentencePiece model file
+  is read now too. Unread, an unreadable one (the released mT5 vocabulary offline) fails inside
+  a tf.data map, where TensorFlow buries the one-line error in its autograph trace. `plan`
+  leaves it: sizing needs no file, and planning offline is normal.
 
   Names that are not registered are left to the callers' own registration checks
   (`xltransfer plan` compiles with a placeholder task name when none is set).
@@ -61,6 +67,8 @@ def check_model_vocabulary(model, *sources):
       if task.name not in seen:
         seen.add(task.name)
         _check_task(task, name, rows)
+        if read_files:
+          _read_vocabulary_files(task)
 
 
 def check_gin_train_datasets(model):
@@ -72,7 +80,7 @@ def check_gin_train_datasets(model):
 
 def _check_task(task: seqio.Task, requested: str, rows: int):
   for feature_name, feature in task.output_features.items():
-    size = vocab.vocabulary_size(feature.vocabulary)
+    size = _reading(task, feature_name, lambda v=feature.vocabulary: vocab.vocabulary_size(v))
     if size <= rows:
       continue
     where = task.name if task.name == requested else f"{task.name} (in mixture {requested})"
@@ -87,6 +95,30 @@ def _check_task(task: seqio.Task, requested: str, rows: int):
         f"{SPEC_BINDING} to a vocabulary of at most {rows} ids, or the model's vocab_size to at "
         f"least {size} (xltransfer.model.mt5_config.overrides = "
         f"{{'vocab_size': {fitting_rows}}}).")
+
+
+def _read_vocabulary_files(task: seqio.Task):
+  for feature_name, feature in task.output_features.items():
+    vocabulary = feature.vocabulary
+    if isinstance(vocabulary, vocab.DeferredVocabulary):
+      vocabulary = vocabulary.resolved
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+      _reading(task, feature_name, lambda v=vocabulary: v.sp_model)  # Reads and caches the file.
+
+
+def _reading(task: seqio.Task, feature_name: str, read):
+  """`read()`, with a SentencePiece file that cannot be read as a ConfigError naming the task
+  and the file (the released vocabulary raises its own, saying how to run offline)."""
+  try:
+    return read()
+  except (tf.errors.OpError, OSError) as e:
+    vocabulary = task.output_features[feature_name].vocabulary
+    if isinstance(vocabulary, vocab.DeferredVocabulary):
+      vocabulary = vocabulary.resolved
+    path = getattr(vocabulary, "sentencepiece_model_file", type(vocabulary).__name__)
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConfigError(f"task {task.name}: cannot read its {feature_name!r} vocabulary {path} "
+                      f"({reason})") from None
 
 
 def _uses_span_corruption(task: seqio.Task) -> bool:

@@ -412,7 +412,7 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   from xltransfer.evaluation.outputs import check_output_dir
   tasks = resolve_tasks(mixture_or_task_name)  # Fail on a bad name before loading anything.
   settings = settings if settings is not None else EvalSettings()
-  vocab_check.check_model_vocabulary(model, tasks)
+  vocab_check.check_model_vocabulary(model, tasks, read_files=True)
   if not checkpoint_path.startswith("gs://") and not os.path.exists(checkpoint_path):
     raise CheckpointError(f"{CHECKPOINT_FLAG} {checkpoint_path}: no such file or directory")
   step = checkpoint_step(checkpoint_path)

@@ -274,7 +274,8 @@ def train(model_dir: str = gin.REQUIRED, model=gin.REQUIRED,
       input_lib._require_registered(eval_dataset.mixture_or_task_name)  # pylint: disable=protected-access
     # Imported here: it loads seqio and TensorFlow, which a config error need not wait for.
     from xltransfer.data import vocab_check  # pylint: disable=import-outside-toplevel
-    vocab_check.check_model_vocabulary(model, train_dataset, eval_dataset, inference_evaluator)
+    vocab_check.check_model_vocabulary(model, train_dataset, eval_dataset, inference_evaluator,
+                                       read_files=True)
     if initial_checkpoint_path and not initial_checkpoint_path.startswith("gs://") and (
         not os.path.exists(initial_checkpoint_path)):
       raise CheckpointError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path}: no such file "
