@@ -15,6 +15,11 @@
 # (.device_wheels/ is git-ignored). The call (device tool `run`):
 #   carry [".device_wheels"], timeout_s 480, command: bash benchmarks/device_check.sh
 # To rerun only some sizes (e.g. one that ran out of time): DEVICE_CHECK_SIZES="xl" bash ...
+# Variants of the first size, xltransfer's train step only, each MICROBATCHES:REMAT (about 60 s
+# each for XL), into $OUT/variant_MICROBATCHES_REMAT/:
+#   DEVICE_CHECK_SIZES="xl" DEVICE_CHECK_VARIANTS="1:minimal 2:minimal 1:full" DEVICE_CHECK_PLAN=0
+# (The first GPU run, 2026-11-30, measured 1:full at 23.9% MFU against 19.6% for the config's
+# 4:full; "minimal" then compiled to "full" in bf16, fixed since, so it is still unmeasured.)
 # The project itself is not installed: PYTHONPATH points at this checkout (gin files are read
 # from its gin/ folder).
 #
@@ -93,6 +98,17 @@ for size in "${SIZES[@]}"; do
   # One process per size: a device's peak memory statistic cannot be reset.
   step "gpu_step $size" "${LIMIT[$size]}" \
       "$PYTHON" benchmarks/gpu_step.py --sizes "$size" "${MODE[@]}" --out "$OUT"
+done
+
+read -r -a VARIANTS <<< "${DEVICE_CHECK_VARIANTS:-}"
+for variant in "${VARIANTS[@]}"; do
+  microbatches=${variant%%:*} remat=${variant#*:}
+  dir="$OUT/variant_${microbatches}_${remat}"
+  mkdir -p "$dir"
+  step "gpu_step ${SIZES[0]} $microbatches microbatches, $remat remat" 90 \
+      "$PYTHON" benchmarks/gpu_step.py --sizes "${SIZES[0]}" "${MODE[@]}" \
+      --num_microbatches "$microbatches" --remat "$remat" --steps 3 --warmup 1 \
+      --skip cost_check,xltransfer_decode,hf,xla_cpu_estimate --out "$dir"
 done
 
 if [ "$RUN_PLAN" != 1 ]; then

@@ -191,3 +191,25 @@ def test_plan_flags_compile_the_same_config(capsys):
   overrides = [f for f in flags if f.startswith("--gin.xltransfer.model.mt5_config.overrides=")]
   assert "'remat_policy': 'minimal'" in overrides[0] and "'dtype': 'bfloat16'" in overrides[0]
   assert os.path.isfile(os.path.join(REPO, "gin", "models", "mt5_xl.gin"))
+
+
+@pytest.mark.slow
+def test_device_check_script_runs_end_to_end_with_tiny_shapes(tmp_path):
+  # The one prepared script a GPU session runs, in its CPU mode: every step, a variant of the
+  # remat/microbatch sweep, and the summary; a bash slip would otherwise show first on the GPU,
+  # in the few minutes a session has there.
+  out = tmp_path / "out"
+  env = dict(os.environ, DEVICE_CHECK_TINY="1", DEVICE_CHECK_PLAN="0", OUT=str(out),
+             DEVICE_CHECK_VARIANTS="1:minimal", PYTHON=sys.executable,
+             DEVICE_CHECK_SITE=str(tmp_path / "site"))
+  proc = subprocess.run(["bash", os.path.join(BENCHMARKS, "device_check.sh")], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  log = (out / "device_check.log").read_text()
+  assert "[device_check] exit 0" in log
+  for path in (out / "gpu_step_tiny.json", out / "variant_1_minimal" / "gpu_step_tiny.json"):
+    figures = json.loads(path.read_text())["sizes"]["tiny"]
+    assert figures["errors"] == {} and figures["xltransfer"]["finite"], path
+  variant = json.loads((out / "variant_1_minimal" / "gpu_step_tiny.json").read_text())
+  assert variant["sizes"]["tiny"]["xltransfer"]["config"]["remat_policy"] == "minimal"
+  assert variant["sizes"]["tiny"]["xltransfer"]["config"]["num_microbatches"] == 1
