@@ -31,7 +31,7 @@ OUT=${OUT:?set OUT to the folder for the figures}
 PYTHON=${PYTHON:-python3}
 TINY=${DEVICE_CHECK_TINY:-0}
 RUN_PLAN=${DEVICE_CHECK_PLAN:-1}
-WHEELS=.device_wheels  # gin-config
+WHEELS=${DEVICE_CHECK_WHEELS:-.device_wheels}  # gin-config
 SITE=${DEVICE_CHECK_SITE:-/tmp/xltransfer_device_site}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device_check.log") 2>&1
@@ -60,7 +60,7 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
 else
   echo "device_check: no wheels in $WHEELS (see this script's header); using what is installed"
 fi
-export PYTHONPATH="$PWD:$PYTHONPATH"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ "$TINY" = 1 ]; then
   export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}  # no probing for accelerators (libtpu) on a CPU

@@ -199,14 +199,18 @@ def test_device_check_script_runs_end_to_end_with_tiny_shapes(tmp_path):
   # remat/microbatch sweep, and the summary; a bash slip would otherwise show first on the GPU,
   # in the few minutes a session has there.
   out = tmp_path / "out"
-  env = dict(os.environ, DEVICE_CHECK_TINY="1", DEVICE_CHECK_PLAN="0", OUT=str(out),
+  # No wheels and no PYTHONPATH, as in a clean clone (the script then uses what is installed).
+  (tmp_path / "no_wheels").mkdir()
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.update(DEVICE_CHECK_TINY="1", DEVICE_CHECK_PLAN="0", OUT=str(out),
              DEVICE_CHECK_VARIANTS="1:minimal", PYTHON=sys.executable,
+             DEVICE_CHECK_WHEELS=str(tmp_path / "no_wheels"),
              DEVICE_CHECK_SITE=str(tmp_path / "site"))
   proc = subprocess.run(["bash", os.path.join(BENCHMARKS, "device_check.sh")], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   log = (out / "device_check.log").read_text()
-  assert "[device_check] exit 0" in log
+  assert "[device_check] exit 0" in log and "no wheels in" in log
   for path in (out / "gpu_step_tiny.json", out / "variant_1_minimal" / "gpu_step_tiny.json"):
     figures = json.loads(path.read_text())["sizes"]["tiny"]
     assert figures["errors"] == {} and figures["xltransfer"]["finite"], path
