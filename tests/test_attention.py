@@ -69,7 +69,7 @@ def test_values_and_gradients_match_autodiff_of_the_textbook_form(bias_shape, dr
     assert grads[3].dtype == jnp.float32  # The bias gradient is not rounded to bf16.
 
 
-def test_dropped_weights_get_no_gradient_and_kept_ones_are_rescaled():
+def test_a_key_position_dropped_for_every_query_gets_no_value_gradient():
   q, k, v, keep, cotangent, _ = _inputs(1)
   all_kept = jnp.ones_like(keep)
 

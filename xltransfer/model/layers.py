@@ -368,7 +368,9 @@ def _attention_bwd(keep_rate, residuals, g):
   g = g.astype(query.dtype)
   d_dropped = mixed_einsum("bqhd,bhkd->bhqk", g, value)  # float32
   d_value = mixed_einsum("bhqk,bqhd->bhkd", _dropped(weights, keep, keep_rate), g, value.dtype)
-  d_weights = d_dropped if keep is None else jnp.where(keep, d_dropped / keep_rate, 0.0)
+  # The forward scaled by the keep rate as rounded to the weights' dtype; so does this.
+  scale = jnp.asarray(keep_rate, weights.dtype).astype(jnp.float32)
+  d_weights = d_dropped if keep is None else jnp.where(keep, d_dropped / scale, 0.0)
   w = weights.astype(jnp.float32)
   d_scores = w * (d_weights - jnp.sum(d_weights * w, axis=-1, keepdims=True))
   low = d_scores.astype(query.dtype)
