@@ -54,6 +54,10 @@ def test_mesh_sizes_are_checked():
     partitioning.create_mesh(data=1, model=2, devices=devices[:1])
   with pytest.raises(ConfigError, match="at most one mesh axis may be -1"):
     partitioning.create_mesh(data=-1, model=-1, devices=devices[:1])
+  # A zero axis was a ZeroDivisionError traceback; these are typos in a gin file.
+  for bad in ({"model": 0}, {"model": -2}, {"data": 1.5}, {"model": True}):
+    with pytest.raises(ConfigError, match="mesh axis sizes must be positive integers or -1"):
+      partitioning.create_mesh(**bad, devices=devices[:1])
 
 
 def test_batch_must_divide_data_parallelism_and_single_host_reads_everything():

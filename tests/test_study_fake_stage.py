@@ -6,8 +6,9 @@ mixture names whose stages exit 3), FAKE_STAGE_SLEEP (seconds before finishing),
 FAKE_STAGE_NO_GOLD (colon-separated TARGET/LANG whose data has no gold: with the stage's
 `EvalSettings.require_gold` binding that language fails as `xltransfer eval` fails it: listed
 under "failed" in metrics.json, no DONE, exit 1; without it, predictions only and a "no_gold"
-entry). Eval stages write eval_info.json with each language's provenance
-(source "fake release", split "test").
+entry), FAKE_STAGE_DEVICES_FAIL (`--check_devices` fails with this message),
+FAKE_DEVICE_CHECK_LOG (append one line per `--check_devices`). Eval stages write
+eval_info.json with each language's provenance (source "fake release", split "test").
 """
 import ast
 import hashlib
@@ -22,7 +23,9 @@ LANGUAGES = ("en", "de", "sw")
 def parse(argv):
   command, bindings, gin_files = argv[0], {}, []
   for arg in argv[1:]:
-    if arg.startswith("--gin_file="):
+    if arg == "--check_devices":
+      bindings[arg] = True
+    elif arg.startswith("--gin_file="):
       gin_files.append(arg.split("=", 1)[1])
     elif arg.startswith("--gin."):
       name, value = arg[len("--gin."):].split("=", 1)
@@ -96,8 +99,25 @@ def write_eval(out, checkpoint, target, languages, require_gold=False):
   return not failed
 
 
+def check_devices(command, gin_files):
+  """`--check_devices` as the real command answers it: one line, exit 0; or, with
+  FAKE_STAGE_DEVICES_FAIL, that message as the real command's error line, exit 2."""
+  if os.environ.get("FAKE_DEVICE_CHECK_LOG"):
+    with open(os.environ["FAKE_DEVICE_CHECK_LOG"], "a") as f:
+      f.write(f"{command} {' '.join(gin_files)}\n")
+  failure = os.environ.get("FAKE_STAGE_DEVICES_FAIL")
+  if failure:
+    print(f"xltransfer {command}: error: {failure}", file=sys.stderr)
+    return 2
+  print(f"xltransfer {command} --check_devices: mesh {{'data': 1, 'model': 1}} over 1 cpu "
+        "devices in 1 process(es)")
+  return 0
+
+
 def main(argv):
-  command, bindings, _ = parse(argv)
+  command, bindings, gin_files = parse(argv)
+  if bindings.get("--check_devices"):
+    return check_devices(command, gin_files)
   out = bindings.get("MODEL_DIR") or bindings["EVAL_OUTPUT_DIR"]
   mixture = bindings["MIXTURE_OR_TASK_NAME"]
   if os.environ.get("FAKE_STAGE_LOG"):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from xltransfer.errors import UserError
+from xltransfer.errors import ConfigError, UserError
 from xltransfer.commands import study as study_command
 from xltransfer.study import grid, runner
 from xltransfer.study import spec as spec_lib
@@ -238,7 +238,20 @@ def test_emitted_script_runs_skips_and_blocks(study, tmp_path, monkeypatch):
     entry["argv"] = entry["argv_overrides"]
   script = os.path.join(study["emit"], "run_stages.sh")
   with open(script, "w") as f:
-    f.write(runner._shell_script(spec, entries))  # pylint: disable=protected-access
+    f.write(runner._shell_script(spec, entries, stages))  # pylint: disable=protected-access
+  checks_log = tmp_path / "device_checks.log"
+  monkeypatch.setenv("FAKE_DEVICE_CHECK_LOG", str(checks_log))
+  monkeypatch.setenv("FAKE_STAGE_DEVICES_FAIL", "the model axis (8) does not fit")
+  result = subprocess.run(["bash", script], capture_output=True, text=True)
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert "no stage was started" in result.stdout
+  assert "the model axis (8) does not fit" in result.stdout
+  assert not _executions(study["log"])
+  configs = {grid.device_config(s) for s in stages}
+  assert 1 < len(configs) < len(stages)  # train and eval stages differ; seeds etc. do not
+  assert len(checks_log.read_text().splitlines()) == 1  # it stopped at the first failure
+  checks_log.unlink()
+  monkeypatch.delenv("FAKE_STAGE_DEVICES_FAIL")
   monkeypatch.setenv("FAKE_STAGE_FAIL", "xlt_span_lowres")
   result = subprocess.run(["bash", script], capture_output=True, text=True)
   assert result.returncode == 1
@@ -255,6 +268,14 @@ def test_emitted_script_runs_skips_and_blocks(study, tmp_path, monkeypatch):
   assert result.returncode == 0, result.stdout + result.stderr
   assert len(_executions(study["log"])) - before == 4
   assert set(runner.study_states(stages).values()) == {"done"}
+  # One check per device configuration with stages to run: all of them in the second run;
+  # in this one, only those of the failed condition's stages.
+  pending = {grid.device_config(s) for s in stages if "xlt_span_lowres" in s.id}
+  assert len(checks_log.read_text().splitlines()) == len(configs) + len(pending)
+  assert "devices for stages like" in result.stdout
+  checks_log.unlink()
+  assert subprocess.run(["bash", script], capture_output=True, text=True).returncode == 0
+  assert not checks_log.exists()  # all done: nothing to check
 
 
 @pytest.mark.slow
@@ -266,3 +287,54 @@ def test_a_changed_spec_does_not_reuse_finished_stages(study):
   before = len(_executions(study["log"]))
   assert _run(study, "--gin.seeds=[0, 1]") == 0
   assert len(_executions(study["log"])) - before == NUM_STAGES - 1  # direct/none is seedless
+
+
+def test_devices_are_checked_once_per_configuration_before_any_stage(study, tmp_path,
+                                                                    monkeypatch, capsys):
+  checks_log = tmp_path / "device_checks.log"
+  monkeypatch.setenv("FAKE_DEVICE_CHECK_LOG", str(checks_log))
+  monkeypatch.setenv("FAKE_STAGE_DEVICES_FAIL",
+                     "the mesh's model axis (8) cannot be laid out on the 4x4x4 torus")
+  with pytest.raises(ConfigError) as error:
+    _run(study)
+  assert "no stage was started" in str(error.value) and "4x4x4 torus" in str(error.value)
+  assert "cannot start on the devices here" in str(error.value)
+  assert not _executions(study["log"])
+  assert len(checks_log.read_text().splitlines()) == 1  # stopped at the first failing config
+  monkeypatch.delenv("FAKE_STAGE_DEVICES_FAIL")
+  checks_log.unlink()
+  assert _run(study) == 0
+  out = capsys.readouterr().out
+  stages = _stages(study)
+  configs = {grid.device_config(s) for s in stages}
+  assert 1 < len(configs) < len(stages)  # train and eval stages differ; seeds etc. do not
+  assert len(checks_log.read_text().splitlines()) == len(configs)
+  assert out.count("[study] devices: ") == len(configs)
+  assert len(_executions(study["log"])) == NUM_STAGES
+  checks_log.unlink()
+  assert _run(study) == 0  # everything done: nothing to check
+  assert not checks_log.exists()
+
+
+def test_skip_device_check_starts_stages_without_it(study, tmp_path, monkeypatch):
+  monkeypatch.setenv("FAKE_DEVICE_CHECK_LOG", str(tmp_path / "device_checks.log"))
+  monkeypatch.setenv("FAKE_STAGE_DEVICES_FAIL", "would fail")
+  assert _run(study, "--skip_device_check") == 0
+  assert not (tmp_path / "device_checks.log").exists()
+  assert len(_executions(study["log"])) == NUM_STAGES
+
+
+def test_device_configuration_follows_mesh_and_batch_bindings_only():
+  base = grid.Stage(id="a", command="train", role="finetune", condition="none", seed=0,
+                    target="xnli", stage_dir="/s/a", gin_files=("runs/finetune.gin",),
+                    bindings=(("RANDOM_SEED", 0), ("MODEL_DIR", "/s/a")), raw_bindings=(),
+                    deps=())
+  other_seed = base.__class__(**{**base.__dict__, "id": "b", "bindings": (
+      ("RANDOM_SEED", 1), ("MODEL_DIR", "/s/b"))})
+  assert grid.device_config(base) == grid.device_config(other_seed)
+  for changed in ({"bindings": base.bindings + (("BATCH_SIZE", 64),)},
+                  {"raw_bindings": ("xltransfer.partitioning.create_mesh.model = 8",)},
+                  {"gin_files": ("runs/finetune.gin", "meshes/tpu_v4_32.gin")},
+                  {"command": "eval"}):
+    assert grid.device_config(base.__class__(**{**base.__dict__, **changed})) != \
+        grid.device_config(base), changed

@@ -175,3 +175,40 @@ def test_eval_run_mode_scores_a_checkpoint(capsys, tmp_path):
     metrics = json.load(f)
   assert metrics["split"] == "validation" and metrics["num_examples"] == 24
   assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_check_devices_lays_out_the_mesh_and_batch_then_stops(capsys, tmp_path):
+  """`--check_devices` (what `study run` asks of each stage configuration first): the
+  config's mesh and BATCH_SIZE on the devices present, the run's own errors, nothing else."""
+  devices = len(jax.devices())
+  code = cli.main(["train", "--gin_file=models/mt5_tiny.gin", "--gin_file=runs/finetune.gin",
+                   f"--gin_file={os.path.join(FIXTURES, 'tiny_test.gin')}",
+                   f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEPS=3",
+                   "--check_devices"])
+  captured = capsys.readouterr()
+  assert code == 0, captured.err
+  assert (f"xltransfer train --check_devices: mesh {{'data': {devices}, 'model': 1}} over "
+          f"{devices} cpu devices in 1 process(es); batch 8, this host's rows 0:8"
+          in captured.out)
+  assert not os.path.exists(tmp_path / "run")  # nothing written, no step run
+  gin.clear_config()
+  code, err = _train(capsys, tmp_path / "run", "--gin.TRAIN_STEPS=3", "--check_devices",
+                     f"--gin.xltransfer.partitioning.create_mesh.model={devices + 1}")
+  assert code == 2
+  assert f"{devices} devices cannot be split into mesh axes" in err
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_eval_check_devices_lays_out_the_mesh_then_stops(capsys, tmp_path):
+  argv = ["eval", "--gin_file=models/mt5_tiny.gin", "--gin_file=eval/zeroshot.gin",
+          f"--checkpoint={tmp_path / 'no_checkpoint_needed'}", f"--output_dir={tmp_path / 'out'}",
+          "--tasks=xlt_xnli_zeroshot", "--check_devices"]
+  assert cli.main(argv) == 0
+  assert "xltransfer eval --check_devices: mesh {'data': " in capsys.readouterr().out
+  assert not os.path.exists(tmp_path / "out")
+  gin.clear_config()
+  assert cli.main(argv + ["--gin.xltransfer.partitioning.create_mesh.model=0"]) == 2
+  err = capsys.readouterr().err
+  assert "mesh axis sizes must be positive integers or -1" in err
+  assert "xltransfer.partitioning.create_mesh got {'model': 0}" in err
+  assert "Traceback" not in err

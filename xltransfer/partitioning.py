@@ -125,6 +125,12 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
 def _resolve_axis_sizes(num_devices: int, sizes: dict):
   """Fills the one axis given as -1 so that the product is the number of devices."""
   unknown = [name for name, size in sizes.items() if size == -1]
+  bad = {name: size for name, size in sizes.items()
+         if not isinstance(size, (int, np.integer)) or isinstance(size, bool)
+         or (size < 1 and size != -1)}
+  if bad:
+    raise ConfigError(f"mesh axis sizes must be positive integers or -1 (the rest of the "
+                      f"devices); xltransfer.partitioning.create_mesh got {bad}")
   if len(unknown) > 1:
     raise ConfigError(f"at most one mesh axis may be -1, got {unknown}")
   known = int(np.prod([s for s in sizes.values() if s != -1]))
@@ -322,6 +328,24 @@ class _ActivationContext:
   def __exit__(self, *exc):
     self._rules.__exit__(*exc)
     return self._mesh.__exit__(*exc)
+
+
+def check_devices(global_batch_size: Optional[int] = None) -> str:
+  """What a run's start-up does with the devices, and nothing more: the gin-configured mesh
+  laid out on the devices present (and, given the batch size, this host's rows of it).
+
+  The same ConfigError as the run's start names what does not fit; otherwise a one-line
+  description. `study run` calls it through `train/eval --check_devices` before starting any
+  stage, so a study on the wrong slice stops once instead of failing every stage.
+  """
+  partitioner = create_partitioner()
+  line = (f"mesh {dict(partitioner.mesh.shape)} over {partitioner.mesh.devices.size} "
+          f"{partitioner.mesh.devices.flat[0].platform} devices in {jax.process_count()} "
+          "process(es)")
+  if global_batch_size is not None:
+    start, stop = partitioner.host_batch_slice(global_batch_size)
+    line += f"; batch {global_batch_size}, this host's rows {start}:{stop}"
+  return line
 
 
 @gin.configurable(module="xltransfer.partitioning")

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="refuse an output directory holding another checkpoint's, step's or "
                            "settings' outputs instead of recomputing them; sets "
                            "xltransfer.evaluation.EvalSettings.no_overwrite")
+  parser.add_argument("--check_devices", action="store_true",
+                      help="only check that the config's mesh can be laid out on the devices "
+                           "present, as the evaluation's start would; print it, exit")
   parser.add_argument("--log_level", default="INFO")
   return parser
 
@@ -107,6 +110,9 @@ def _run(argv: Sequence[str]) -> int:
   gin_utils.parse_config(gin_files, list(args.gin_bindings) + _macro_bindings(args)
                          + cli_bindings, args.gin_search_paths, args.module)
   registered_names.check(_task_names(gin), "task or mixture")  # before TensorFlow loads
+  if args.check_devices:
+    print(f"xltransfer eval --check_devices: {partitioning.check_devices()}")
+    return 0
   gin_utils.import_modules(["xltransfer.tasks"])
   from xltransfer.evaluation import evaluator, outputs  # pylint: disable=import-outside-toplevel
   outcome = evaluator.evaluate_checkpoint()

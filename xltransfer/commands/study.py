@@ -9,7 +9,9 @@ SPEC is a gin file binding StudySpec (gin/study/*.gin). `--gin.seeds=[0]` and
 order as an `xltransfer train`/`eval` subprocess, logging to STAGE_DIR/stage.log; rerunning
 skips stages whose DONE exists, retries failed or interrupted ones, and a failed stage blocks
 only the stages that need its output. Before any stage runs, `run` checks that the Social IQa
-file of XCOPA's first fine-tuning stage (SIQA, then COPA) exists. `--emit DIR` writes the
+file of XCOPA's first fine-tuning stage (SIQA, then COPA) exists and, once per distinct mesh
+configuration, that the stages' mesh fits the devices here (`train/eval --check_devices` in a
+child process; `--skip_device_check` skips it). `--emit DIR` writes the
 stages instead (stages.json, one gin file per stage, run_stages.sh) for a pod launcher. DIR
 for status/report is the study's output directory (or an --emit directory for status).
 `--dry_run` ends with what the study costs: stages, training steps and, per training stage
@@ -74,6 +76,9 @@ def _parser():
   run.add_argument("--mfu", type=float, default=None,
                    help=f"with --plan: the assumed model FLOPs utilisation (default "
                         f"{cost.DEFAULT_MFU})")
+  run.add_argument("--skip_device_check", action="store_true",
+                   help="start stages without first checking (once per distinct mesh config, "
+                        "with `train/eval --check_devices`) that their mesh fits the devices")
   run.add_argument("--check_names", action="store_true",
                    help="first check that every condition and target mixture is registered "
                         "(imports xltransfer.tasks, which loads tensorflow)")
@@ -124,6 +129,8 @@ def _run(args, bindings) -> int:
   checks.check_compatible(study_dir, stages)
   checks.check_data(stages, args.spec)
   checks.check_labelled_data(stages, args.spec)
+  if not args.skip_device_check:
+    checks.check_devices(stages, program or runner.DEFAULT_PROGRAM)
   grid.write_study_file(os.path.join(study_dir, grid.STUDY_FILE), spec, stages, study_dir)
   print(f"[study] {spec.name}: {len(stages)} stages in {study_dir}")
   summary = runner.run_stages(stages, study_dir, program or runner.DEFAULT_PROGRAM)

@@ -46,8 +46,20 @@ def _parser() -> argparse.ArgumentParser:
                            "ADDRESS; automatic on Cloud TPU)")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--check_devices", action="store_true",
+                      help="only check that the config's mesh (and BATCH_SIZE) can be laid out "
+                           "on the devices present, as the run's start would; print it, exit")
   parser.add_argument("--log_level", default="INFO")
   return parser
+
+
+def _batch_size():
+  """The BATCH_SIZE macro, if the config defines it as a number."""
+  try:
+    value = gin.query_parameter("%BATCH_SIZE")
+  except ValueError:
+    return None
+  return value if isinstance(value, int) else None
 
 
 def _registration_modules():
@@ -103,6 +115,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
   gin_utils.parse_config(args.gin_file, list(args.gin_bindings) + cli_bindings,
                          args.gin_search_paths, args.module)
   registered_names.check(_task_names(), "MIXTURE_OR_TASK_NAME")  # before TensorFlow loads
+  if args.check_devices:
+    print(f"xltransfer train --check_devices: {partitioning.check_devices(_batch_size())}")
+    return 0
   gin_utils.import_modules([], tasks)
   from xltransfer.train import evaluate, run  # pylint: disable=import-outside-toplevel
   entry = run.train if args.run_mode == "train" else evaluate.evaluate

@@ -2,10 +2,11 @@
 
 A changed spec must not reuse a finished stage it configures differently; every mixture and
 task must be registered; Social IQa (XCOPA's first fine-tuning) and the labelled original
-releases must be where the stages will look.
+releases must be where the stages will look; the stages' meshes must fit the devices here.
 """
 import difflib
 import os
+import subprocess
 
 from xltransfer import registered_names
 from xltransfer.data import paths
@@ -96,3 +97,36 @@ def check_labelled_data(stages, where, environ=None) -> None:
           f"{where}: stage {stage.id} scores on the labelled original releases in {data_dir}, "
           "which does not exist (StudySpec.original_data_dir; docs/tasks.md, \"Labelled "
           "evaluation data\", lists what goes there)")
+
+
+def check_devices(stages, program, echo=print, run=subprocess.run) -> int:
+  """Runs `PROGRAM train|eval ... --check_devices` once per distinct device configuration of
+  the stages still to run; raises ConfigError with the first failure's message.
+
+  A stage whose mesh cannot be laid out on this slice (a v4-128 for a study that needs a
+  torus axis of 8, say) fails at start-up, and so does every stage configured like it: without
+  this check `study run` would start, and fail, each of them in turn. The check runs in a
+  child process, as the stages do, because the process that initialises a TPU holds it.
+  Returns how many checks ran.
+  """
+  seen = {}
+  for stage in stages:
+    if runner.own_state(stage) != "done":
+      seen.setdefault(grid.device_config(stage), stage)
+  for stage in seen.values():
+    argv = runner.stage_argv(stage, program) + ["--check_devices"]
+    result = run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                 stdin=subprocess.DEVNULL, check=False)
+    lines = [line for line in (result.stdout or "").splitlines() if line.strip()]
+    if result.returncode != 0:
+      errors = [line for line in lines if ": error: " in line]
+      reason = (errors or lines or [f"exit code {result.returncode}, no output"])[-1].strip()
+      sharing = sum(1 for s in stages if grid.device_config(s) == grid.device_config(stage)
+                    and runner.own_state(s) != "done")
+      raise ConfigError(
+          f"stage {stage.id} cannot start on the devices here, nor can the {sharing - 1} other "
+          f"stage(s) configured like it; no stage was started. {reason} (check: "
+          f"{' '.join(argv[:2])} ... --check_devices)")
+    echo(f"[study] devices: {stage.command} stages like {stage.id}: "
+         f"{(lines or ['ok'])[-1].split('--check_devices: ', 1)[-1]}")
+  return len(seen)

@@ -216,6 +216,22 @@ def xtreme_data_dir(stage, environ=None):
   return value or environ.get(XTREME_DATA_ENV_VAR, "")
 
 
+# Binding names that change what a stage asks of the devices (its mesh, or how the batch
+# splits over it). Stages that differ only in other bindings (seeds, tasks, directories) share
+# one device check.
+_DEVICE_BINDING_MARKERS = ("create_mesh", "partition", "logical_axis_rules", "BATCH_SIZE")
+
+
+def device_config(stage) -> tuple:
+  """What decides whether a stage's start-up fits the devices: its command, gin files, task
+  modules and the bindings that touch the mesh or the batch size."""
+  def touches_devices(name):
+    return any(marker in name for marker in _DEVICE_BINDING_MARKERS)
+  bindings = tuple((k, repr(v)) for k, v in stage.bindings if touches_devices(k))
+  raw = tuple(b for b in stage.raw_bindings if touches_devices(b.split("=", 1)[0]))
+  return (stage.command, stage.gin_files, stage.modules, bindings, raw)
+
+
 def dependents(stages, stage_id: str) -> set:
   """Ids of every stage that needs stage_id's output, directly or through others."""
   found, frontier = set(), {stage_id}

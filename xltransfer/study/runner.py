@@ -263,14 +263,15 @@ def emit(stages, spec, study_dir: str, out_dir: str, program=EMIT_PROGRAM) -> di
   grid.write_study_file(os.path.join(out_dir, grid.STUDY_FILE), spec, stages, study_dir)
   script = os.path.join(out_dir, "run_stages.sh")
   with open(script, "w") as f:
-    f.write(_shell_script(spec, entries))
+    f.write(_shell_script(spec, entries, stages))
   os.chmod(script, 0o755)
   return {"stages": len(entries), "stages_json": os.path.join(out_dir, "stages.json"),
           "script": script, "gin_dir": gin_dir}
 
 
-def _shell_script(spec, entries) -> str:
-  """A bash script with the runner's semantics: skip DONE, block dependents of failures."""
+def _shell_script(spec, entries, stages) -> str:
+  """A bash script with the runner's semantics: skip DONE, block dependents of failures, and
+  first check the devices once per mesh configuration that has stages still to run."""
   lines = [
       "#!/usr/bin/env bash",
       f"# Study {spec.name}: {len(entries)} stages in dependency order.",
@@ -301,8 +302,30 @@ def _shell_script(spec, entries) -> str:
       '    echo "[study] FAILED $id; log: $log"; failed=1',
       "  fi",
       "}",
+      "# A stage whose mesh does not fit this slice fails at start, and so would every stage",
+      "# configured like it: check once per configuration (`--check_devices`) before any stage.",
+      "check_devices() {  # FIRST_STAGE_ID STAGE_DIRS... -- ARGV...",
+      '  local id="$1" dirs=() pending=0 out; shift',
+      '  while [ "$1" != "--" ]; do dirs+=("$1"); shift; done; shift',
+      '  for d in "${dirs[@]}"; do has_done "$d" || pending=1; done',
+      '  [ "$pending" = 1 ] || return 0',
+      '  if ! out="$("$@" --check_devices 2>&1)"; then',
+      '    echo "[study] stage $id cannot start on these devices, nor can the other stages "'
+      '"configured like it; no stage was started (check: $1 $2 ... --check_devices):"',
+      '    printf "%s\\n" "$out" | tail -n 3',
+      "    exit 2",
+      "  fi",
+      '  echo "[study] devices for stages like $id: $(printf "%s\\n" "$out" | tail -n 1)"',
+      "}",
   ]
   by_id = {e["id"]: e for e in entries}
+  groups = {}
+  for stage, e in zip(stages, entries):
+    groups.setdefault(grid.device_config(stage), []).append(e)
+  for group in groups.values():
+    words = [group[0]["id"]] + [e["stage_dir"] for e in group]
+    lines.append(f"check_devices {shlex.join(words)} -- "
+                 f"{shlex.join(group[0]['argv'])}")
   for e in entries:
     words = [e["id"], e["stage_dir"]] + [by_id[d]["stage_dir"] for d in e["deps"]]
     lines.append(f"run_stage {shlex.join(words)} -- {shlex.join(e['argv'])}")
