@@ -20,6 +20,8 @@
 #   DEVICE_CHECK_SIZES="xl" DEVICE_CHECK_VARIANTS="1:minimal 2:minimal 1:full" DEVICE_CHECK_PLAN=0
 # (The first GPU run, 2026-11-30, measured 1:full at 23.9% MFU against 19.6% for the config's
 # 4:full; "minimal" then compiled to "full" in bf16, fixed since, so it is still unmeasured.)
+# DEVICE_CHECK_PROFILE=MICROBATCHES:REMAT adds a profile of the first size's step (about 90 s
+# for XL; 5 files come back, within the device tool's 8): see below.
 # The project itself is not installed: PYTHONPATH points at this checkout (gin files are read
 # from its gin/ folder).
 #
@@ -110,6 +112,18 @@ for variant in "${VARIANTS[@]}"; do
       --num_microbatches "$microbatches" --remat "$remat" --steps 3 --warmup 1 \
       --skip cost_check,xltransfer_decode,hf,xla_cpu_estimate --out "$dir"
 done
+
+# A profile of the first size's train step at MICROBATCHES:REMAT (two traced steps) into
+# $OUT/profile/SIZE/: the trace and the compiled module, gzipped; the GPU image cannot read the
+# trace (no TensorFlow), so summarise it afterwards here: python benchmarks/xla_profile.py DIR.
+if [ -n "${DEVICE_CHECK_PROFILE:-}" ]; then
+  microbatches=${DEVICE_CHECK_PROFILE%%:*} remat=${DEVICE_CHECK_PROFILE#*:}
+  step "gpu_step ${SIZES[0]} profile ($microbatches microbatches, $remat remat)" 120 \
+      "$PYTHON" benchmarks/gpu_step.py --sizes "${SIZES[0]}" "${MODE[@]}" \
+      --num_microbatches "$microbatches" --remat "$remat" --steps 2 --warmup 1 \
+      --skip cost_check,xltransfer_decode,hf,xla_cpu_estimate --out "$OUT/profile" \
+      --profile "$OUT/profile"
+fi
 
 if [ "$RUN_PLAN" != 1 ]; then
   echo "[device_check] xltransfer plan: SKIPPED (DEVICE_CHECK_PLAN=$RUN_PLAN)"

@@ -259,7 +259,28 @@ def jax_train(size, args, settings, record):
   out["predicted_over_measured_peak"] = (predicted / measured if predicted and measured
                                          else None)
   record["_write"]()
+  if args.profile:
+    _profile(compiled, step, os.path.join(args.profile, size), out)
+    record["_write"]()
   return model, holder["state"].params, partitioner
+
+
+def _profile(compiled, step, folder, out):
+  """Two traced steps and the compiled step's text into `folder`, summarised here when
+  TensorFlow's trace reader is importable (not on the GPU image: run xla_profile.py on the
+  folder afterwards)."""
+  import xla_profile  # pylint: disable=import-outside-toplevel
+  xla_profile.record(step, 2, folder, compiled.as_text())
+  out["profile"] = {"folder": folder}
+  try:
+    summary = xla_profile.summarise(folder)
+  except ImportError as e:
+    out["profile"]["summary"] = f"not summarised here ({e}); python benchmarks/xla_profile.py DIR"
+    return
+  with open(os.path.join(folder, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  out["profile"]["categories"] = summary["categories"]
+  xla_profile.print_summary(summary)
 
 
 def _maybe_total(per_device, num_devices):
@@ -518,6 +539,9 @@ def _args(argv=None):
   parser.add_argument("--skip", default="",
                       help=f"comma-separated parts to leave out: {', '.join(PARTS)}")
   parser.add_argument("--out", default=None, help="folder for gpu_step_SIZES.json")
+  parser.add_argument("--profile", default=None, metavar="DIR",
+                      help="after timing, trace two xltransfer train steps into DIR/SIZE "
+                           "(benchmarks/xla_profile.py summarises it)")
   parser.add_argument("--plan_flags", action="store_true",
                       help="print the `xltransfer plan` flags of the same config for the first "
                            "size (one per line) and exit")

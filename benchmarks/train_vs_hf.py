@@ -10,6 +10,7 @@ a bf16 GEMM peak measured here ("CPU MFU"). Compilation / the first steps are no
 
   python benchmarks/train_vs_hf.py                       # the full comparison (minutes)
   python benchmarks/train_vs_hf.py --size tiny --input_length 32 --target_length 16 --steps 3
+  python benchmarks/train_vs_hf.py --dtype bfloat16 --profile /tmp/profile   # + where time goes
 """
 import argparse
 import os
@@ -33,6 +34,9 @@ def _parse_args():
   parser.add_argument("--dtype", default="both",
                       help="float32, bfloat16 or both (modes run on each side)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--profile", default=None, metavar="DIR",
+                      help="after timing, trace two of xltransfer's steps in its last mode into "
+                           "DIR and print where the time goes (benchmarks/xla_profile.py)")
   return parser.parse_args()
 
 
@@ -60,7 +64,7 @@ def _time_steps(step_fn, batches, warmup):
   return float(np.mean(times))
 
 
-def bench_jax(args, config):
+def bench_jax(args, config, profile_dir=None):
   import jax  # pylint: disable=import-outside-toplevel
   from xltransfer.model.models import EncoderDecoderModel  # pylint: disable=import-outside-toplevel
   from xltransfer.partitioning import create_partitioner  # pylint: disable=import-outside-toplevel
@@ -81,8 +85,16 @@ def bench_jax(args, config):
         holder["state"], to_global_batch(batch, partitioner, args.batch_size))
     jax.block_until_ready(metrics["loss"])
 
-  return _time_steps(step, _batches(args, config.vocab_size, args.warmup_steps + args.steps),
-                     args.warmup_steps)
+  seconds = _time_steps(step, _batches(args, config.vocab_size,
+                                       args.warmup_steps + args.steps), args.warmup_steps)
+  if profile_dir:
+    import xla_profile  # pylint: disable=import-outside-toplevel
+    batch = next(_batches(args, config.vocab_size, 1))
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    text = trainer.lower_train_step(None, abstract).compile().as_text()
+    xla_profile.record(lambda: step(batch), 2, profile_dir, text)
+    xla_profile.print_summary(xla_profile.summarise(profile_dir))
+  return seconds
 
 
 def bench_hf(args, config, mode):
@@ -122,7 +134,9 @@ def main():
   peak, peaks = bf16_gemm_peak()
   rows = []
   for mode in modes:
-    rows.append((f"xltransfer (JAX) {mode}", bench_jax(args, config.replace(dtype=mode))))
+    profile_dir = args.profile if mode == modes[-1] else None
+    rows.append((f"xltransfer (JAX) {mode}", bench_jax(args, config.replace(dtype=mode),
+                                                       profile_dir)))
   for mode in modes:
     label = "bf16 autocast" if mode == "bfloat16" else mode
     rows.append((f"HF PyTorch {label}", bench_hf(args, config, mode)))

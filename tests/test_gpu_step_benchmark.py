@@ -20,6 +20,10 @@ BENCHMARKS = os.path.join(REPO, "benchmarks")
 _SPEC = importlib.util.spec_from_file_location("gpu_step", os.path.join(BENCHMARKS, "gpu_step.py"))
 gpu_step = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(gpu_step)
+_PROFILE_SPEC = importlib.util.spec_from_file_location(
+    "xla_profile", os.path.join(BENCHMARKS, "xla_profile.py"))
+xla_profile = importlib.util.module_from_spec(_PROFILE_SPEC)
+_PROFILE_SPEC.loader.exec_module(xla_profile)
 
 # A sitecustomize that hides TensorFlow, tfds and seqio from the benchmark's interpreter.
 _HIDE = hidden_packages.PRELUDE
@@ -203,7 +207,8 @@ def test_device_check_script_runs_end_to_end_with_tiny_shapes(tmp_path):
   (tmp_path / "no_wheels").mkdir()
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env.update(DEVICE_CHECK_TINY="1", DEVICE_CHECK_PLAN="0", OUT=str(out),
-             DEVICE_CHECK_VARIANTS="1:minimal", PYTHON=sys.executable,
+             DEVICE_CHECK_VARIANTS="1:minimal", DEVICE_CHECK_PROFILE="2:full",
+             PYTHON=sys.executable,
              DEVICE_CHECK_WHEELS=str(tmp_path / "no_wheels"),
              DEVICE_CHECK_SITE=str(tmp_path / "site"))
   proc = subprocess.run(["bash", os.path.join(BENCHMARKS, "device_check.sh")], cwd=REPO,
@@ -217,3 +222,38 @@ def test_device_check_script_runs_end_to_end_with_tiny_shapes(tmp_path):
   variant = json.loads((out / "variant_1_minimal" / "gpu_step_tiny.json").read_text())
   assert variant["sizes"]["tiny"]["xltransfer"]["config"]["remat_policy"] == "minimal"
   assert variant["sizes"]["tiny"]["xltransfer"]["config"]["num_microbatches"] == 1
+  # The profile comes back flat enough for the device tool (two folders down at most), and
+  # reads back here into categories that hold the step's instructions.
+  profile = out / "profile" / "tiny"
+  assert sorted(p.name for p in profile.iterdir()) == [
+      "calls", "step.hlo.txt.gz", "summary.json", "trace.xplane.pb.gz"]
+  summary = json.loads((profile / "summary.json").read_text())
+  assert summary["calls"] == 2 and _positive(summary["traced_seconds_per_call"])
+  assert {"attention", "output layer + loss", "optimizer"} <= set(summary["categories"])
+  assert all(_positive(v) for v in summary["categories"].values())
+  assert all(row["category"] == xla_profile.category(row["op_name"]) for row in summary["top"])
+
+
+def test_profile_names_each_instruction_by_its_op_or_its_fusions_root():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def loss(w, x):
+    with jax.named_scope("Transformer.decode/decoder/logits_dense"):
+      logits = jnp.dot(x, w)
+    return jnp.sum(jnp.exp(logits - 1.0) * 2.0)
+  text = jax.jit(jax.grad(loss)).lower(jnp.ones((4, 8)), jnp.ones((2, 4))).compile().as_text()
+  known = xla_profile.instruction_metadata(text)
+  fusions = {name: op for name, (_, op) in known.items() if "fusion" in name}
+  assert fusions and all(fusions.values()), fusions  # each fusion named, if only by its root
+  assert any("logits_dense" in op for _, op in known.values())
+  assert xla_profile.category("jit(_step)/transpose(jvp(Transformer))/Transformer.decode/decoder/"
+                              "logits_dense/dot_general") == "output layer + loss"
+  assert xla_profile.category("jit(_step)/jvp()/reduce_sum") == "output layer + loss"
+  assert xla_profile.category("jit(_step)/jvp(Transformer)/Transformer.encode/encoder/layers_0/"
+                              "attention/dot_general") == "attention"
+  assert xla_profile.category("jit(_step)/jvp(Transformer)/Transformer.encode/encoder/layers_0/"
+                              "mlp/wi_0/dot_general") == "other matmuls"
+  assert xla_profile.category("jit(_step)/rsqrt") == "optimizer"
+  assert xla_profile.category("jit(_step)/jvp(Transformer)/Transformer.encode/encoder/"
+                              "layers_0/pre_attention_layer_norm/mul") == "other"
