@@ -21,7 +21,11 @@
 # (The first GPU run, 2026-11-30, measured 1:full at 23.9% MFU against 19.6% for the config's
 # 4:full; "minimal" then compiled to "full" in bf16, fixed since, so it is still unmeasured.)
 # DEVICE_CHECK_PROFILE=MICROBATCHES:REMAT adds a profile of the first size's step (about 90 s
-# for XL; 5 files come back, within the device tool's 8): see below.
+# for XL; its figures go to the log only). The device tool brings back 8 files at most: the
+# log, gpu_step_xl.json, one JSON per variant and the profile's 3 files (calls, trace, module)
+# make 8 with three variants:
+#   DEVICE_CHECK_SIZES="xl" DEVICE_CHECK_VARIANTS="1:minimal 2:minimal 1:full" \
+#   DEVICE_CHECK_PLAN=0 DEVICE_CHECK_PROFILE="1:minimal" bash benchmarks/device_check.sh
 # The project itself is not installed: PYTHONPATH points at this checkout (gin files are read
 # from its gin/ folder).
 #
@@ -121,8 +125,7 @@ if [ -n "${DEVICE_CHECK_PROFILE:-}" ]; then
   step "gpu_step ${SIZES[0]} profile ($microbatches microbatches, $remat remat)" 120 \
       "$PYTHON" benchmarks/gpu_step.py --sizes "${SIZES[0]}" "${MODE[@]}" \
       --num_microbatches "$microbatches" --remat "$remat" --steps 2 --warmup 1 \
-      --skip cost_check,xltransfer_decode,hf,xla_cpu_estimate --out "$OUT/profile" \
-      --profile "$OUT/profile"
+      --skip cost_check,xltransfer_decode,hf,xla_cpu_estimate --profile "$OUT/profile"
 fi
 
 if [ "$RUN_PLAN" != 1 ]; then

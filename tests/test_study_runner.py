@@ -272,7 +272,8 @@ def test_emitted_script_runs_skips_and_blocks(study, tmp_path, monkeypatch):
   # in this one, only those of the failed condition's stages.
   pending = {grid.device_config(s) for s in stages if "xlt_span_lowres" in s.id}
   assert len(checks_log.read_text().splitlines()) == len(configs) + len(pending)
-  assert "devices for stages like" in result.stdout
+  assert ": mesh {'data': 1, 'model': 1} over 1 cpu devices" in result.stdout
+  assert "devices for stages like " in result.stdout and "xltransfer train" not in result.stdout
   checks_log.unlink()
   assert subprocess.run(["bash", script], capture_output=True, text=True).returncode == 0
   assert not checks_log.exists()  # all done: nothing to check
@@ -310,6 +311,7 @@ def test_devices_are_checked_once_per_configuration_before_any_stage(study, tmp_
   assert 1 < len(configs) < len(stages)  # train and eval stages differ; seeds etc. do not
   assert len(checks_log.read_text().splitlines()) == len(configs)
   assert out.count("[study] devices: ") == len(configs)
+  assert out.count("mesh {'data': 1, 'model': 1} over 1 cpu devices in 1 process(es)") == len(configs)
   assert len(_executions(study["log"])) == NUM_STAGES
   checks_log.unlink()
   assert _run(study) == 0  # everything done: nothing to check

@@ -127,6 +127,8 @@ def check_devices(stages, program, echo=print, run=subprocess.run) -> int:
           f"stage {stage.id} cannot start on the devices here, nor can the {sharing - 1} other "
           f"stage(s) configured like it; no stage was started. {reason} (check: "
           f"{' '.join(argv[:2])} ... --check_devices)")
+    # The command's own line, not whatever a library logged after it.
+    said = [line.split("--check_devices: ", 1)[1] for line in lines if "--check_devices: " in line]
     echo(f"[study] devices: {stage.command} stages like {stage.id}: "
-         f"{(lines or ['ok'])[-1].split('--check_devices: ', 1)[-1]}")
+         f"{(said or lines or ['ok'])[-1]}")
   return len(seen)

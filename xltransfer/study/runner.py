@@ -307,7 +307,7 @@ def _shell_script(spec, entries, stages) -> str:
       "check_devices() {  # FIRST_STAGE_ID STAGE_DIRS... -- ARGV...",
       '  local id="$1" dirs=() pending=0 out; shift',
       '  while [ "$1" != "--" ]; do dirs+=("$1"); shift; done; shift',
-      '  for d in "${dirs[@]}"; do has_done "$d" || pending=1; done',
+      '  for d in "${dirs[@]}"; do has_done "$d" || { pending=1; break; }; done',
       '  [ "$pending" = 1 ] || return 0',
       '  if ! out="$("$@" --check_devices 2>&1)"; then',
       '    echo "[study] stage $id cannot start on these devices, nor can the other stages "'
@@ -315,7 +315,8 @@ def _shell_script(spec, entries, stages) -> str:
       '    printf "%s\\n" "$out" | tail -n 3',
       "    exit 2",
       "  fi",
-      '  echo "[study] devices for stages like $id: $(printf "%s\\n" "$out" | tail -n 1)"',
+      '  out="$(printf "%s\\n" "$out" | grep -e "--check_devices: " | tail -n 1)"',
+      '  echo "[study] devices for stages like $id: ${out#*--check_devices: }"',
       "}",
   ]
   by_id = {e["id"]: e for e in entries}
