@@ -203,8 +203,10 @@ def test_eval_check_devices_lays_out_the_mesh_then_stops(capsys, tmp_path):
   argv = ["eval", "--gin_file=models/mt5_tiny.gin", "--gin_file=eval/zeroshot.gin",
           f"--checkpoint={tmp_path / 'no_checkpoint_needed'}", f"--output_dir={tmp_path / 'out'}",
           "--tasks=xlt_xnli_zeroshot", "--check_devices"]
-  assert cli.main(argv) == 0
-  assert "xltransfer eval --check_devices: mesh {'data': " in capsys.readouterr().out
+  assert cli.main(argv + ["--gin.BATCH_SIZE=16"]) == 0
+  out = capsys.readouterr().out
+  assert "xltransfer eval --check_devices: mesh {'data': " in out
+  assert "batch 16, this host's rows 0:16" in out
   assert not os.path.exists(tmp_path / "out")
   gin.clear_config()
   assert cli.main(argv + ["--gin.xltransfer.partitioning.create_mesh.model=0"]) == 2

@@ -67,8 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                            "settings' outputs instead of recomputing them; sets "
                            "xltransfer.evaluation.EvalSettings.no_overwrite")
   parser.add_argument("--check_devices", action="store_true",
-                      help="only check that the config's mesh can be laid out on the devices "
-                           "present, as the evaluation's start would; print it, exit")
+                      help="only check that the config's mesh (and batch size) can be laid out "
+                           "on the devices present, as the evaluation's start would; print it, "
+                           "exit")
   parser.add_argument("--log_level", default="INFO")
   return parser
 
@@ -111,7 +112,9 @@ def _run(argv: Sequence[str]) -> int:
                          + cli_bindings, args.gin_search_paths, args.module)
   registered_names.check(_task_names(gin), "task or mixture")  # before TensorFlow loads
   if args.check_devices:
-    print(f"xltransfer eval --check_devices: {partitioning.check_devices()}")
+    from xltransfer.evaluation.settings import EvalSettings  # pylint: disable=import-outside-toplevel
+    batch_size = EvalSettings().batch_size  # as gin configures the evaluation's
+    print(f"xltransfer eval --check_devices: {partitioning.check_devices(batch_size)}")
     return 0
   gin_utils.import_modules(["xltransfer.tasks"])
   from xltransfer.evaluation import evaluator, outputs  # pylint: disable=import-outside-toplevel
