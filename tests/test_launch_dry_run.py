@@ -217,3 +217,29 @@ def test_missing_gin_file_is_warned_in_the_dry_run(fakes, capsys):
   assert commands.gin_files_in_command(
       ["study", "run", "gin/study/x.gin", "--mesh_file", "meshes/cpu.gin"]) == [
           "gin/study/x.gin", "meshes/cpu.gin"]
+
+
+def test_study_run_on_several_hosts_is_refused_and_says_how(fakes, capsys):
+  """`study run` keeps its stage state on the host it runs on (and only process 0 of a
+  multi-host stage writes DONE): on every worker of a slice the copies would diverge after the
+  first stage. The launchers refuse it there, before running anything, and name the way."""
+  study = ["study", "run", "gin/study/xtreme_r_lowres_mt5_xxl.gin"]
+  for run in (lambda: tpu.main(["run", "mt5-xxl", f"--zone={ZONE}", "--num-workers=32", "--",
+                                *study]),
+              lambda: tpu.main(["--dry-run", "run", "mt5-xxl", f"--zone={ZONE}",
+                                "--accelerator-type=v4-256", "--", *study]),
+              lambda: slurm.main(["submit", "--nodes=2", "--", *study]),
+              lambda: slurm.main(["submit", "--nodes=1", "--processes-per-node=8", "--",
+                                  *study])):
+    with pytest.raises(UserError, match=r"drives a study from one host.*nothing was started.*"
+                       r"study run gin/study/xtreme_r_lowres_mt5_xxl.gin --emit DIR.*"
+                       r"run_stages.sh on every host"):
+      run()
+  assert not fakes.exists()
+  # One host runs it as it is; emitting the stages is fine anywhere.
+  assert tpu.main(["--dry-run", "run", "mt5-xxl", f"--zone={ZONE}", "--num-workers=1", "--",
+                   *study]) == 0
+  assert tpu.main(["--dry-run", "run", "mt5-xxl", f"--zone={ZONE}", "--num-workers=4", "--",
+                   *study, "--emit", "/tmp/stages"]) == 0
+  assert slurm.main(["submit", "--dry-run", "--nodes=1", "--", *study]) == 0
+  capsys.readouterr()

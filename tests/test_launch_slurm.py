@@ -71,15 +71,15 @@ def test_one_process_per_gpu_and_gres(capsys):
   out = dry_run_output(capsys, "--nodes=4", "--gpus-per-node=4", "--processes-per-node=4",
                        "--gres=gpu:a100:4", "--cpus-per-task=12", "--mem=0", "--qos=high",
                        "--constraint=a100", "--output=logs/%j.txt", "--script-path=job.sh",
-                       command=["study", "run", "gin/study/low resource.gin"])
+                       command=["train", "--gin_file=gin/runs/low resource.gin"])
   lines = out.splitlines()
   assert shlex.split(lines[-1]) == [
-      "sbatch", "--job-name=xltransfer-study", "--nodes=4", "--ntasks-per-node=4",
+      "sbatch", "--job-name=xltransfer-train", "--nodes=4", "--ntasks-per-node=4",
       "--gres=gpu:a100:4", "--qos=high", "--constraint=a100", "--cpus-per-task=12", "--mem=0",
       "--output=logs/%j.txt", "job.sh"]
   assert srun_line(out) == ["srun", "--nodes=4", "--ntasks-per-node=4", "--kill-on-bad-exit=1",
-                            "--gpus-per-task=1", "xltransfer", "study", "run",
-                            "gin/study/low resource.gin"]
+                            "--gpus-per-task=1", "xltransfer", "train",
+                            "--gin_file=gin/runs/low resource.gin"]
 
 
 def test_script_action_prints_the_script(capsys):

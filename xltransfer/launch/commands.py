@@ -103,6 +103,30 @@ def check_command_dry_run(command: Sequence[str], launcher_dry_run: bool, what: 
         "because of the --dry-run before `--`.", file=sys.stderr, flush=True)
 
 
+def refuse_study_run_on_several_hosts(command: Sequence[str], processes: int, where: str) -> None:
+  """`study run` drives a study from one host; started on several it cannot work.
+
+  Its runner keeps the study's state on the host it runs on (stage markers, and with local
+  stage directories the checkpoints and DONE files, which only process 0 of a multi-host stage
+  writes) and holds a lock on the study directory. Started on every worker of a slice, the
+  copies diverge after the first stage (a shared directory refuses all but one); a stage then
+  waits for hosts that have moved on. On several hosts the stages run from an emitted script.
+  """
+  if processes <= 1 or list(command[:2]) != ["study", "run"]:
+    return
+  if any(arg == "--emit" or arg.startswith("--emit=") for arg in command):
+    return
+  spec = shlex.quote(next((arg for arg in command[2:] if not arg.startswith("-")), "SPEC"))
+  raise UserError(
+      f"`study run` would run on {processes} {where} at once; it drives a study from one host "
+      "(each copy would keep its own stage state, and only process 0 of a multi-host stage "
+      "writes DONE), so nothing was started. For several hosts, write the stages with a shared "
+      f"output directory: `xltransfer study run {spec} --emit DIR "
+      "--gin.output_dir='\"gs://BUCKET/studies/NAME\"'`, copy DIR to the same path on every "
+      "host, and run DIR/run_stages.sh on every host (launch/README.md, \"A study on several "
+      "hosts\"). One host (e.g. a v4-8, or --nodes=1) runs `study run` as it is.")
+
+
 _GIN_FILE_FLAGS = ("--gin_file", "--mesh_file")
 
 

@@ -215,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args.dry_run = getattr(args, "dry_run", False) or dry_run or args.action == "script"
   job = job_from_args(args, xltransfer_args)
   commands.check_command_dry_run(job.xltransfer_args, args.dry_run, "submit the job")
+  commands.refuse_study_run_on_several_hosts(
+      job.xltransfer_args, job.nodes * job.processes_per_node, "SLURM tasks")
   commands.warn_missing_gin_files(job.xltransfer_args)
   if args.action == "script":
     sys.stdout.write(batch_script(job))

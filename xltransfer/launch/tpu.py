@@ -97,7 +97,7 @@ def _check_xltransfer_command(command: Sequence[str]) -> list[str]:
   if not command:
     raise UserError("give the xltransfer command after `--`, e.g. "
                     "`-- train --gin_file=gin/runs/finetune.gin ...` or "
-                    "`-- study run gin/study/xtreme_r_lowres_mt5_xxl.gin`")
+                    "`-- study run gin/study/xtreme_r_lowres_mt5_small.gin`")
   if command[0] not in command_line.COMMANDS:
     raise UserError(f"unknown xltransfer command {command[0]!r} after `--`; one of: "
                     f"{', '.join(command_line.COMMANDS)}")
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
       "run", help="run `xltransfer ...` (given after --) on every worker",
       epilog="After the flags: -- COMMAND [ARGS...], the xltransfer command for every worker, "
       "e.g. `-- train --gin_file=gin/scale/mt5_xxl_finetune_v4-128.gin "
-      "--gin.MODEL_DIR=\"'gs://b/x'\"` or `-- study run gin/study/xtreme_r_lowres_mt5_xxl.gin`. "
+      "--gin.MODEL_DIR=\"'gs://b/x'\"` or `-- study run gin/study/xtreme_r_lowres_mt5_small.gin`. "
       "--dry-run after `--` belongs to that command: put the launcher's before `--`.")
   _common(run)
   _ssh_options(run)
@@ -502,6 +502,7 @@ def _run(args, xltransfer_args) -> int:
   run_name = _check_run_name(args.run_name or _default_run_name(xltransfer_args))
   argv = worker_argv(_check_remote_dir(args.remote_dir), xltransfer_args, _parse_env(args.env))
   num_workers = _num_workers(args)
+  commands.refuse_study_run_on_several_hosts(xltransfer_args, num_workers, "workers")
   remote = run_remote_command(argv, run_name, detach=args.detach)
   if not args.detach:
     return _stream(args, _per_worker_ssh(args, remote, num_workers),
