@@ -113,8 +113,13 @@ def _union_seconds(intervals) -> float:
 
 
 def _events(xspace, known):
-  """(instruction, start_ps, end_ps) of every event that names an instruction of the module."""
-  for plane in xspace.planes:
+  """(instruction, start_ps, end_ps) of every event that names an instruction of the module.
+
+  With accelerator planes (/device:GPU:N, ...) only those count: the host's launch events
+  carry the same instruction names and would add launch time to kernel time.
+  """
+  planes = [p for p in xspace.planes if p.name.startswith(("/device:GPU:", "/device:TPU:"))]
+  for plane in planes or [p for p in xspace.planes if p.name.startswith("/host:")]:
     names = {k: v.name for k, v in plane.event_metadata.items()}
     stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
     for line in plane.lines:
@@ -122,7 +127,10 @@ def _events(xspace, known):
       for event in line.events:
         name = names.get(event.metadata_id, "")
         if name not in known:  # GPU kernels: the instruction is the hlo_op stat
-          name = next((stat.str_value or names.get(stat.ref_value, "") for stat in event.stats
+          # A string stat's value is inline (str_value) or interned (ref_value: the name of
+          # a stat_metadata entry).
+          name = next((stat.str_value or stat_names.get(stat.ref_value, "")
+                       for stat in event.stats
                        if stat_names.get(stat.metadata_id) == "hlo_op"), "")
         if name in known:
           start = base + event.offset_ps

@@ -259,3 +259,46 @@ def test_profile_names_each_instruction_by_its_op_or_its_fusions_root():
   assert xla_profile.category("jit(_step)/rsqrt") == "optimizer"
   assert xla_profile.category("jit(_step)/jvp(Transformer)/Transformer.encode/encoder/"
                               "layers_0/pre_attention_layer_norm/mul") == "other"
+
+
+def test_profile_reads_gpu_kernels_by_their_hlo_op_stat(tmp_path):
+  """A GPU trace as XLA's GPU profiler writes it (XPlane, tsl/profiler/protobuf/xplane.proto):
+  kernels on a /device:GPU:N plane named by the kernel, their instruction in the `hlo_op` stat,
+  inline or interned; the host's launch events, with the same instruction names, do not count.
+  No GPU trace can be recorded here, so the structure is built from the proto's definition."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+  space = xplane_pb2.XSpace()
+  gpu = space.planes.add(name="/device:GPU:0")
+  gpu.event_metadata[1].name = "sm90_xmma_gemm_bf16"
+  gpu.event_metadata[2].name = "loop_add_fusion_kernel"
+  gpu.stat_metadata[10].name = "hlo_op"
+  gpu.stat_metadata[11].name = "dot.7"  # an interned string value
+  stream = gpu.lines.add(name="Stream #1", timestamp_ns=1000)
+  for start, length, kernel, inline in ((0, 300, 1, None), (400, 300, 1, None),
+                                        (800, 100, 2, "add.3")):
+    event = stream.events.add(metadata_id=kernel, offset_ps=start * 1000,
+                              duration_ps=length * 1000)
+    stat = event.stats.add(metadata_id=10)
+    if inline:
+      stat.str_value = inline
+    else:
+      stat.ref_value = 11
+  host = space.planes.add(name="/host:CPU")
+  host.event_metadata[1].name = "dot.7"
+  host.lines.add(name="launch", timestamp_ns=0).events.add(metadata_id=1, offset_ps=0,
+                                                            duration_ps=10 ** 9)
+  hlo = ('ENTRY %main {\n'
+         '  %dot.7 = f32[4,4]{1,0} dot(%a, %b), metadata={op_name="jit(_step)/jvp(Transformer)/'
+         'Transformer.decode/decoder/logits_dense/dot_general"}\n'
+         '  ROOT %add.3 = f32[4,4]{1,0} add(%dot.7, %c), metadata={op_name="jit(_step)/add"}\n}\n')
+  with gzip.open(tmp_path / xla_profile.TRACE, "wb") as f:
+    f.write(space.SerializeToString())
+  with gzip.open(tmp_path / xla_profile.HLO, "wt") as f:
+    f.write(hlo)
+  (tmp_path / "calls").write_text("2\n")
+  summary = xla_profile.summarise(str(tmp_path))
+  assert summary["categories"] == pytest.approx(
+      {"output layer + loss": 600e-9 / 2, "optimizer": 100e-9 / 2})
+  assert [row["instruction"] for row in summary["top"]] == ["dot.7", "add.3"]
+  assert summary["traced_seconds_per_call"] == pytest.approx(900e-9 / 2)
