@@ -20,12 +20,14 @@ def same_host_malloc_for_both():
   return f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
 
 
-def untied_hf_mt5(config, seed: int = 0, head_scale: float = 0.05, zero_head_rows=()):
+def untied_hf_mt5(config, seed: int = 0, head_scale: float = 0.05, zero_head_rows=(),
+                  dropout_rate: float = 0.0):
   """A randomly initialised HF `MT5ForConditionalGeneration` with `config`'s shapes.
 
   transformers 5 ties the output layer whatever the config says; mT5's is separate, so a
   fresh `lm_head` is assigned. `zero_head_rows` zeroes output rows (e.g. EOS, so decoding
-  never stops early and both sides decode the same number of tokens).
+  never stops early and both sides decode the same number of tokens). `dropout_rate` is HF's
+  own dropout (per element, where T5X and xltransfer share a mask along the length).
   """
   import torch
   import transformers
@@ -33,7 +35,7 @@ def untied_hf_mt5(config, seed: int = 0, head_scale: float = 0.05, zero_head_row
   from xltransfer.checkpoints import hf
   hf_config = transformers.MT5Config(**{k: v for k, v in hf.hf_config_dict(config).items()
                                         if k not in ("architectures", "model_type")})
-  hf_config.dropout_rate = 0.0
+  hf_config.dropout_rate = dropout_rate
   torch.manual_seed(seed)
   model = transformers.MT5ForConditionalGeneration(hf_config)
   head = torch.randn_like(model.lm_head.weight) * head_scale

@@ -1,6 +1,7 @@
 """Training throughput of xltransfer vs HF PyTorch MT5 on this CPU, side by side.
 
-Both train the same network (mT5-small by default: untied output layer, no dropout) with
+Both train the same network (mT5-small by default: untied output layer, no dropout unless
+`--dropout_rate` says so: then each side applies its own, HF per element, xltransfer as T5X) with
 Adafactor as T5X configures it (factored, decay 0.8, clipping 1.0, parameter scaling,
 constant 1e-3) on the same random batches (batch 8, inputs 512, targets 128), each in two
 modes: float32, and bfloat16 (ours: bf16 activations and matmul operands, float32
@@ -34,6 +35,8 @@ def _parse_args():
   parser.add_argument("--dtype", default="both",
                       help="float32, bfloat16 or both (modes run on each side)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--dropout_rate", type=float, default=0.0,
+                      help="dropout on both sides (fine-tuning uses 0.1)")
   parser.add_argument("--profile", default=None, metavar="DIR",
                       help="after timing, trace two of xltransfer's steps in its last mode into "
                            "DIR and print where the time goes (benchmarks/xla_profile.py)")
@@ -102,7 +105,7 @@ def bench_hf(args, config, mode):
   from transformers.optimization import Adafactor as HFAdafactor  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(os.cpu_count())
-  model = untied_hf_mt5(config, seed=args.seed)
+  model = untied_hf_mt5(config, seed=args.seed, dropout_rate=args.dropout_rate)
   model.train()
   optimizer = HFAdafactor(model.parameters(), lr=1e-3, relative_step=False, scale_parameter=True,
                           warmup_init=False, clip_threshold=1.0, decay_rate=-0.8)
@@ -125,10 +128,10 @@ def main():
   malloc = same_host_malloc_for_both()
   from xltransfer.model.config import get_config  # pylint: disable=import-outside-toplevel
   modes = modes_from_flag(args.dtype)
-  config = get_config(args.size, dropout_rate=0.0)
+  config = get_config(args.size, dropout_rate=args.dropout_rate)
   tokens = args.batch_size * (args.input_length + args.target_length)
   print(f"mT5-{args.size} training: batch {args.batch_size}, inputs {args.input_length}, targets "
-        f"{args.target_length}; {args.steps} timed steps after {args.warmup_steps} warm-up; "
+        f"{args.target_length}; dropout {args.dropout_rate}; {args.steps} timed steps after {args.warmup_steps} warm-up; "
         f"{os.cpu_count()} CPU threads")
   print(f"  host malloc (both sides): {malloc}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   peak, peaks = bf16_gemm_peak()

@@ -104,7 +104,7 @@ def test_the_model_attention_uses_it_in_bf16_and_drops_only_when_training(monkey
   attention.apply(params, x, x, None, False, rngs={"dropout": jax.random.PRNGKey(1)})
   assert len(calls) == 2
   assert calls[0][4] is None  # no keep-mask when deterministic
-  assert calls[1][4].shape == (B, H, Q, Q) and calls[1][5] == 0.5
+  assert calls[1][4].shape == (B, H, 1, Q) and calls[1][5] == 0.5  # one mask for all queries
 
 
 def test_the_attention_gradient_keeps_less_than_autodiff():

@@ -329,6 +329,22 @@ class RelativePositionBiases(nn.Module):
     return values[None]  # [1, heads, q, k]
 
 
+# Dropout as T5 applies it (Mesh TensorFlow T5, and T5X's t5x/examples/t5: `nn.Dropout(...,
+# broadcast_dims=(-2,))`, and attention dropout with `dropout_shape[-2] = 1`): one mask per
+# sequence, shared by all its positions. Activations [..., length, features] drop the same
+# features at every position; attention weights [b, h, q, k] drop the same keys for every query.
+# Besides matching the recipe mT5's hyperparameters were tuned with, it draws 1/length of the
+# random bits: on a CPU, per-element masks made an mT5-small step with dropout 1.5x slower.
+SHARED_ALONG_LENGTH = (-2,)
+
+
+def dropout(x, rate: float, deterministic: bool):
+  """`x` [..., length, features] with dropout at `rate`, one mask shared along the length."""
+  if deterministic or rate == 0:
+    return x
+  return nn.Dropout(rate, broadcast_dims=SHARED_ALONG_LENGTH)(x, deterministic=False)
+
+
 # --- Attention with low-precision operands: softmax(q k^T + bias) v with its own VJP. ---
 #
 # Autodiff of the softmax keeps its float32 numerators and normalisers ([batch, heads, q, k],
@@ -390,7 +406,8 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 def low_precision_attention(query, key, value, bias, keep=None, keep_rate: float = 1.0):
   """softmax(query key^T + bias) value for bf16 [b, q, h, d] queries and heads-major
   [b, h, k, d] keys and values; float32 bias [.., h or 1, q, k] (its gradient is float32) and
-  softmax; `keep`, a boolean [b, h, q, k] mask, drops weights as nn.Dropout(1 - keep_rate)."""
+  softmax; `keep`, a boolean [b, h, q, k] mask or one [b, h, 1, k] shared by the queries, drops
+  weights as nn.Dropout(1 - keep_rate)."""
   if bias is not None:
     bias = bias.astype(jnp.float32)
   return _attention(query, key, value, bias, keep, float(keep_rate))
@@ -436,20 +453,19 @@ class MultiHeadAttention(nn.Module):
     key = constrain(key, ("batch", "heads", "length", "kv"))
     value = constrain(value, ("batch", "heads", "length", "kv"))
 
-    dropout = not deterministic and self.dropout_rate > 0
     if _is_low_precision(query, key, value):
       keep = None
-      if dropout:
+      if not deterministic and self.dropout_rate > 0:
+        # [b, h, 1, k]: one mask for every query (see `dropout`).
         keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate,
-                                    key.shape[:2] + (query.shape[1], key.shape[2]))
+                                    key.shape[:2] + (1, key.shape[2]))
       out = low_precision_attention(query, key, value, bias, keep, 1.0 - self.dropout_rate)
     else:
       scores = einsum("bqhd,bhkd->bhqk", query, key)
       if bias is not None:
         scores = scores + bias.astype(jnp.float32)
       weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-      if dropout:
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      weights = dropout(weights, self.dropout_rate, deterministic)  # [b, h, q, k]: shared by q
       out = einsum("bhqk,bhkd->bqhd", weights, value, out_dtype=self.dtype)
     out = out.reshape(out.shape[:-2] + (joined,))
     return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"), dtype=self.dtype,
@@ -503,8 +519,7 @@ class GatedGeluMlp(nn.Module):
                               dtype=self.dtype)
     hidden = nn.gelu(dense(name="wi_0")(x), approximate=True) * dense(name="wi_1")(x)
     hidden = constrain(hidden, ("batch", "length", "mlp"))
-    if not deterministic and self.dropout_rate > 0:
-      hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=False)
+    hidden = dropout(hidden, self.dropout_rate, deterministic)
     return Dense(features=x.shape[-1], kernel_axes=("mlp", "embed"), dtype=self.dtype,
                  name="wo")(hidden)
 

@@ -22,12 +22,6 @@ REMAT_POLICIES = {
 }
 
 
-def _dropout(x, rate, deterministic):
-  if deterministic or rate == 0:
-    return x
-  return nn.Dropout(rate)(x, deterministic=False)
-
-
 class EncoderLayer(nn.Module):
   config: MT5Config
   deterministic: bool = True
@@ -41,10 +35,10 @@ class EncoderLayer(nn.Module):
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                                   name="attention")(h, h, bias, self.deterministic)
-    x = x + _dropout(h, cfg.dropout_rate, self.deterministic)
+    x = x + layers.dropout(h, cfg.dropout_rate, self.deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     h = layers.GatedGeluMlp(cfg.mlp_dim, cfg.dropout_rate, dtype, name="mlp")(h, self.deterministic)
-    x = x + _dropout(h, cfg.dropout_rate, self.deterministic)
+    x = x + layers.dropout(h, cfg.dropout_rate, self.deterministic)
     return (x, None) if self.scanned else x
 
 
@@ -65,16 +59,16 @@ class DecoderLayer(nn.Module):
                                   name="self_attention")(h, h, self_bias, self.deterministic,
                                                          decode=self.decode,
                                                          decode_length=self.decode_length)
-    x = x + _dropout(h, cfg.dropout_rate, self.deterministic)
+    x = x + layers.dropout(h, cfg.dropout_rate, self.deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype,
                                   static_kv=True, name="encoder_decoder_attention")(
                                       h, encoded, cross_bias, self.deterministic,
                                       decode=self.decode)
-    x = x + _dropout(h, cfg.dropout_rate, self.deterministic)
+    x = x + layers.dropout(h, cfg.dropout_rate, self.deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     h = layers.GatedGeluMlp(cfg.mlp_dim, cfg.dropout_rate, dtype, name="mlp")(h, self.deterministic)
-    x = x + _dropout(h, cfg.dropout_rate, self.deterministic)
+    x = x + layers.dropout(h, cfg.dropout_rate, self.deterministic)
     return (x, None) if self.scanned else x
 
 
@@ -112,11 +106,11 @@ class Encoder(nn.Module):
     bias = bias + layers.RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
         bidirectional=True, dtype=cfg.activation_dtype, name="relpos_bias")(length, length)
-    x = _dropout(self.token_embedder(tokens), cfg.dropout_rate, deterministic)
+    x = layers.dropout(self.token_embedder(tokens), cfg.dropout_rate, deterministic)
     x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, x, bias,
                    deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="encoder_norm")(x)
-    return _dropout(x, cfg.dropout_rate, deterministic)
+    return layers.dropout(x, cfg.dropout_rate, deterministic)
 
 
 class Decoder(nn.Module):
@@ -149,12 +143,12 @@ class Decoder(nn.Module):
       cross_bias = layers.attention_mask_bias(decoder_mask, encoder_mask,
                                               query_segments=decoder_segment_ids,
                                               key_segments=encoder_segment_ids)
-    x = _dropout(self.token_embedder(decoder_input_tokens), cfg.dropout_rate, deterministic)
+    x = layers.dropout(self.token_embedder(decoder_input_tokens), cfg.dropout_rate, deterministic)
     x = _run_stack(self, DecoderLayer, cfg.num_decoder_layers, x, encoded, self_bias, cross_bias,
                    deterministic=deterministic, decode=decode,
                    decode_length=max_decode_length or 0)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name="decoder_norm")(x)
-    x = _dropout(x, cfg.dropout_rate, deterministic)
+    x = layers.dropout(x, cfg.dropout_rate, deterministic)
     if cfg.logits_via_embedding:
       # Tied output (T5 v1.0): rescale as the input embedding is not scaled down.
       logits = self.token_embedder.attend(x) / jnp.sqrt(x.shape[-1]).astype(x.dtype)
