@@ -124,6 +124,7 @@ def main(argv):
     with open(os.environ["FAKE_STAGE_LOG"], "a") as f:
       f.write(f"{command} {out}\n")
   print(f"fake {command} for {out}", flush=True)
+  print(f"JAX_COMPILATION_CACHE_DIR={os.environ.get('JAX_COMPILATION_CACHE_DIR')}", flush=True)
   time.sleep(float(os.environ.get("FAKE_STAGE_SLEEP", "0")))
   if mixture in os.environ.get("FAKE_STAGE_FAIL", "").split(":"):
     print("simulated failure", file=sys.stderr)

@@ -76,6 +76,33 @@ def test_runs_every_stage_in_dependency_order_then_skips_on_rerun(study, capsys)
   assert f"{NUM_STAGES} already done" in capsys.readouterr().out
 
 
+def _cache_dirs_seen_by_stages(study):
+  return {line.split("=", 1)[1] for stage in _stages(study)
+          for line in open(os.path.join(stage.stage_dir, runner.LOG)).read().splitlines()
+          if line.startswith("JAX_COMPILATION_CACHE_DIR=")}
+
+
+def test_stages_share_a_compilation_cache_in_the_study_dir(study, monkeypatch):
+  # Unset, as on a user's machine (the test session sets one for its own processes).
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+  assert _run(study) == 0
+  assert _cache_dirs_seen_by_stages(study) == {os.path.join(study["dir"], "jax_cache")}
+  assert "JAX_COMPILATION_CACHE_DIR" not in os.environ  # the runner's own environment is as it was
+
+
+def test_a_users_compilation_cache_setting_is_kept(study, monkeypatch):
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # the cache turned off
+  assert _run(study) == 0
+  assert _cache_dirs_seen_by_stages(study) == {""}
+  env = runner.stage_environment("/s", {"JAX_COMPILATION_CACHE_DIR": "/mine"})
+  assert env["JAX_COMPILATION_CACHE_DIR"] == "/mine"
+  assert "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in env
+  env = runner.stage_environment("/s", {"PATH": "/bin"})
+  assert env == {"PATH": "/bin", "JAX_COMPILATION_CACHE_DIR": os.path.join("/s", "jax_cache"),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
 @pytest.mark.slow
 def test_stage_commands_chain_checkpoints(study):
   assert _run(study) == 0

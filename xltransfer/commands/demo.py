@@ -90,15 +90,6 @@ def ensure_initial_checkpoint(path: str, model_size: str, seed: int = INIT_SEED)
   return True
 
 
-def share_compilation_cache(directory: str) -> None:
-  """Lets the stage processes reuse each other's compiled steps (same shapes in every
-  condition) through jax's persistent cache, unless the user configured one."""
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
-    # The tiny model compiles in well under jax's default 1 s threshold for caching.
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if any(arg in ("-h", "--help") for arg in argv):
@@ -122,7 +113,6 @@ def main(argv=None) -> int:
           f"{spec.initial_checkpoint}")
   else:
     print(f"[demo] using the initial checkpoint {spec.initial_checkpoint}")
-  share_compilation_cache(os.path.join(os.path.dirname(spec.study_dir()), "jax_cache"))
   print(f"[demo] running the study {path}; rerun `xltransfer demo` to resume after an "
         "interruption\n")
   code = study_command.main(["run", path, "--report", *argv])

@@ -31,6 +31,9 @@ DEFAULT_PROGRAM = (sys.executable, "-m", "xltransfer.cli")
 EMIT_PROGRAM = ("xltransfer",)
 
 DONE = "DONE"
+# jax's persistent compilation cache, shared by the stages of a study (see `stage_environment`).
+COMPILATION_CACHE = "jax_cache"
+CACHE_DIR_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
 RUNNING_MARKER = "STUDY_RUNNING"
 FAILED_MARKER = "STUDY_FAILED"
 LOG = "stage.log"
@@ -136,6 +139,25 @@ def study_states(stages) -> dict:
   return states
 
 
+def stage_environment(study_dir: str, environ=None) -> dict:
+  """The environment a stage process runs in: this one, plus jax's persistent compilation
+  cache in STUDY_DIR/jax_cache unless JAX_COMPILATION_CACHE_DIR is set (to an empty string,
+  it turns the cache off).
+
+  The stages of a study compile the same programs (every condition's fine-tuning, each
+  target's evaluation) and each is a fresh process: with the cache, only the first compiles.
+  mT5-small on 2 CPU cores: a 2-step `xltransfer train` took 76.6 s, 50.4 s from the cache.
+  Entries are keyed by the program, the compiler options and the jax version, so a stage
+  never gets another's program. Everything is cached, however quick to compile (a tiny
+  model's steps compile in under jax's default one-second threshold).
+  """
+  env = dict(os.environ if environ is None else environ)
+  if CACHE_DIR_VARIABLE not in env:
+    env[CACHE_DIR_VARIABLE] = os.path.join(os.path.abspath(study_dir), COMPILATION_CACHE)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  return env
+
+
 def _die_with_parent():
   """Runs in the child: on Linux, ask for SIGKILL when the runner dies, so killing the runner
   stops its stage instead of leaving it to race a rerun."""
@@ -161,7 +183,7 @@ class RunSummary:
     return not self.failed and not self.blocked
 
 
-def _run_one(stage, program, echo) -> bool:
+def _run_one(stage, program, echo, env) -> bool:
   os.makedirs(stage.stage_dir, exist_ok=True)
   running = os.path.join(stage.stage_dir, RUNNING_MARKER)
   failed = os.path.join(stage.stage_dir, FAILED_MARKER)
@@ -174,7 +196,7 @@ def _run_one(stage, program, echo) -> bool:
     log.flush()
     start = time.time()
     child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             preexec_fn=_die_with_parent)
+                             env=env, preexec_fn=_die_with_parent)
     with open(running, "w") as f:
       json.dump({"pid": child.pid, "runner_pid": os.getpid(), "host": socket.gethostname(),
                  "started": _now()}, f)
@@ -207,6 +229,7 @@ def run_stages(stages, study_dir: str, program=DEFAULT_PROGRAM, echo=print) -> R
   lock = run_lock.DirectoryLock(study_dir, "`xltransfer study run`").acquire()
   summary = RunSummary()
   outcome = {}
+  env = stage_environment(study_dir)
   try:
     for i, stage in enumerate(stages, 1):
       tag = f"[study] ({i}/{len(stages)}) {stage.id}"
@@ -222,7 +245,7 @@ def run_stages(stages, study_dir: str, program=DEFAULT_PROGRAM, echo=print) -> R
         echo(f"{tag}: blocked by {', '.join(missing)}")
         continue
       echo(f"{tag}: running ({stage.command}; log {os.path.join(stage.stage_dir, LOG)})")
-      ok = _run_one(stage, program, echo)
+      ok = _run_one(stage, program, echo, env)
       outcome[stage.id] = "done" if ok else "failed"
       (summary.ran if ok else summary.failed).append(stage.id)
   finally:
