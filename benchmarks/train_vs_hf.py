@@ -131,8 +131,8 @@ def main():
   config = get_config(args.size, dropout_rate=args.dropout_rate)
   tokens = args.batch_size * (args.input_length + args.target_length)
   print(f"mT5-{args.size} training: batch {args.batch_size}, inputs {args.input_length}, targets "
-        f"{args.target_length}; dropout {args.dropout_rate}; {args.steps} timed steps after {args.warmup_steps} warm-up; "
-        f"{os.cpu_count()} CPU threads")
+        f"{args.target_length}; dropout {args.dropout_rate}; {args.steps} timed steps after "
+        f"{args.warmup_steps} warm-up; {os.cpu_count()} CPU threads")
   print(f"  host malloc (both sides): {malloc}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   peak, peaks = bf16_gemm_peak()
   rows = []
