@@ -128,19 +128,26 @@ def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
 
 
 @pytest.mark.slow
-def test_decoding_casts_the_weights_once_with_the_same_tokens(monkeypatch):
-  """Greedy decoding in bf16 casts kernels and embeddings before its loop (not once per
-  step); the layers cast the same way, so the tokens are exactly those without it."""
+@pytest.mark.parametrize("logits_via_embedding", [False, True])
+def test_decoding_casts_the_weights_once_with_the_same_tokens(monkeypatch, logits_via_embedding):
+  """Greedy decoding in bf16 casts the matmul weights before its loop (not once per step): the
+  kernels, and the embedding only where it gives the logits (tied, as T5 v1.0). An untied
+  embedding (mT5) is only looked up, a few rows a step, so it stays float32. The layers cast
+  the same way, so the tokens are exactly those without the pre-cast."""
   from xltransfer.model import decoding  # pylint: disable=import-outside-toplevel
-  model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16"))
+  config = get_config("tiny", dtype="bfloat16").replace(logits_via_embedding=logits_via_embedding)
+  model = EncoderDecoderModel(config)
   params = model.init(jax.random.PRNGKey(1))
-  cast = decoding.weights_in_compute_dtype(params, jnp.bfloat16)
-  assert cast["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
-  assert cast["token_embedder"]["embedding"].dtype == jnp.bfloat16
+  cast = decoding.weights_in_compute_dtype(params, jnp.bfloat16, logits_via_embedding)
+  assert cast["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].dtype == jnp.bfloat16
   assert cast["decoder"]["decoder_norm"]["scale"].dtype == jnp.float32
-  assert decoding.weights_in_compute_dtype(params, jnp.float32) is params
+  embedding = jnp.bfloat16 if logits_via_embedding else jnp.float32
+  assert cast["token_embedder"]["embedding"].dtype == embedding
+  if not logits_via_embedding:
+    assert cast["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
+  assert decoding.weights_in_compute_dtype(params, jnp.float32, logits_via_embedding) is params
   inputs = jnp.asarray(np.random.RandomState(0).randint(2, 1024, (3, 12)), jnp.int32)
   tokens = model.greedy_decode(params, inputs, 10)
-  monkeypatch.setattr(decoding, "weights_in_compute_dtype", lambda p, dtype: p)
+  monkeypatch.setattr(decoding, "weights_in_compute_dtype", lambda p, dtype, tied: p)
   uncast = jax.jit(lambda p, x: decoding.greedy_decode(model.module, p, x, 10))(params, inputs)
   np.testing.assert_array_equal(tokens, uncast)

@@ -51,7 +51,8 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
   from xltransfer.model.decoding import weights_in_compute_dtype
   from xltransfer.model.network import Transformer
 
-  params = weights_in_compute_dtype(params, module.config.activation_dtype)
+  params = weights_in_compute_dtype(params, module.config.activation_dtype,
+                                    module.config.logits_via_embedding)
   batch = encoder_input_tokens.shape[0]
   k = beam_size
   tokens_k = jnp.repeat(encoder_input_tokens, k, axis=0)

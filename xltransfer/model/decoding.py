@@ -10,21 +10,26 @@ import jax.numpy as jnp
 from xltransfer.model.argmax import argmax_last_axis
 
 
-def weights_in_compute_dtype(params, dtype):
-  """The matmul weights (`kernel`, `embedding`) cast once to the activation dtype.
+def weights_in_compute_dtype(params, dtype, logits_via_embedding: bool):
+  """The matmul weights (every `kernel`; the `embedding` too when it gives the logits) cast
+  once to the activation dtype.
 
-  Every decoding step reads every weight. Left float32, a bfloat16 model would read each
-  float32 weight and write its bf16 copy on every step (for mT5's 250k x 512 output layer
+  Every decoding step reads every matmul weight. Left float32, a bfloat16 model would read
+  each float32 weight and write its bf16 copy on every step (for mT5's 250k x 512 output layer
   about 0.8 GB of memory traffic a token). The layers make the same cast themselves, so the
-  result is bit for bit the same; norms and position biases stay float32.
+  result is bit for bit the same; norms and position biases stay float32. An embedding table
+  that is only looked up (mT5's untied one) stays float32: a step gathers a few of its rows,
+  and casting the whole table took longer than that (XLA:CPU even converted the bf16 copy
+  back to float32 for the gather: two passes over 250k x 512 per decode).
   """
   dtype = jnp.dtype(dtype)
   if dtype == jnp.float32:
     return params
+  names = ("kernel", "embedding") if logits_via_embedding else ("kernel",)
 
   def cast(path, x):
     name = getattr(path[-1], "key", None)
-    if name in ("kernel", "embedding") and jnp.issubdtype(x.dtype, jnp.floating):
+    if name in names and jnp.issubdtype(x.dtype, jnp.floating):
       return x.astype(dtype)
     return x
   return jax.tree_util.tree_map_with_path(cast, params)
@@ -33,7 +38,8 @@ def weights_in_compute_dtype(params, dtype):
 def greedy_decode(module, params, encoder_input_tokens, max_decode_length: int, eos_id: int = 1):
   from xltransfer.model.network import Transformer  # Local: network imports nothing from here.
 
-  params = weights_in_compute_dtype(params, module.config.activation_dtype)
+  params = weights_in_compute_dtype(params, module.config.activation_dtype,
+                                    module.config.logits_via_embedding)
 
   encoded = module.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
   batch = encoder_input_tokens.shape[0]
