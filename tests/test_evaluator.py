@@ -7,8 +7,6 @@ import os
 import jax
 import numpy as np
 import pytest
-import seqio
-import tensorflow as tf
 from seqeval import metrics as seqeval_metrics
 
 from xltransfer.checkpoints import native
@@ -20,7 +18,8 @@ from xltransfer.evaluation.settings import EvalSettings
 from xltransfer import metrics as metrics_lib
 from xltransfer.model.config import get_config
 from xltransfer.model.models import EncoderDecoderModel
-from xltransfer.tasks import catalog
+
+from first_word_task import register_first_word_task
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "xtreme")
 TASKS = ("xlt_xnli_eval_zh", "xlt_xcopa_eval_zh", "xlt_panx_eval_ru", "xlt_xquad_eval_zh",
@@ -77,7 +76,15 @@ def test_writes_the_documented_files(evaluated, checkpoint):
       assert {"id", "input", "target", "prediction", "example_score"} <= set(record)
       assert 0.0 <= record["example_score"] <= 100.0
   summary = _metrics(output_dir)
-  assert set(summary) == {"checkpoint", "step", "tasks", "no_gold", "failed"}
+  assert set(summary) == {"checkpoint", "step", "tasks", "no_gold", "failed", "truncated"}
+  # At 48 input tokens XQuAD's contexts are cut; the counts are the records' own flags.
+  assert summary["truncated"]["xquad"]["zh"]["inputs_truncated"] > 0
+  for target, by_lang in summary["truncated"].items():
+    for lang, counts in by_lang.items():
+      records = _records(output_dir, target, lang)
+      assert counts == {"examples": len(records),
+                        "inputs_truncated": sum("input_truncated" in r for r in records),
+                        "decode_limit_reached": sum("decode_limit_reached" in r for r in records)}
   assert summary["no_gold"] == {} and summary["failed"] == {}
   assert summary["checkpoint"] == checkpoint and summary["step"] == 0
   assert {(t, l) for t, by_lang in summary["tasks"].items() for l in by_lang} == EXPECTED_FILES
@@ -178,19 +185,7 @@ def test_missing_gin_file_is_exit_2(capsys):
 
 def _register_copy_task(path):
   """A task whose target is the input's first word: `xlt_copytest_eval_en`."""
-  def dataset_fn(split, shuffle_files=False, seed=None):
-    del split, shuffle_files, seed
-    lines = tf.data.TextLineDataset(path)
-    return lines.map(lambda line: {"inputs": line,
-                                   "targets": tf.strings.split(line, " ")[0]})
-  features = {"inputs": seqio.Feature(vocab.get_vocabulary("builtin")),
-              "targets": seqio.Feature(vocab.get_vocabulary("builtin"))}
-  seqio.TaskRegistry.remove("xlt_copytest_eval_en")
-  seqio.TaskRegistry.add(
-      "xlt_copytest_eval_en", source=seqio.FunctionDataSource(dataset_fn, splits=("validation",)),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features=features, metric_fns=[metrics_lib.accuracy])
-  catalog.declare_evaluation("xlt_copytest_eval_en", family="copytest", language="en")
+  register_first_word_task(path, "copytest")
 
 
 @pytest.mark.slow

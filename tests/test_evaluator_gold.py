@@ -531,4 +531,4 @@ def test_predictions_written_before_the_cluster_fields_are_recomputed(tmp_path, 
   again = _run(model_and_params, "xlt_goldfmt_eval_en", out, checkpoint="/runs/a")
   assert "recomputing" in caplog.text and "record_format None" in caplog.text
   assert again.metrics == {"goldfmt": {"en": {"accuracy": 25.0}}}
-  assert _json(out, "predictions/goldfmt/en.meta.json")["record_format"] == 2
+  assert _json(out, "predictions/goldfmt/en.meta.json")["record_format"] == evaluator.RECORD_FORMAT

@@ -676,3 +676,38 @@ def test_contrasts_on_fewer_units_than_were_checked_are_named(tmp_path):
   assert warning.startswith("3 contrast(s)")
   assert "xlt_inter_all9 vs baseline (none) on xnli (low-resource) (10)" in warning
   assert "on xnli/de" not in warning and "on xnli/sw" not in warning
+
+
+def _say_truncated(stage, lang, counts):
+  path = os.path.join(stage.stage_dir, "metrics.json")
+  data = json.load(open(path))
+  data["truncated"] = {stage.target: {lang: counts}}
+  with open(path, "w") as f:
+    json.dump(data, f)
+
+
+def test_inputs_and_predictions_cut_at_the_lengths_are_reported(tmp_path):
+  _, stages, study_dir, _ = _write_study(tmp_path)
+  xquad = [s for s in stages if s.command == "eval" and s.target == "xquad"]
+  # Every stage reads the same de data at the same lengths: 7 of its 60 inputs cut in each;
+  # the predictions differ by model (3 and 2 at the decode length in two of the stages).
+  for i, stage in enumerate(xquad):
+    _say_truncated(stage, "de", {"examples": 60, "inputs_truncated": 7,
+                                 "decode_limit_reached": {0: 3, 1: 2}.get(i, 0)})
+  paths = report.write_report(study_dir, samples=50, plot=False)
+  data = json.load(open(paths["json"]))
+  assert data["truncated"] == {"xquad": {"de": {"examples": 60, "inputs_truncated": 7,
+                                                "decode_limit_reached": 5,
+                                                "stages": len(xquad)}}}
+  markdown = open(paths["markdown"]).read()
+  assert "mT5's own XTREME fine-tuning used 1024 input tokens" in markdown
+  section = markdown.split("## Cut at the configured lengths\n", 1)[1].split("\n## ", 1)[0]
+  rows = [line for line in section.splitlines() if line.startswith("| xquad")]
+  predictions = 60 * len(xquad)
+  assert rows == ["| xquad | de | 7 of 60 (11.7%) | "
+                  f"5 of {predictions} ({100 * 5 / predictions:.1f}%, {len(xquad)} stages) |"]
+
+
+def test_no_length_section_when_nothing_was_cut(written):
+  assert written["json"]["truncated"] == {}
+  assert "## Cut at the configured lengths" not in written["md"]

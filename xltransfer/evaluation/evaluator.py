@@ -25,7 +25,8 @@ that declares none is filed under its own name with language "all"
                                       vocabulary, provenance, no_gold
   metrics.json                        {"checkpoint", "step", "tasks": {target: {lang: {...}}},
                                        "no_gold": {target: {lang: why}},
-                                       "failed": {target: {lang: error}}}
+                                       "failed": {target: {lang: error}},
+                                       "truncated": {target: {lang: counts}}}
   eval_info.json                      per task the split and provenance it was read from, the
                                       settings, and the no_gold and failed tasks
   tensorboard/                        the metrics as scalars at `step`
@@ -35,6 +36,14 @@ Records hold the post-processed target and prediction (text; every gold answer f
 tag per token for tagging; gold ids and the top-20 ranked ids for Mewsli-X and LAReQA; sentence
 indices for Tatoeba). Extras: `prediction_index` and `label` (rank classification),
 `prediction_en_to_xx` (Tatoeba's other direction, scored as `accuracy_en_to_xx`).
+
+Lengths. Inputs longer than `task_feature_lengths["inputs"]` tokens are cut (seqio's
+`append_eos_after_trim`) and generation stops at the decode length; both change what is scored
+(a QA answer past the cut cannot be found; a long sentence's tags are cut short). Such records
+say so (`input_truncated`, `decode_limit_reached`: true, left out otherwise), metrics.json and
+eval_info.json count them per task under `truncated` ({"examples", "inputs_truncated",
+"decode_limit_reached"}, tasks with any only), and a WARNING names the task. Retrieval tasks
+(their own encoding) are not counted.
 
 Gold. XTREME-R's official download hides the test gold (xltransfer/data/gold.py), so a task is
 scored only when its examples carry gold, decided before any inference:
@@ -135,7 +144,8 @@ def ways() -> Dict[str, Way]:
 # The fields a predictions file's records carry; recorded in its .meta.json so that a file
 # written before a field existed is recomputed rather than reused without it.
 # 2: "item" / "paragraph" (cluster ids for the study's bootstrap).
-RECORD_FORMAT = 2
+# 3: "input_truncated" / "decode_limit_reached" (an older file cannot say which were cut).
+RECORD_FORMAT = 3
 
 
 def _data_inputs(task: EvalTask) -> dict:
@@ -152,22 +162,26 @@ def _data_inputs(task: EvalTask) -> dict:
 
 @dataclasses.dataclass
 class TaskResult:
-  """One task's outcome: its split, provenance, why it has no gold (None: it has) and metrics."""
+  """One task's outcome: its split, provenance, why it has no gold (None: it has), metrics,
+  and how many inputs and outputs were cut at the lengths (None: none were)."""
   split: str
   provenance: Optional[gold_lib.Provenance]
   no_gold: Optional[str]
   metrics: Dict[str, float]
+  truncated: Optional[Dict[str, int]] = None
 
 
 @dataclasses.dataclass
 class EvalOutcome:
   """What `Evaluator.run` found: {target: {lang: ...}} maps of metrics, no-gold reasons, task
-  failures (error messages), splits and provenance (JSON, None when the source does not say)."""
+  failures (error messages), splits, provenance (JSON, None when the source does not say) and
+  truncation counts (`examples.truncation_counts`, tasks with any cut only)."""
   metrics: Dict[str, Dict[str, dict]] = dataclasses.field(default_factory=dict)
   no_gold: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
   failed: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
   splits: Dict[str, Dict[str, str]] = dataclasses.field(default_factory=dict)
   provenance: Dict[str, Dict[str, Optional[dict]]] = dataclasses.field(default_factory=dict)
+  truncated: Dict[str, Dict[str, Dict[str, int]]] = dataclasses.field(default_factory=dict)
 
   @property
   def ok(self) -> bool:
@@ -253,6 +267,9 @@ class Evaluator:
       _put(outcome.provenance, task,
            result.provenance.to_json() if result.provenance is not None else None)
       source = result.provenance.describe() if result.provenance else f"{result.split} split"
+      if result.truncated is not None:
+        _put(outcome.truncated, task, result.truncated)
+        self._warn_truncated(task, result.truncated)
       if result.no_gold is not None:
         _put(outcome.no_gold, task, result.no_gold)
         logging.warning("eval %s: NO GOLD, predictions only, no metric (%s): %s", task.name,
@@ -263,14 +280,15 @@ class Evaluator:
         logging.info("eval %s (%s, %s): %s", task.name, task.target, source,
                      " ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()))
     summary = {"checkpoint": checkpoint, "step": int(step), "tasks": outcome.metrics,
-               "no_gold": outcome.no_gold, "failed": outcome.failed}
+               "no_gold": outcome.no_gold, "failed": outcome.failed,
+               "truncated": outcome.truncated}
     outputs.write_atomic(os.path.join(self.output_dir, METRICS_FILE),
                          json.dumps(summary, indent=2))
     info = {"checkpoint": checkpoint, "step": int(step), "splits": outcome.splits,
             "provenance": outcome.provenance,
             "tasks": {t.name: [t.target, t.lang] for t in self.tasks},
             "no_gold": outcome.no_gold, "failed": outcome.failed,
-            "settings": dataclasses.asdict(self.settings)}
+            "truncated": outcome.truncated, "settings": dataclasses.asdict(self.settings)}
     outputs.write_atomic(os.path.join(self.output_dir, INFO_FILE), json.dumps(info, indent=2))
     self._write_summaries(outcome.metrics, step)
     if outcome.failed:
@@ -280,6 +298,20 @@ class Evaluator:
     else:
       outputs.write_atomic(done, f"step {int(step)}\n")
     return outcome
+
+  def _warn_truncated(self, task: EvalTask, counts: Dict[str, int]):
+    """A WARNING per task whose inputs or outputs were cut at the configured lengths: its
+    metric is the model's under those lengths, not over the whole examples."""
+    said = []
+    if counts["inputs_truncated"]:
+      said.append(f"{counts['inputs_truncated']} of {counts['examples']} inputs were longer than "
+                  f"{self.settings.task_feature_lengths['inputs']} tokens and were cut (the "
+                  "model never saw their ends)")
+    if counts["decode_limit_reached"]:
+      said.append(f"{counts['decode_limit_reached']} of {counts['examples']} predictions stopped "
+                  f"at the decode length ({self.settings.decode_length} tokens) before EOS")
+    logging.warning("eval %s: %s; raise TASK_FEATURE_LENGTHS (or max_decode_length) to score "
+                    "whole examples", task.name, "; ".join(said))
 
   # ---- one task ----
 
@@ -326,9 +358,11 @@ class Evaluator:
       # The meta first: a predictions file never exists without it.
       outputs.write_atomic(meta_path(path), json.dumps(meta, indent=2, ensure_ascii=False))
       write_records(path, records)
+    from xltransfer.evaluation.examples import truncation_counts
+    truncated = truncation_counts(records)
     if no_gold is not None:
-      return TaskResult(split, provenance, no_gold, {})
-    return TaskResult(split, provenance, None, way.metrics(task, records))
+      return TaskResult(split, provenance, no_gold, {}, truncated)
+    return TaskResult(split, provenance, None, way.metrics(task, records), truncated)
 
   def _mismatch(self, task: EvalTask, split: str, path: str) -> Optional[str]:
     """None when an existing predictions file's .meta.json says it was made for this task,

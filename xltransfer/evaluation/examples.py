@@ -163,6 +163,23 @@ def metrics_of_seqio_task(task: EvalTask, records: List[dict]) -> Dict[str, floa
   return seqio_task_metrics(seqio.get_mixture_or_task(task.name), records)
 
 
+def input_was_truncated(feature: seqio.Feature, text_: str, length: int) -> bool:
+  """Whether `text_`, tokenized as the task does (with its EOS), is longer than `length`
+  tokens: seqio's `append_eos_after_trim` then cut it, and the model saw only its start (a QA
+  context's answer past the cut cannot be found)."""
+  count = len(feature.vocabulary.encode(text_)) + (1 if feature.add_eos else 0)
+  return count > length
+
+
+def truncation_counts(records: List[dict]) -> Optional[Dict[str, int]]:
+  """How many of a task's records had their input cut (`input_truncated`) or their output
+  stopped by the decode length (`decode_limit_reached`), out of how many; None when none."""
+  counts = {"examples": len(records),
+            "inputs_truncated": sum(bool(r.get("input_truncated")) for r in records),
+            "decode_limit_reached": sum(bool(r.get("decode_limit_reached")) for r in records)}
+  return counts if counts["inputs_truncated"] or counts["decode_limit_reached"] else None
+
+
 def load_examples(seqio_task: seqio.Task, split: str, settings: EvalSettings) -> List[dict]:
   lengths = settings.task_feature_lengths
   ds = seqio_task.get_dataset(sequence_length={"inputs": lengths["inputs"],
@@ -191,13 +208,18 @@ def predict_seqio_task(context: Context, task: EvalTask, split: str, predictor: 
   inputs = inference_lib.pad_columns([ex["inputs"] for ex in examples],
                                      context.settings.task_feature_lengths["inputs"])
   outputs, extras = predictor(context, task, seqio_task, examples, inputs, no_gold)
+  inputs_feature = seqio_task.output_features["inputs"]
   records = []
   for index, (ex, target, output, extra) in enumerate(zip(examples, targets, outputs, extras)):
     prediction = seqio_task.postprocess_fn(output, example=ex, is_target=False)
+    input_text = text(ex["inputs_pretokenized"])
+    truncated = input_was_truncated(inputs_feature, input_text,
+                                    context.settings.task_feature_lengths["inputs"])
     records.append({"id": text(ex["id"]) if "id" in ex else str(index),
-                    **cluster_fields(ex), "input": text(ex["inputs_pretokenized"]),
+                    **cluster_fields(ex), "input": input_text,
                     "target": target if no_gold is None else None,
-                    "prediction": jsonable(prediction), **extra})
+                    "prediction": jsonable(prediction), **extra,
+                    **({"input_truncated": True} if truncated else {})})
   scorer = None
   if no_gold is None:
     scorer = example_scorer(metric_fns_of(seqio_task), records[0]["target"],

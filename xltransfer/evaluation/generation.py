@@ -12,7 +12,10 @@ def _decode(context, task, seqio_task, examples, inputs, no_gold):
   tokens = context.runner.decode(inputs, settings.decode_length, settings.beam_size,
                                  settings.alpha, description=task.name)
   outputs = [vocabulary.decode([int(t) for t in row]) for row in tokens]
-  return outputs, [{} for _ in outputs]
+  # A row without EOS stopped at the decode length: its prediction may be cut short (a long
+  # sentence's tags), which the metric would count as errors.
+  return outputs, [{} if vocabulary.eos_id in row else {"decode_limit_reached": True}
+                   for row in tokens]
 
 
 def predict(context, task, split):

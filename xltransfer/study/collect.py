@@ -51,6 +51,9 @@ class EvalResult:
   # {lang: {"source", "split", "location"}} for every language with metrics; source and
   # location are None when the stage did not record them (no eval_info.json provenance).
   sources: dict = dataclasses.field(default_factory=dict)
+  # {lang: {"examples", "inputs_truncated", "decode_limit_reached"}} for the languages whose
+  # inputs or predictions were cut at the eval's lengths (metrics.json "truncated").
+  truncated: dict = dataclasses.field(default_factory=dict)
 
 
 def _read_metrics(path: str, target: str, stage_id: str) -> dict:
@@ -140,11 +143,34 @@ def load_results(spec, stages, notes: Optional[dict] = None) -> tuple:
         del metrics[lang]
     if said:
       notes[stage.id] = said
+    truncated = (_read_json(path).get("truncated") or {}).get(stage.target) or {}
     results.append(EvalResult(stage.id, stage.condition, stage.seed,
                               column_of(spec, stage.role, stage.target), stage.target,
                               metrics, stage.stage_dir,
-                              {l: s for l, s in sources.items() if l in metrics}))
+                              {l: s for l, s in sources.items() if l in metrics},
+                              {l: c for l, c in truncated.items() if l in metrics}))
   return results, missing
+
+
+def truncation_summary(results) -> dict:
+  """{column: {lang: {"examples", "inputs_truncated", "decode_limit_reached", "stages"}}} for
+  the languages cut anywhere: inputs cut (the most any stage counted: every stage reads the
+  same data at the same lengths), predictions at the decode length summed over all `stages`
+  that scored the language, of `examples` each."""
+  summary = {}
+  for result in results:
+    for lang in result.metrics:
+      entry = summary.setdefault(result.column, {}).setdefault(
+          lang, {"examples": 0, "inputs_truncated": 0, "decode_limit_reached": 0, "stages": 0})
+      entry["stages"] += 1
+      counts = result.truncated.get(lang)
+      if counts:
+        entry["examples"] = max(entry["examples"], int(counts["examples"]))
+        entry["inputs_truncated"] = max(entry["inputs_truncated"], int(counts["inputs_truncated"]))
+        entry["decode_limit_reached"] += int(counts["decode_limit_reached"])
+  return {column: {lang: e for lang, e in sorted(by_lang.items()) if e["examples"]}
+          for column, by_lang in sorted(summary.items())
+          if any(e["examples"] for e in by_lang.values())}
 
 
 def _records(path: str) -> list:
