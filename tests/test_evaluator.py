@@ -138,7 +138,7 @@ def test_submission_layout_for_test_splits(evaluated):
   assert not os.path.exists(os.path.join(submission_dir, "xnli"))
 
 
-def test_resumes_from_complete_prediction_files(evaluated, checkpoint):
+def test_resumes_from_complete_prediction_files(evaluated, checkpoint, capsys):
   output_dir, _, _ = evaluated
   # Edit two finished files so that recomputing them would give other metrics, and delete
   # a third, which must be recomputed identically.
@@ -154,6 +154,10 @@ def test_resumes_from_complete_prediction_files(evaluated, checkpoint):
   os.remove(tatoeba_path)
   os.remove(os.path.join(output_dir, "DONE"))
   assert cli.main(["eval", *_argv(checkpoint, output_dir)]) == 0
+  # The command lists the tasks the 48-token inputs cut, with the counts metrics.json has.
+  counts = _metrics(output_dir)["truncated"]["xquad"]["zh"]
+  assert (f"xquad    zh   cut at the lengths: {counts['inputs_truncated']} of "
+          f"{counts['examples']} inputs") in capsys.readouterr().out
   scores = _metrics(output_dir)["tasks"]
   assert scores["xnli"]["zh"]["accuracy"] == 100.0
   assert scores["panx"]["ru"]["f1"] == 100.0

@@ -127,6 +127,11 @@ def _run(argv: Sequence[str]) -> int:
     for lang, reason in by_lang.items():
       print(f"{target:8s} {lang:4s} no gold, no metric; predictions only in "
             f"{outputs.predictions_path(output_dir, target, lang)}: {reason}")
+  for target, by_lang in outcome["truncated"].items():
+    for lang, counts in by_lang.items():
+      print(f"{target:8s} {lang:4s} cut at the lengths: {counts['inputs_truncated']} of "
+            f"{counts['examples']} inputs, {counts['decode_limit_reached']} predictions at the "
+            "decode length (\"truncated\" in metrics.json)")
   print(f"predictions and metrics.json in {output_dir}")
   failed = [(t, l, e) for t, by_lang in outcome["failed"].items() for l, e in by_lang.items()]
   if failed:

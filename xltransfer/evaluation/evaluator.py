@@ -466,7 +466,8 @@ def evaluate_checkpoint(checkpoint_path: str = gin.REQUIRED, model=gin.REQUIRED,
   evaluator = Evaluator(model, tasks, output_dir, settings, partitioner, show_progress)
   outcome = evaluator.run(params, step=step, checkpoint=checkpoint_path)
   return {"output_dir": output_dir, "step": step, "metrics": outcome.metrics,
-          "no_gold": outcome.no_gold, "failed": outcome.failed, "tasks": len(tasks)}
+          "no_gold": outcome.no_gold, "failed": outcome.failed, "truncated": outcome.truncated,
+          "tasks": len(tasks)}
 
 
 @gin.configurable(module="xltransfer.evaluation")
