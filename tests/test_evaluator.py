@@ -79,6 +79,8 @@ def test_writes_the_documented_files(evaluated, checkpoint):
   assert set(summary) == {"checkpoint", "step", "tasks", "no_gold", "failed", "truncated"}
   # At 48 input tokens XQuAD's contexts are cut; the counts are the records' own flags.
   assert summary["truncated"]["xquad"]["zh"]["inputs_truncated"] > 0
+  # Retrieval counts its queries: Mewsli-X mentions with their context exceed 48 tokens.
+  assert summary["truncated"]["mewslix"]["en"]["inputs_truncated"] > 0
   for target, by_lang in summary["truncated"].items():
     for lang, counts in by_lang.items():
       records = _records(output_dir, target, lang)

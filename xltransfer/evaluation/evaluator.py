@@ -42,8 +42,8 @@ Lengths. Inputs longer than `task_feature_lengths["inputs"]` tokens are cut (seq
 (a QA answer past the cut cannot be found; a long sentence's tags are cut short). Such records
 say so (`input_truncated`, `decode_limit_reached`: true, left out otherwise), metrics.json and
 eval_info.json count them per task under `truncated` ({"examples", "inputs_truncated",
-"decode_limit_reached"}, tasks with any only), and a WARNING names the task. Retrieval tasks
-(their own encoding) are not counted.
+"decode_limit_reached"}, tasks with any only), and a WARNING names the task. Retrieval counts
+its queries (not its candidates, a pool the languages share).
 
 Gold. XTREME-R's official download hides the test gold (xltransfer/data/gold.py), so a task is
 scored only when its examples carry gold, decided before any inference:

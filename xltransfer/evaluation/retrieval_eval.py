@@ -66,11 +66,15 @@ def predict(context, task, split):
       rs = dataclasses.replace(rs, candidates=rs.candidates[:settings.max_examples],
                                candidate_ids=rs.candidate_ids[:settings.max_examples])
   no_gold = examples_lib.check_gold(context, task, split, provenance, rs.gold)
-  vocabulary = seqio.get_mixture_or_task(task.name).output_features["inputs"].vocabulary
+  feature = seqio.get_mixture_or_task(task.name).output_features["inputs"]
+  vocabulary = feature.vocabulary
   # The training tasks' prefixes: evaluation embeds what a dual encoder was trained on.
   query_prefix, candidate_prefix = retrieval_data.PREFIXES[task.target]
-  queries = _embed_texts(context, [query_prefix + q for q in rs.queries], vocabulary,
-                         f"{task.name} queries")
+  query_texts = [query_prefix + q for q in rs.queries]
+  queries = _embed_texts(context, query_texts, vocabulary, f"{task.name} queries")
+  # Queries cut at the input length (candidates are not counted: a pool shared by languages).
+  cut = [{"input_truncated": True} if examples_lib.input_was_truncated(
+      feature, text, settings.task_feature_lengths["inputs"]) else {} for text in query_texts]
   # Mewsli-X and LAReQA share one candidate pool across languages: embed it once.
   key = ("retrieval candidates", task.target, len(rs.candidate_ids), rs.candidate_ids[0],
          rs.candidate_ids[-1])
@@ -86,20 +90,23 @@ def predict(context, task, split):
         {"id": str(qid), "input": q, "target": int(min(g)) if labelled else None,
          "prediction": int(rs.candidate_ids[f]),
          "prediction_en_to_xx": int(rs.query_ids[b]),
-         "example_score": 100.0 * (int(rs.candidate_ids[f]) in g) if labelled else None}
-        for qid, q, g, f, b in zip(rs.query_ids, rs.queries, rs.gold, forward, backward)]
+         "example_score": 100.0 * (int(rs.candidate_ids[f]) in g) if labelled else None,
+         **flags}
+        for qid, q, g, f, b, flags in zip(rs.query_ids, rs.queries, rs.gold, forward, backward,
+                                          cut)]
   _, indices = retrieval.cosine_top_k(queries, candidates, MAP_K, **search)
   clusters = [examples_lib.cluster_fields({"item": item, "paragraph": paragraph})
               for item, paragraph in zip(rs.query_items or [""] * len(rs.queries),
                                          rs.query_paragraphs or [""] * len(rs.queries))]
   records = []
-  for qid, q, g, row, cluster in zip(rs.query_ids, rs.queries, rs.gold, indices, clusters):
+  for qid, q, g, row, cluster, flags in zip(rs.query_ids, rs.queries, rs.gold, indices,
+                                            clusters, cut):
     ranked = [rs.candidate_ids[j] for j in row]
     score = (100.0 * metrics_lib.average_precision_at_k(g, ranked, MAP_K) if labelled
              else None)
     records.append({"id": str(qid), **cluster, "input": q,
                     "target": sorted(g) if labelled else None,
-                    "prediction": ranked, "example_score": score})
+                    "prediction": ranked, "example_score": score, **flags})
   return provenance, no_gold, records
 
 
