@@ -2,6 +2,7 @@
 
   xltransfer tasks list [--kind intermediate|target|corpus|translated|mixture|seqio] [--json]
   xltransfer tasks show NAME [--split S] [-n 3] [--vocab builtin|byte|mt5|PATH]
+  xltransfer tasks lengths NAME [--split S] [--lengths inputs=512,targets=128] [-n N] [--json]
 
 Both take --module=my_tasks (or a .py path) and --gin_file=my_run.gin to load a user's
 registrations as `xltransfer train|eval` would (the gin files' `import` lines, T5X's
@@ -11,11 +12,17 @@ outside the catalogue are listed as kind `seqio`.
 For each XTREME-R eval task, `list` says which source and split its scores come from under the
 current target source (gin `target_source`, $XLTRANSFER_TARGET_SOURCE), and `show` what the
 split it read actually holds (a stripped file is named, predictions only).
+
+`lengths` tokenizes a task's (or each task of a mixture's) examples without cutting them and
+prints each feature's token lengths (EOS included) and how many exceed the lengths a run would
+use (TASK_FEATURE_LENGTHS; seqio cuts those silently): for choosing lengths before a run.
 """
 import argparse
 import difflib
 import json
 import sys
+
+import numpy as np
 
 from xltransfer import gin_utils
 from xltransfer.errors import UserError
@@ -47,6 +54,18 @@ def _parser():
   show.add_argument("-n", type=int, default=3, help="number of examples")
   show.add_argument("--vocab", default=None,
                     help="vocabulary for tokenizing (default: gin / $XLTRANSFER_VOCAB / mt5)")
+  lengths = sub.add_parser("lengths", parents=[loading],
+                          help="token lengths of a task's examples against the run's lengths")
+  lengths.add_argument("name")
+  lengths.add_argument("--split", default="train")
+  lengths.add_argument("--lengths", default="inputs=512,targets=128",
+                       help="FEATURE=TOKENS,... the lengths a run would cut at "
+                            "(default: runs/finetune.gin's)")
+  lengths.add_argument("-n", type=int, default=None,
+                       help="read at most this many examples per task (default: all)")
+  lengths.add_argument("--vocab", default=None,
+                       help="vocabulary for tokenizing (default: gin / $XLTRANSFER_VOCAB / mt5)")
+  lengths.add_argument("--json", action="store_true", help="the figures as one JSON object")
   return parser
 
 
@@ -122,7 +141,9 @@ def _value(value, vocabulary=None, token_feature=False):
   return repr(value)
 
 
-def _show(args, out):
+def _provider(args):
+  """The seqio task or mixture `args.name` (under `args.vocab`), or a UserError naming
+  similar names."""
   import seqio  # pylint: disable=g-import-not-at-top
   from xltransfer.data import vocab  # pylint: disable=g-import-not-at-top
   if args.vocab:
@@ -134,7 +155,13 @@ def _show(args, out):
     raise UserError(f"unknown task or mixture {args.name!r}"
                     + (f"; similar: {', '.join(close)}" if close else "; see `xltransfer tasks list`")
                     + " (a task of your own: --module=MODULE or --gin_file=FILE loads it)")
-  provider = seqio.get_mixture_or_task(args.name)
+  return seqio.get_mixture_or_task(args.name)
+
+
+def _show(args, out):
+  import seqio  # pylint: disable=g-import-not-at-top
+  from xltransfer.data import vocab  # pylint: disable=g-import-not-at-top
+  provider = _provider(args)
   if isinstance(provider, seqio.Mixture):
     out.write(f"mixture {args.name}: {len(provider.tasks)} tasks\n")
     total = provider.total_rate
@@ -173,9 +200,82 @@ def _show(args, out):
   return 0
 
 
+def parse_lengths(text: str) -> dict:
+  """'inputs=512,targets=128' -> {'inputs': 512, 'targets': 128}; a UserError naming the flag
+  and the part it cannot read."""
+  lengths = {}
+  for part in text.split(","):
+    name, _, value = part.strip().partition("=")
+    if not name or not value.strip().isdigit() or int(value) < 1:
+      raise UserError(f"--lengths {text!r}: cannot read {part.strip()!r}; write "
+                      "FEATURE=TOKENS,..., e.g. inputs=512,targets=128")
+    lengths[name.strip()] = int(value)
+  return lengths
+
+
+def length_figures(counts, limit) -> dict:
+  """Summary of one feature's token lengths, and how many exceed `limit` (None: no limit)."""
+  counts = np.asarray(counts)
+  figures = {"examples": int(counts.size)}
+  if counts.size:
+    figures.update(mean=round(float(counts.mean()), 1), p50=int(np.percentile(counts, 50)),
+                   p95=int(np.percentile(counts, 95)), p99=int(np.percentile(counts, 99)),
+                   max=int(counts.max()))
+  if limit is not None:
+    figures.update(limit=limit, over=int((counts > limit).sum()))
+  return figures
+
+
+def _lengths(args, out):
+  import seqio  # pylint: disable=g-import-not-at-top
+  limits = parse_lengths(args.lengths)
+  provider = _provider(args)
+  tasks = list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+  unknown = set(limits) - {f for task in tasks for f in task.output_features}
+  if unknown:
+    raise UserError(f"--lengths names {', '.join(sorted(unknown))}, which {args.name} does not "
+                    f"have; its features: {', '.join(sorted(tasks[0].output_features))}")
+  report = {}
+  for task in tasks:
+    if args.split not in task.splits:
+      if len(tasks) == 1:
+        raise UserError(f"task {task.name} has no split {args.split!r}; splits: "
+                        f"{', '.join(task.splits)}")
+      out.write(f"{task.name}: no split {args.split!r}, skipped\n")
+      continue
+    # sequence_length=None: tokenized and EOS appended, nothing cut.
+    ds = task.get_dataset(sequence_length=None, split=args.split, shuffle=False)
+    if args.n:
+      ds = ds.take(args.n)
+    counts = {feature: [] for feature in task.output_features}
+    for ex in ds.as_numpy_iterator():
+      for feature in counts:
+        counts[feature].append(len(ex[feature]))
+    report[task.name] = {f: length_figures(c, limits.get(f)) for f, c in counts.items()}
+  if args.json:
+    json.dump({"split": args.split, "lengths": limits, "tasks": report}, out, indent=1)
+    out.write("\n")
+    return 0
+  for name, features in report.items():
+    examples = next(iter(features.values()))["examples"] if features else 0
+    out.write(f"task {name}, split {args.split}: {examples} examples\n")
+    for feature, f in features.items():
+      line = f"  {feature:10s}"
+      if f["examples"]:
+        line += (f" mean {f['mean']:7.1f}  p50 {f['p50']:5d}  p95 {f['p95']:5d}  "
+                 f"p99 {f['p99']:5d}  max {f['max']:5d}")
+      if "limit" in f:
+        share = 100.0 * f["over"] / max(f["examples"], 1)
+        line += f"  over {f['limit']}: {f['over']} ({share:.1f}%)"
+      out.write(line + "\n")
+  return 0
+
+
 def main(argv=None, out=None) -> int:
   args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
   out = out or sys.stdout
+  if args.command == "lengths":
+    parse_lengths(args.lengths)  # A bad flag is reported before the task catalogue loads.
   import xltransfer.tasks  # pylint: disable=g-import-not-at-top,unused-import
   if args.gin_file:
     gin_utils.import_modules(REGISTRATION_MODULES)
@@ -184,4 +284,6 @@ def main(argv=None, out=None) -> int:
     gin_utils.import_user_modules(args.module)
   if args.command == "list":
     return _list(args, out)
+  if args.command == "lengths":
+    return _lengths(args, out)
   return _show(args, out)
