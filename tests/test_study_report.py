@@ -711,3 +711,11 @@ def test_inputs_and_predictions_cut_at_the_lengths_are_reported(tmp_path):
 def test_no_length_section_when_nothing_was_cut(written):
   assert written["json"]["truncated"] == {}
   assert "## Cut at the configured lengths" not in written["md"]
+
+
+def test_a_malformed_truncation_entry_names_the_file(tmp_path):
+  _, stages, study_dir, _ = _write_study(tmp_path)
+  [stage] = [s for s in stages if s.id == "eval/none/seed0/xquad"]
+  _say_truncated(stage, "de", {"examples": 60, "inputs_truncated": "7"})
+  with pytest.raises(UserError, match=r"metrics.json.*\"truncated\" xquad/de should be"):
+    report.build_report(study_dir, samples=50)

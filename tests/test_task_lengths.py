@@ -79,3 +79,8 @@ def test_a_feature_the_task_lacks_is_named(task):
 def test_a_split_the_task_lacks_is_named(task):
   with pytest.raises(UserError, match="has no split 'train'; splits: validation"):
     tasks_command.main(["lengths", task], out=io.StringIO())
+
+
+def test_a_non_positive_example_cap_is_exit_2(capsys):
+  assert cli.main(["tasks", "lengths", "xlt_xnli_train", "-n", "0"]) == 2
+  assert "-n 0: read at least 1 example" in capsys.readouterr().err

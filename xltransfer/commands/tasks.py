@@ -276,6 +276,8 @@ def main(argv=None, out=None) -> int:
   out = out or sys.stdout
   if args.command == "lengths":
     parse_lengths(args.lengths)  # A bad flag is reported before the task catalogue loads.
+    if args.n is not None and args.n < 1:
+      raise UserError(f"-n {args.n}: read at least 1 example per task (leave -n out for all)")
   import xltransfer.tasks  # pylint: disable=g-import-not-at-top,unused-import
   if args.gin_file:
     gin_utils.import_modules(REGISTRATION_MODULES)

@@ -143,13 +143,29 @@ def load_results(spec, stages, notes: Optional[dict] = None) -> tuple:
         del metrics[lang]
     if said:
       notes[stage.id] = said
-    truncated = (_read_json(path).get("truncated") or {}).get(stage.target) or {}
+    truncated = _read_truncated(path, stage.target)
     results.append(EvalResult(stage.id, stage.condition, stage.seed,
                               column_of(spec, stage.role, stage.target), stage.target,
                               metrics, stage.stage_dir,
                               {l: s for l, s in sources.items() if l in metrics},
                               {l: c for l, c in truncated.items() if l in metrics}))
   return results, missing
+
+
+TRUNCATION_COUNTS = ("examples", "inputs_truncated", "decode_limit_reached")
+
+
+def _read_truncated(path: str, target: str) -> dict:
+  """{lang: counts} of metrics.json's "truncated" for `target` (absent: none were cut); a
+  DataFormatError naming the file for an entry without its three integer counts."""
+  truncated = (_read_json(path).get("truncated") or {}).get(target) or {}
+  for lang, counts in truncated.items():
+    if not (isinstance(counts, dict)
+            and all(isinstance(counts.get(k), int) for k in TRUNCATION_COUNTS)):
+      raise DataFormatError(path, None, f'"truncated" {target}/{lang} should be '
+                                        f"{{{', '.join(repr(k) + ': int' for k in TRUNCATION_COUNTS)}}}, "
+                                        f"got {counts!r}")
+  return truncated
 
 
 def truncation_summary(results) -> dict:
