@@ -11,12 +11,12 @@ import time
 def same_host_malloc_for_both():
   """Restart under the host malloc settings `xltransfer` itself runs with; describe them.
 
-  The `xltransfer` command restarts itself with huge-page malloc (`xltransfer/host_memory.py`);
+  The `xltransfer` command restarts itself with tuned malloc (`xltransfer/host_memory.py`);
   a benchmark of it must run under the same settings, and HF runs in the same process, so
   both sides see them. XLTRANSFER_HUGEPAGE_MALLOC=0 compares with the system's defaults.
   """
   from xltransfer import host_memory
-  host_memory.restart_with_hugepage_malloc()
+  host_memory.restart_with_tuned_malloc()
   return f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
 
 

@@ -34,7 +34,7 @@ def _usage() -> str:
 
 def main(argv=None) -> int:
   if argv is None:  # run as the program (not called from Python): tune this process's malloc
-    host_memory.restart_with_hugepage_malloc()
+    host_memory.restart_with_tuned_malloc()
   run_as_program = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = bool(argv) and argv[0] in VERBOSE_FLAGS
