@@ -147,3 +147,29 @@ def test_float32_attention_is_unchanged_by_it(monkeypatch):
   params = attention.init(jax.random.PRNGKey(0), x, x, None, True)
   attention.apply(params, x, x, None, True)
   assert not calls
+
+
+def test_position_bias_added_to_the_mask_has_autodiffs_values_and_gradients():
+  rng = np.random.default_rng(3)
+  mask = jnp.asarray(rng.normal(size=(3, 1, 5, 7)), jnp.float32)
+  position = jnp.asarray(rng.normal(size=(1, 4, 5, 7)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(3, 4, 5, 7)), jnp.float32)
+
+  def total(add):
+    return lambda m, p: jnp.sum(jnp.tanh(add(m, p)) * weights)
+
+  plain = lambda m, p: m + p
+  np.testing.assert_array_equal(layers.add_position_bias(mask, position), plain(mask, position))
+  ours = jax.jit(jax.grad(total(layers.add_position_bias), argnums=(0, 1)))(mask, position)
+  want = jax.grad(total(plain), argnums=(0, 1))(mask, position)
+  for got, expected in zip(ours, want):
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_position_bias_needs_a_per_example_mask_and_a_shared_position_bias():
+  with pytest.raises(ValueError, match=r"\[b, 1, q, k\] mask bias"):
+    layers.add_position_bias(jnp.zeros((2, 3, 4, 4)), jnp.zeros((1, 3, 4, 4)))
+  with pytest.raises(ValueError, match=r"got \(2, 1, 4, 4\) and \(2, 3, 4, 4\)"):
+    jax.grad(lambda p: jnp.sum(layers.add_position_bias(jnp.zeros((2, 1, 4, 4)), p)))(
+        jnp.zeros((2, 3, 4, 4)))

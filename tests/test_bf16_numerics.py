@@ -99,7 +99,8 @@ def test_mixed_einsum_rejects_operands_of_two_dtypes():
 
 
 def _dots(hlo_text):
-  """(operand dtypes, result dtype, op name) of every dot in an optimized HLO module."""
+  """(operand dtypes, result dtype, op name, asked for HIGHEST precision) of every dot in an
+  optimized HLO module."""
   declared = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
   found = []
   for line in hlo_text.splitlines():
@@ -107,14 +108,16 @@ def _dots(hlo_text):
     if match:
       name = re.search(r'op_name="([^"]*)"', line)
       found.append((declared.get(match.group(2)), declared.get(match.group(3)), match.group(1),
-                    name.group(1) if name else ""))
+                    name.group(1) if name else "", "operand_precision={highest" in line))
   return found
 
 
 def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
   """XLA:CPU upcasts a bf16 dot it cannot give its GEMM library (a transposed operand, a
   float32 cotangent) to a float32 dot at less than half the speed; none may be left.
-  (The relative position bias is a gather, not a product.)"""
+  (The relative position bias is a gather, not a product.) The one float32 product by design
+  is the position bias gradient's sum over the batch (`layers.add_position_bias`, asked for at
+  HIGHEST precision so a TPU does not round it to bf16), one per stack."""
   model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16"))
   batch = {k: jnp.asarray(v) for k, v in next(_copy_batches()).items()}
   grad_fn = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b)[0]))
@@ -123,7 +126,9 @@ def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
   dots = _dots(text)
   assert len(dots) > 30
   # (HLO instruction names are unique within a module, so a name's declaration gives its type.)
-  upcast = [d for d in dots if d[:3] != ("bf16", "bf16", "f32")]
+  batch_sums = [d for d in dots if d[4]]
+  assert [d[:3] for d in batch_sums] == [("f32", "f32", "f32")] * 2
+  upcast = [d for d in dots if d[:3] != ("bf16", "bf16", "f32") and not d[4]]
   assert not upcast, upcast[:5]
 
 

@@ -524,6 +524,45 @@ class GatedGeluMlp(nn.Module):
                  name="wo")(hidden)
 
 
+POSITION_BIAS_BATCH_SUM = "position_bias_batch_sum"
+
+
+@jax.custom_vjp
+def add_position_bias(mask_bias, position_bias):
+  """[b, 1, q, k] mask bias + [1, h, q, k] position bias -> the [b, h, q, k] attention bias.
+
+  The sum autodiff would write, with the position bias's gradient (the batch's sum of the
+  bias gradient) taken as a product with a vector of ones: XLA:CPU reduces a leading axis into
+  a large result slowly (36 ms for mT5-small's [8, 6, 512, 512] encoder bias, against about
+  1 ms as a product), once per stack and step.
+  """
+  _check_bias_shapes(mask_bias, position_bias)
+  return mask_bias + position_bias
+
+
+def _check_bias_shapes(mask_bias, position_bias):
+  if mask_bias.ndim != 4 or position_bias.ndim != 4 or mask_bias.shape[1] != 1 or (
+      position_bias.shape[0] != 1):
+    raise ValueError(f"add_position_bias: a [b, 1, q, k] mask bias and a [1, h, q, k] position "
+                     f"bias, got {mask_bias.shape} and {position_bias.shape}")
+
+
+def _add_position_bias_fwd(mask_bias, position_bias):
+  _check_bias_shapes(mask_bias, position_bias)
+  return mask_bias + position_bias, None
+
+
+def _add_position_bias_bwd(_, g):
+  with jax.named_scope(POSITION_BIAS_BATCH_SUM):  # a float32 product by design
+    batch_ones = jnp.ones(g.shape[:1], g.dtype)
+    d_position = jax.lax.dot_general(batch_ones, g, (((0,), (0,)), ((), ())),
+                                     precision=jax.lax.Precision.HIGHEST)[None]
+  return jnp.sum(g, axis=1, keepdims=True), d_position
+
+
+add_position_bias.defvjp(_add_position_bias_fwd, _add_position_bias_bwd)
+
+
 def attention_mask_bias(query_mask, key_mask, causal: bool = False,
                         query_segments=None, key_segments=None):
   """An additive [b, 1, q, k] bias: 0 where attention is allowed, MASK_BIAS elsewhere."""

@@ -103,9 +103,9 @@ class Encoder(nn.Module):
     mask = tokens > 0
     bias = layers.attention_mask_bias(mask, mask, query_segments=segment_ids,
                                       key_segments=segment_ids)
-    bias = bias + layers.RelativePositionBiases(
+    bias = layers.add_position_bias(bias, layers.RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=True, dtype=cfg.activation_dtype, name="relpos_bias")(length, length)
+        bidirectional=True, dtype=cfg.activation_dtype, name="relpos_bias")(length, length))
     x = layers.dropout(self.token_embedder(tokens), cfg.dropout_rate, deterministic)
     x = _run_stack(self, EncoderLayer, cfg.num_encoder_layers, x, bias,
                    deterministic=deterministic)
@@ -139,7 +139,7 @@ class Decoder(nn.Module):
       self_bias = layers.attention_mask_bias(decoder_mask, decoder_mask, causal=True,
                                              query_segments=decoder_segment_ids,
                                              key_segments=decoder_segment_ids)
-      self_bias = self_bias + relpos(length, length)
+      self_bias = layers.add_position_bias(self_bias, relpos(length, length))
       cross_bias = layers.attention_mask_bias(decoder_mask, encoder_mask,
                                               query_segments=decoder_segment_ids,
                                               key_segments=encoder_segment_ids)
