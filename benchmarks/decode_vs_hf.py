@@ -4,9 +4,13 @@ or beam search with `--num_beams`.
 Both run on this machine's CPU with the same weights (HF's random init converted) and the same
 inputs, each with its key/value cache, each in float32 and in bfloat16 (ours: bf16 activations,
 KV cache and matmul operands, float32 accumulation and logits; HF: `generate` under
-`torch.autocast("cpu", dtype=torch.bfloat16)`). Every row decodes exactly `--new_tokens`
-tokens on both sides: the output row of EOS is zeroed, so its logit (0) never beats the
-largest of the others and no row stops early. Prints new tokens per second of all four (batch
+`torch.autocast("cpu", dtype=torch.bfloat16)`, and once more with the model's weights cast to
+bfloat16 first, `model.to(torch.bfloat16)`: HF's fastest inference mode, which autocast alone
+is not, as it reads float32 weights). Every row decodes exactly `--new_tokens`
+tokens on both sides: the output rows of EOS and of the pad id are zeroed, so their logits
+(0) never beat the largest of the others, no row stops early and none pads (HF pads after EOS
+with 0; a bf16 HF model once chose the pad id when its row was left as initialised). Prints
+new tokens per second of every mode (batch
 x new tokens / wall time, encoder included), the best against the best, the model FLOP/s over a
 bf16 GEMM peak measured here, and how many tokens each pair of modes agrees on.
 
@@ -20,6 +24,7 @@ length ** penalty) rank them alike.
   python benchmarks/decode_vs_hf.py --num_beams 4 --batch 4 --new_tokens 32 --steps 1
 """
 import argparse
+import copy
 import os
 
 import numpy as np
@@ -27,7 +32,10 @@ import numpy as np
 from hf_reference import (bf16_gemm_peak, decode_flops, hf_autocast, modes_from_flag, report,
                           same_host_malloc_for_both, timed, untied_hf_mt5)
 
-EOS_ID = 1
+PAD_ID, EOS_ID = 0, 1
+# HF's extra bfloat16 mode: weights cast to bf16 (a copy of the model), run under autocast.
+BF16_WEIGHTS = "bf16 weights"
+HF_MODE_NAMES = {"bfloat16": "bf16 autocast", BF16_WEIGHTS: "bf16 weights + autocast"}
 
 
 def _args():
@@ -59,7 +67,7 @@ def main():
 
   torch.set_num_threads(args.threads)
   config = get_config(args.size, dtype="float32")
-  reference = untied_hf_mt5(config, zero_head_rows=(EOS_ID,)).eval()
+  reference = untied_hf_mt5(config, zero_head_rows=(PAD_ID, EOS_ID)).eval()
   state = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
   params = jax.device_put(hf.state_dict_to_params(state, config))
   rng = np.random.RandomState(0)
@@ -80,9 +88,14 @@ def main():
   mask = torch.ones_like(torch_inputs)
 
   def theirs(mode):
+    model = reference
+    if mode == BF16_WEIGHTS:
+      model = copy.deepcopy(reference).to(torch.bfloat16)
+      mode = "bfloat16"
+
     def run():
       with torch.no_grad(), hf_autocast(mode):
-        out = reference.generate(input_ids=torch_inputs, attention_mask=mask, do_sample=False,
+        out = model.generate(input_ids=torch_inputs, attention_mask=mask, do_sample=False,
                                  num_beams=args.num_beams, max_new_tokens=args.new_tokens,
                                  min_new_tokens=args.new_tokens, use_cache=True)
       return out[:, 1:].numpy()  # Drops the decoder start token.
@@ -97,9 +110,11 @@ def main():
   print(f"  host malloc (both sides): {malloc}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   peak, peaks = bf16_gemm_peak()
   rows, outputs = [], {}
-  for framework, make in (("xltransfer (JAX)", ours), ("HF generate", theirs)):
-    for mode in modes:
-      name = f"{framework} {'bf16 autocast' if framework.startswith('HF') and mode == 'bfloat16' else mode}"
+  hf_modes = modes + ((BF16_WEIGHTS,) if "bfloat16" in modes else ())
+  for framework, make, framework_modes in (("xltransfer (JAX)", ours, modes),
+                                           ("HF generate", theirs, hf_modes)):
+    for mode in framework_modes:
+      name = f"{framework} {HF_MODE_NAMES.get(mode, mode) if framework.startswith('HF') else mode}"
       seconds, out = timed(make(mode), args.warmup, args.steps)
       if out.shape != (args.batch, args.new_tokens) or np.any(out == 0):
         raise SystemExit(f"{name} did not decode {args.new_tokens} tokens in every row "

@@ -156,3 +156,56 @@ def test_decoding_casts_the_weights_once_with_the_same_tokens(monkeypatch, logit
   monkeypatch.setattr(decoding, "weights_in_compute_dtype", lambda p, dtype, tied: p)
   uncast = jax.jit(lambda p, x: decoding.greedy_decode(model.module, p, x, 10))(params, inputs)
   np.testing.assert_array_equal(tokens, uncast)
+
+
+def _without_vocab_major_kernel(params, config):
+  from xltransfer.model import decoding  # pylint: disable=import-outside-toplevel
+  return {"params": decoding.weights_in_compute_dtype(params, config.activation_dtype,
+                                                      config.logits_via_embedding)}
+
+
+def test_low_precision_decoding_reads_a_vocab_major_output_kernel():
+  """bf16 decoding hands the decoder the output kernel transposed once, [vocab, embed]; a
+  float32 model (slower that way) and a tied one (no output kernel) do not get one. The
+  decoder reads it: a zero kernel there gives zero logits whatever `logits_dense` holds."""
+  from xltransfer.model import decoding, network  # pylint: disable=import-outside-toplevel
+  config = get_config("tiny", dtype="bfloat16")
+  model = EncoderDecoderModel(config)
+  params = model.init(jax.random.PRNGKey(1))
+  weights = decoding.decoding_variables(params, config)
+  kernel = weights[network.DECODING_WEIGHTS]["decoder"][network.VOCAB_MAJOR_LOGITS_KERNEL]
+  assert kernel.dtype == jnp.bfloat16 and kernel.shape == (config.vocab_size, config.emb_dim)
+  np.testing.assert_array_equal(
+      kernel, params["decoder"]["logits_dense"]["kernel"].astype(jnp.bfloat16).T)
+  for other in (config.replace(dtype="float32"), config.replace(logits_via_embedding=True)):
+    assert set(decoding.decoding_variables(params, other)) == {"params"}
+
+  inputs = jnp.asarray(np.random.RandomState(0).randint(2, 1024, (2, 6)), jnp.int32)
+  encoded = model.module.apply(weights, inputs, method=network.Transformer.encode)
+  zeroed = {**weights, network.DECODING_WEIGHTS: {"decoder": {
+      network.VOCAB_MAJOR_LOGITS_KERNEL: jnp.zeros_like(kernel)}}}
+  for variables, zero in ((zeroed, True), (weights, False)):
+    logits, _ = model.module.apply(variables, encoded, inputs, jnp.zeros((2, 1), jnp.int32),
+                                   decode=True, max_decode_length=4, mutable=["cache"],
+                                   method=network.Transformer.decode)
+    assert bool(jnp.all(logits == 0)) == zero
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_vocab_major_output_kernel_decodes_the_same_tokens(monkeypatch, beams):
+  """Greedy decoding and beam search in bf16 give the same tokens with the vocab-major output
+  kernel as with the stored [embed, vocab] one (the same bf16 products, another layout)."""
+  from xltransfer.model import decoding  # pylint: disable=import-outside-toplevel
+  config = get_config("tiny", dtype="bfloat16")
+  model = EncoderDecoderModel(config)
+  params = model.init(jax.random.PRNGKey(2))
+  inputs = jnp.asarray(np.random.RandomState(1).randint(2, 1024, (3, 10)), jnp.int32)
+
+  def search(p):
+    if beams == 1:
+      return model.greedy_decode(p, inputs, 8)
+    return model.beam_search(p, inputs, 8, beams)[0]
+  with_kernel = np.asarray(search(params))
+  monkeypatch.setattr(decoding, "decoding_variables", _without_vocab_major_kernel)
+  model = EncoderDecoderModel(config)  # Fresh jit caches: the patched variables are traced.
+  np.testing.assert_array_equal(with_kernel, np.asarray(search(params)))

@@ -48,20 +48,19 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
 
   `cache_batch_axis` is 1 for scanned models (their cache has a leading layer axis).
   """
-  from xltransfer.model.decoding import weights_in_compute_dtype
+  from xltransfer.model.decoding import decoding_variables
   from xltransfer.model.network import Transformer
 
-  params = weights_in_compute_dtype(params, module.config.activation_dtype,
-                                    module.config.logits_via_embedding)
+  weights = decoding_variables(params, module.config)
   batch = encoder_input_tokens.shape[0]
   k = beam_size
   tokens_k = jnp.repeat(encoder_input_tokens, k, axis=0)
   # The encoder runs once per example; its output is copied to the example's k beams.
-  encoded = jnp.repeat(module.apply({"params": params}, encoder_input_tokens,
+  encoded = jnp.repeat(module.apply(weights, encoder_input_tokens,
                                     method=Transformer.encode), k, axis=0)
 
   def step(tokens, cache):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    variables = weights if cache is None else {**weights, "cache": cache}
     logits, mutated = module.apply(variables, encoded, tokens_k, tokens.reshape(batch * k, 1),
                                    decode=True, max_decode_length=max_decode_length,
                                    mutable=["cache"], method=Transformer.decode)

@@ -35,17 +35,36 @@ def weights_in_compute_dtype(params, dtype, logits_via_embedding: bool):
   return jax.tree_util.tree_map_with_path(cast, params)
 
 
+def decoding_variables(params, config):
+  """The variables every decoding step reads: `params` with their matmul weights in the
+  activation dtype (`weights_in_compute_dtype`) and, for an untied output layer in a
+  low-precision model, its kernel transposed to [vocab, embed] (see network.DECODING_WEIGHTS).
+  Both are made once per decode, inside its jit, where XLA fuses the cast and the transpose
+  into one pass and drops the [embed, vocab] copy that no step reads.
+
+  Greedy mT5-small, batch 16, 256 inputs, 64 new tokens, both forms alternating in one process
+  (2-core AMD EPYC, 2026-12-01): bfloat16 4.19 -> 3.85 s (median of 8); 4 new tokens 1.09 ->
+  1.06 s. A float32 model got slower with its kernel transposed (5.31 -> 6.07 s), so float32
+  keeps the kernel as stored.
+  """
+  from xltransfer.model import network  # pylint: disable=import-outside-toplevel
+  params = weights_in_compute_dtype(params, config.activation_dtype, config.logits_via_embedding)
+  if config.logits_via_embedding or jnp.dtype(config.activation_dtype) == jnp.float32:
+    return {"params": params}
+  kernel = params["decoder"]["logits_dense"]["kernel"]
+  return {"params": params,
+          network.DECODING_WEIGHTS: {"decoder": {network.VOCAB_MAJOR_LOGITS_KERNEL: kernel.T}}}
+
+
 def greedy_decode(module, params, encoder_input_tokens, max_decode_length: int, eos_id: int = 1):
   from xltransfer.model.network import Transformer  # Local: network imports nothing from here.
 
-  params = weights_in_compute_dtype(params, module.config.activation_dtype,
-                                    module.config.logits_via_embedding)
-
-  encoded = module.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
+  weights = decoding_variables(params, module.config)
+  encoded = module.apply(weights, encoder_input_tokens, method=Transformer.encode)
   batch = encoder_input_tokens.shape[0]
 
   def step(tokens, cache):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    variables = weights if cache is None else {**weights, "cache": cache}
     logits, mutated = module.apply(variables, encoded, encoder_input_tokens, tokens, decode=True,
                                    max_decode_length=max_decode_length, mutable=["cache"],
                                    method=Transformer.decode)
