@@ -117,3 +117,22 @@ def test_cpu_only_restart_reuses_freed_memory_without_page_faults():
   assert tunables.endswith(KEEP)
   assert args == "['--flag=1', 'positional']"
   assert faults < 16
+
+
+def test_verbose_run_says_which_malloc_it_runs_with():
+  """`xltransfer -v` names the tunables in effect and why; the opt-out says so."""
+  env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "JAX_PLATFORMS": "cpu"}
+  line = host_memory.describe(env)
+  assert "GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in line and "jax computes on this CPU" in line
+  assert "accelerator host" in host_memory.describe({"JAX_PLATFORMS": "tpu"})
+  assert "(unset)" in host_memory.describe({"JAX_PLATFORMS": "tpu"})
+  opted_out = host_memory.describe({host_memory.OPT_OUT: "0"})
+  assert f"{host_memory.OPT_OUT}=0 keeps the system's malloc" in opted_out
+  proc = subprocess.run([sys.executable, "-m", "xltransfer", "-v", "--help"],
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                        text=True, check=True, timeout=120)
+  assert "xltransfer: host malloc GLIBC_TUNABLES=" in proc.stderr
+  quiet = subprocess.run([sys.executable, "-m", "xltransfer", "--help"],
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                         text=True, check=True, timeout=120)
+  assert "host malloc" not in quiet.stderr

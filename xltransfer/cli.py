@@ -42,6 +42,7 @@ def main(argv=None) -> int:
   if run_as_program:  # before any command imports tensorflow or jax
     if verbose:  # for its subprocesses (plan's compile worker, study stages) too
       os.environ[library_logs.VERBOSE_ENV] = "1"
+      print(f"xltransfer: {host_memory.describe()}", file=sys.stderr)
     library_logs.quiet()
   if not argv or argv[0] in ("-h", "--help", "help"):
     print(_usage())

@@ -94,6 +94,18 @@ def new_tunables(environ=os.environ, host_only: bool | None = None,
                        wanted_tunables(environ, host_only, huge_pages))
 
 
+def describe(environ=os.environ) -> str:
+  """One line saying which malloc settings this process runs with (for `xltransfer -v`)."""
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
+    why = f"{OPT_OUT}={environ[OPT_OUT]} keeps the system's malloc"
+  elif runs_on_host_only(environ):
+    why = "jax computes on this CPU"
+  else:
+    why = "an accelerator host"
+  return f"host malloc GLIBC_TUNABLES={tunables or '(unset)'} ({why}; xltransfer/host_memory.py)"
+
+
 def restart_with_tuned_malloc() -> None:
   """Re-exec this program with the tuned malloc; returns only when that changes nothing.
 
