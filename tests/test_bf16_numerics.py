@@ -179,6 +179,9 @@ def test_low_precision_decoding_reads_a_vocab_major_output_kernel():
       kernel, params["decoder"]["logits_dense"]["kernel"].astype(jnp.bfloat16).T)
   for other in (config.replace(dtype="float32"), config.replace(logits_via_embedding=True)):
     assert set(decoding.decoding_variables(params, other)) == {"params"}
+  with pytest.MonkeyPatch.context() as patch:  # measured on XLA:CPU only: accelerators keep theirs
+    patch.setattr(layers, "target_platform", lambda: "tpu")
+    assert set(decoding.decoding_variables(params, config)) == {"params"}
 
   inputs = jnp.asarray(np.random.RandomState(0).randint(2, 1024, (2, 6)), jnp.int32)
   encoded = model.module.apply(weights, inputs, method=network.Transformer.encode)

@@ -7,6 +7,7 @@ when every row has produced EOS, and positions after a row's EOS hold 0 (padding
 import jax
 import jax.numpy as jnp
 
+from xltransfer.model import layers
 from xltransfer.model.argmax import argmax_last_axis
 
 
@@ -49,7 +50,9 @@ def decoding_variables(params, config):
   """
   from xltransfer.model import network  # pylint: disable=import-outside-toplevel
   params = weights_in_compute_dtype(params, config.activation_dtype, config.logits_via_embedding)
-  if config.logits_via_embedding or jnp.dtype(config.activation_dtype) == jnp.float32:
+  # Measured on XLA:CPU only: TPU and GPU keep the stored layout (and their sharding of it).
+  if (config.logits_via_embedding or jnp.dtype(config.activation_dtype) == jnp.float32
+      or layers.target_platform() != "cpu"):
     return {"params": params}
   kernel = params["decoder"]["logits_dense"]["kernel"]
   return {"params": params,

@@ -131,12 +131,12 @@ def _row_major(x, perm, always: bool = False):
   if not always and list(perm) == list(range(x.ndim)):
     return x
   moved = jnp.transpose(x, perm)
-  if _target_platform() != "cpu":
+  if target_platform() != "cpu":
     return moved  # The layout problem is XLA:CPU's; elsewhere let XLA choose (and shard) freely.
   return jax.lax.optimization_barrier(moved.reshape(-1)).reshape(moved.shape)
 
 
-def _target_platform() -> str:
+def target_platform() -> str:
   """The platform being compiled for: the active mesh's (which may be an ahead-of-time TPU
   topology on a CPU host), else the default backend's."""
   try:
