@@ -96,3 +96,60 @@ def test_the_output_layer_gradient_needs_less_memory_than_autodiff():
   vocab_sized = 4 * batch * length * vocab
   ours, autodiff = temp_bytes(losses.cross_entropy_with_z_loss), temp_bytes(_autodiff_form)
   assert ours + 0.4 * vocab_sized <= autodiff, (ours / vocab_sized, autodiff / vocab_sized)
+
+
+def test_chunked_logsumexp_equals_the_plain_one_on_a_cpu():
+  """The vocabulary logsumexp taken per chunk of 128 (one pass over the logits on XLA:CPU)
+  against jax.nn.logsumexp: ordinary rows, rows far from zero, a row whose largest logits sit
+  in one chunk, masked (-inf) chunks, an all -inf row and a +inf logit."""
+  rng = np.random.default_rng(1)
+  vocab = 4 * losses.LOGSUMEXP_CHUNK
+  rows = rng.normal(0, 3, (8, vocab)).astype(np.float32)
+  rows[1] += 5000.0
+  rows[2] -= 5000.0
+  rows[3, 130] = 60.0
+  rows[4, :128] = -np.inf
+  rows[5, 128:] = -np.inf
+  rows[5, :128] -= 200.0  # far below 0: the masked chunks must not rescale by exp(+200)
+  rows[6] = -np.inf
+  rows[7, 300] = np.inf
+  got = np.asarray(jax.jit(losses.logsumexp_last_axis)(jnp.asarray(rows)))
+  want = np.asarray(jax.nn.logsumexp(jnp.asarray(rows), axis=-1))
+  np.testing.assert_allclose(got[:6], want[:6], rtol=2e-7, atol=0)
+  assert got[6] == -np.inf and want[6] == -np.inf
+  assert got[7] == np.inf and want[7] == np.inf
+  # Leading axes are kept, as for the [batch, length, vocab] logits of a train step.
+  batched = np.asarray(losses.logsumexp_last_axis(jnp.asarray(rows[:6].reshape(2, 3, vocab))))
+  np.testing.assert_allclose(batched, want[:6].reshape(2, 3), rtol=2e-7)
+
+
+def test_chunked_logsumexp_is_used_only_where_it_applies(monkeypatch):
+  """The chunked form runs on a CPU target for a last axis of whole chunks; other sizes and
+  other targets (whose vocabulary axis may be sharded) take jax.nn.logsumexp."""
+  def reshapes(x):
+    # A fresh function each time: make_jaxpr caches traces by function, not by platform.
+    jaxpr = jax.make_jaxpr(lambda y: losses.logsumexp_last_axis(y))(x)
+    return any(eqn.primitive.name == "reshape" for eqn in jaxpr.jaxpr.eqns)
+
+  assert reshapes(jnp.zeros((2, 512)))
+  assert not reshapes(jnp.zeros((2, 500)))  # not whole chunks
+  assert not reshapes(jnp.zeros((2, 128)))  # a single chunk
+  monkeypatch.setattr(layers, "target_platform", lambda: "tpu")
+  assert not reshapes(jnp.zeros((2, 512)))
+
+
+def test_train_loss_on_a_large_vocabulary_matches_the_definition():
+  """The loss and its gradient where the chunked logsumexp runs (a vocabulary of whole
+  chunks), against autodiff of the textbook definition."""
+  rng = np.random.default_rng(2)
+  vocab = 3 * losses.LOGSUMEXP_CHUNK
+  logits = jnp.asarray(rng.normal(0, 4, (3, 7, vocab)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, vocab, (3, 7)), jnp.int32)
+
+  def total(fn):
+    return lambda x: jnp.sum(fn(x, targets, 1e-4, 0.1)[0])
+
+  ours = lambda x, t, z, s: losses.cross_entropy_with_z_loss(x, t, z, s)
+  np.testing.assert_allclose(total(ours)(logits), total(_reference)(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(total(ours))(logits), jax.grad(total(_reference))(logits),
+                             rtol=1e-5, atol=1e-7)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xltransfer.model import layers
+
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
 
 LossNormalizingFactor = Optional[Union[float, int, str]]
@@ -27,6 +29,41 @@ def cross_entropy_with_z_loss(logits, targets, z_loss: float = 0.0, label_smooth
                         float(label_smoothing))
 
 
+# Logits per chunk in `logsumexp_last_axis` (a multiple of the vector width; mT5's 250112 is
+# 1954 chunks).
+LOGSUMEXP_CHUNK = 128
+
+
+def logsumexp_last_axis(x, chunk: int = LOGSUMEXP_CHUNK):
+  """`jax.nn.logsumexp(x, axis=-1)`, reading a large last axis (the vocabulary) once on a CPU.
+
+  The plain form takes the row's maximum and then the sum of exponentials shifted by it: two
+  passes over the [tokens, 250k] float32 logits, 1 GB each in an mT5-small train step. Here
+  each chunk of `chunk` logits is shifted by its own maximum, which XLA:CPU computes in the
+  same pass as the chunk's exponentials (the chunk stays in cache), and the chunk sums are
+  then rescaled to the row's maximum. Equal up to float rounding: [1024, 250112] logits took
+  136 -> 90 ms on a 2-core AMD EPYC, and the mT5-small bf16 train step 2.90 -> 2.84 s
+  (2026-12-01). Only where the target is a CPU and the axis splits into whole chunks: on a
+  TPU or GPU the vocabulary axis may be sharded, and 1954 chunks divide no device count.
+  """
+  size = x.shape[-1]
+  if size <= chunk or size % chunk or layers.target_platform() != "cpu":
+    return jax.nn.logsumexp(x, axis=-1)
+  chunks = x.reshape(x.shape[:-1] + (size // chunk, chunk))
+  chunk_max = jax.lax.stop_gradient(jnp.max(chunks, axis=-1))
+  # A chunk of -inf logits (masked out) is shifted by 0, not by -inf, which would give NaN;
+  # its exponentials are 0 either way. Only the chunk's own maximum enters, so nothing here
+  # waits for the row's maximum.
+  chunk_shift = jnp.where(jnp.isfinite(chunk_max), chunk_max, 0.0)
+  chunk_sum = jnp.sum(jnp.exp(chunks - chunk_shift[..., None]), axis=-1)
+  row_max = jnp.max(chunk_max, axis=-1, keepdims=True)
+  row_shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  # Finite chunks have shift <= row maximum, so the rescaling cannot overflow; a +inf logit
+  # makes its chunk sum +inf and the result +inf, as jax.nn.logsumexp gives.
+  rescaled = jnp.where(chunk_max == -jnp.inf, 0.0, chunk_sum * jnp.exp(chunk_shift - row_shift))
+  return row_shift[..., 0] + jnp.log(jnp.sum(rescaled, axis=-1))
+
+
 def _smoothing_terms(vocab: int, label_smoothing: float):
   """(weight on the label's log-probability beyond the uniform part, uniform weight, entropy)."""
   if label_smoothing <= 0:
@@ -39,7 +76,7 @@ def _smoothing_terms(vocab: int, label_smoothing: float):
 
 def _cross_entropy_fwd(logits, targets, z_loss, label_smoothing):
   vocab = logits.shape[-1]
-  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_z = logsumexp_last_axis(logits)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   label_weight, low, entropy = _smoothing_terms(vocab, label_smoothing)
   # -log p(label) * (confidence - low) - low * sum_v log p(v) - entropy
