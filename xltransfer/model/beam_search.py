@@ -9,6 +9,8 @@ The length penalty is GNMT's ((5 + length) / 6) ** alpha; alpha = 0 ranks by log
 import jax
 import jax.numpy as jnp
 
+from xltransfer.model import losses
+
 NEG_INF = -1.0e9
 
 
@@ -64,7 +66,8 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
     logits, mutated = module.apply(variables, encoded, tokens_k, tokens.reshape(batch * k, 1),
                                    decode=True, max_decode_length=max_decode_length,
                                    mutable=["cache"], method=Transformer.decode)
-    logprobs = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32))
+    last = logits[:, -1].astype(jnp.float32)
+    logprobs = last - losses.logsumexp_last_axis(last)[:, None]  # log softmax
     return logprobs.reshape(batch, k, -1), mutated["cache"]
 
   def expand(index, alive_seq, alive_lp, logprobs):

@@ -122,10 +122,12 @@ class EncoderDecoderModel:
 
   def score_targets(self, params, batch):
     """Sum of target-token log-probabilities per example: [b] (for rank classification)."""
-    logits = self.logits(params, batch)
+    logits = self.logits(params, batch).astype(jnp.float32)
     targets = batch["decoder_target_tokens"]
-    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]
+    # log softmax at the target only: its logit minus the row's logsumexp, without writing
+    # the [b, t, vocab] log-probabilities.
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    token = target_logit - losses.logsumexp_last_axis(logits)
     return jnp.sum(token * (targets > 0), axis=-1)
 
   def encode(self, params, encoder_input_tokens, pooling: str = "mean"):
