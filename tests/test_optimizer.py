@@ -62,6 +62,27 @@ def test_matches_reference_update(factored):
   np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("zero_axis", [0, 1])
+def test_factored_update_with_rows_of_zero_gradient(zero_axis):
+  """An embedding's gradient is zero outside the batch's tokens. Its zero entries get g^2 =
+  0 (+ epsilon1 in the statistics only), so they contribute nothing to the clipping RMS, which
+  the optimizer computes from g^2 and the factors rather than from the update itself: the
+  float64 reference, which takes the RMS of the update, must agree, with clipping active."""
+  rng = np.random.default_rng(3)
+  param = rng.normal(size=(16, 12)).astype(np.float32)
+  grads = []
+  for scale in (1.0, 40.0, 0.5):
+    g = rng.normal(size=(16, 12)).astype(np.float32) * scale
+    zero = np.arange(g.shape[zero_axis]) % 3 != 0  # two rows (or columns) in three are zero
+    g[zero if zero_axis == 0 else slice(None), zero if zero_axis == 1 else slice(None)] = 0.0
+    grads.append(g)
+  params, _, _ = _run({"w": jnp.asarray(param)}, {"w": P("embed", "mlp")},
+                      [{"w": jnp.asarray(g)} for g in grads], min_dim_size_to_factor=1)
+  expected = _reference_adafactor(param, grads, (0,), (1,))
+  assert np.abs(expected - param).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape,dims", [((6, 40), (0,)), ((6, 40), (1,)), ((3, 4, 5), (0, 1)),
                                          ((3, 4, 5), (1,)), ((3, 4, 5), (0, 2)), ((7,), (0,))])
 def test_mean_over_is_the_mean(shape, dims):
