@@ -42,9 +42,10 @@ def logsumexp_last_axis(x, chunk: int = LOGSUMEXP_CHUNK):
   each chunk of `chunk` logits is shifted by its own maximum, which XLA:CPU computes in the
   same pass as the chunk's exponentials (the chunk stays in cache), and the chunk sums are
   then rescaled to the row's maximum. Equal up to float rounding: [1024, 250112] logits took
-  136 -> 90 ms on a 2-core AMD EPYC, and the mT5-small bf16 train step 2.90 -> 2.84 s
-  (2026-12-01). Only where the target is a CPU and the axis splits into whole chunks: on a
-  TPU or GPU the vocabulary axis may be sharded, and 1954 chunks divide no device count.
+  136 -> 90 ms on a 2-core AMD EPYC, and the mT5-small bf16 train step 2.90 -> 2.78 s
+  (alternating processes, 2026-12-01). Only where the target is a CPU and the axis splits
+  into whole chunks: on a TPU or GPU the vocabulary axis may be sharded, and 1954 chunks
+  divide no device count.
   """
   size = x.shape[-1]
   if size <= chunk or size % chunk or layers.target_platform() != "cpu":
