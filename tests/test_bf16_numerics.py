@@ -1,5 +1,6 @@
 """bfloat16 training (bf16 activations and matmul operands, float32 accumulation, parameters,
 optimizer, softmax, norms and loss) against float32, and the mixed-precision product itself."""
+import itertools
 import re
 
 import jax
@@ -93,33 +94,83 @@ def test_mixed_einsum_rejects_what_it_cannot_compute(spec):
     layers.mixed_einsum(spec, x, x)
 
 
-def test_mixed_einsum_rejects_operands_of_two_dtypes():
-  with pytest.raises(ValueError, match="one dtype"):
-    layers.mixed_einsum("ab,bc->ac", jnp.ones((2, 2), jnp.bfloat16), jnp.ones((2, 2)))
+def test_mixed_einsum_rejects_integer_operands():
+  with pytest.raises(ValueError, match="floating operands"):
+    layers.mixed_einsum("ab,bc->ac", jnp.ones((2, 2), jnp.bfloat16), jnp.ones((2, 2), jnp.int32))
+
+
+@pytest.mark.parametrize("kernel_first", [False, True])
+def test_float32_kernel_is_cast_inside_and_its_gradient_stays_float32(kernel_first):
+  """bf16 activations times a float32 kernel: the product is the bf16 x bf16 -> f32 product of
+  the kernel rounded to bf16, and the kernel's gradient leaves the float32 accumulation as it
+  is. Before, the kernel was cast outside: its gradient came back as bf16 (rounded) and was
+  converted to float32, two passes over the largest gradient of a train step."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(24, 16), jnp.bfloat16)
+  kernel = jnp.asarray(rng.randn(16, 40), jnp.float32)
+  spec, args = (("ef,re->rf", (kernel, x)) if kernel_first else ("re,ef->rf", (x, kernel)))
+  out = layers.mixed_einsum(spec, *args)
+  reference = jnp.einsum("re,ef->rf", x.astype(jnp.float32),
+                         kernel.astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+
+  cotangent = jnp.asarray(rng.randn(24, 40), jnp.bfloat16)  # exact in bf16: no rounding below
+  k_index = 0 if kernel_first else 1
+  _, vjp = jax.vjp(lambda *a: layers.mixed_einsum(spec, *a), *args)
+  grads = vjp(cotangent.astype(jnp.float32))
+  grad_kernel, grad_x = grads[k_index], grads[1 - k_index]
+  assert grad_kernel.dtype == jnp.float32 and grad_x.dtype == jnp.bfloat16
+  want = jnp.einsum("re,rf->ef", x.astype(jnp.float32), cotangent.astype(jnp.float32))
+  np.testing.assert_allclose(grad_kernel, want, rtol=1e-6, atol=1e-6)
+  # A gradient rounded to bf16 on the way would have only bf16-representable values.
+  assert np.mean(np.asarray(grad_kernel) == np.asarray(
+      grad_kernel.astype(jnp.bfloat16).astype(jnp.float32))) < 0.5
 
 
 def _dots(hlo_text):
-  """(operand dtypes, result dtype, op name, asked for HIGHEST precision) of every dot in an
-  optimized HLO module."""
-  declared = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo_text))
+  """(operand dtypes, result dtype, op name, asked for HIGHEST precision, canonical) of every
+  dot in an optimized HLO module. Canonical is the form XLA:CPU gives its GEMM library: batch
+  dimensions leading, the left operand contracted over its last dimensions, the right one
+  over the dimensions after its batch dimensions or over its last ones."""
+  declared = {name: (dtype, dims.count(",") + 1 if dims else 0)
+              for name, dtype, dims in re.findall(r"%([\w.\-]+) = (\w+)\[([^\]]*)\]", hlo_text)}
+  dims_of = lambda line, key: [int(d) for d in re.search(key + r"=\{([\d,]*)\}", line).group(1)
+                               .split(",") if d] if re.search(key + "=", line) else []
   found = []
   for line in hlo_text.splitlines():
     match = re.search(r"= (\w+)\[[^\]]*\]\{[^}]*\} dot\(%([\w.\-]+), %([\w.\-]+)\)", line)
     if match:
       name = re.search(r'op_name="([^"]*)"', line)
-      found.append((declared.get(match.group(2)), declared.get(match.group(3)), match.group(1),
-                    name.group(1) if name else "", "operand_precision={highest" in line))
+      (lhs_type, lhs_rank), (rhs_type, rhs_rank) = declared[match.group(2)], declared[match.group(3)]
+      batch = dims_of(line, "lhs_batch_dims")
+      lhs_contract, rhs_contract = dims_of(line, "lhs_contracting_dims"), dims_of(line, "rhs_contracting_dims")
+      leading = list(range(len(batch)))
+      count = len(rhs_contract)
+      canonical = (batch == leading and dims_of(line, "rhs_batch_dims") == leading
+                   and lhs_contract == list(range(lhs_rank - len(lhs_contract), lhs_rank))
+                   and rhs_contract in (list(range(len(batch), len(batch) + count)),
+                                        list(range(rhs_rank - count, rhs_rank))))
+      found.append((lhs_type, rhs_type, match.group(1), name.group(1) if name else "",
+                    "operand_precision={highest" in line, canonical))
   return found
 
 
-def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
+@pytest.mark.parametrize("num_heads", [4, 3])
+def test_every_bf16_train_step_product_takes_bf16_operands_into_float32(num_heads):
   """XLA:CPU upcasts a bf16 dot it cannot give its GEMM library (a transposed operand, a
-  float32 cotangent) to a float32 dot at less than half the speed; none may be left.
-  (The relative position bias is a gather, not a product.) The one float32 product by design
-  is the position bias gradient's sum over the batch (`layers.add_position_bias`, asked for at
-  HIGHEST precision so a TPU does not round it to bf16), one per stack."""
-  model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16"))
-  batch = {k: jnp.asarray(v) for k, v in next(_copy_batches()).items()}
+  float32 cotangent) to a float32 dot at less than half the speed, and a non-canonical
+  bf16 x bf16 -> f32 dot fails at run time ("Unsupported element type for DotThunk"); none
+  may be left. (The relative position bias is a gather, not a product.) The one float32
+  product by design is the position bias gradient's sum over the batch
+  (`layers.add_position_bias`, asked for at HIGHEST precision so a TPU does not round it to
+  bf16), one per stack. With 3 heads the attention width (48) is under the embedding's (64), as
+  in mT5-small (384 < 512): a query/key/value kernel gradient then transposes the smaller
+  cotangent and its own result, which XLA folds back into a non-canonical dot unless kept apart
+  (`layers._canonical_einsum`)."""
+  model = EncoderDecoderModel(get_config("tiny", dtype="bfloat16", num_heads=num_heads))
+  # 2 x 128 rows: past 192 rows copying the 48-wide cotangent is the cheaper plan (64*48/16).
+  first, second = itertools.islice(_copy_batches(), 2)
+  batch = {k: jnp.concatenate([first[k], second[k]]) for k in first}
   grad_fn = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b)[0]))
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   text = grad_fn.lower(params, batch).compile().as_text()
@@ -130,6 +181,8 @@ def test_every_bf16_train_step_product_takes_bf16_operands_into_float32():
   assert [d[:3] for d in batch_sums] == [("f32", "f32", "f32")] * 2
   upcast = [d for d in dots if d[:3] != ("bf16", "bf16", "f32") and not d[4]]
   assert not upcast, upcast[:5]
+  not_canonical = [d for d in dots if not d[4] and not d[5]]
+  assert not not_canonical, not_canonical[:5]
 
 
 @pytest.mark.slow

@@ -64,8 +64,9 @@ class Dense(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (x.shape[-1], self.features), jnp.float32)
     out_dtype = self.out_dtype or self.dtype
-    return dense_2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                    out_dtype=out_dtype).astype(out_dtype)
+    # The float32 kernel goes in as it is: a bf16 product casts it inside `mixed_einsum`, which
+    # returns its gradient in float32 without a round trip through bf16.
+    return dense_2d(x.astype(self.dtype), kernel, out_dtype=out_dtype).astype(out_dtype)
 
 
 def dense_2d(x, kernel, kernel_contracting_axis: int = 0, out_dtype=jnp.float32):
@@ -110,7 +111,10 @@ def einsum(spec: str, a, b, out_dtype=jnp.float32):
 # dtype (exact where the result is cast to bf16 right after; for the float32 logits it rounds
 # their gradient to bf16, as T5X's and torch autocast's bf16 output layers do) and writes every
 # product, forward and backward, in canonical form, transposing an operand into a fresh
-# row-major copy when it must (see `_row_major`).
+# row-major copy when it must (see `_row_major`). A float32 kernel is cast to bf16 inside it,
+# so the kernel's gradient leaves the float32 accumulation as it is; cast outside (as T5X and
+# torch autocast do), the gradient came back rounded to bf16 and was converted to float32
+# again, two passes over the 512 x 250k output kernel's gradient in mT5-small.
 
 
 # The checkpoint name of a `mixed_einsum` product without batch axes (a dense layer's or the
@@ -205,7 +209,13 @@ def _canonical_einsum(lhs: str, rhs: str, out: str, a, b, out_dtype):
   rhs_contract = tuple(rhs_order.index(c) for c in contracted)
   product = jax.lax.dot_general(a, b, ((lhs_contract, rhs_contract), (batch_axes, batch_axes)),
                                 preferred_element_type=jnp.float32).astype(out_dtype)
-  return _row_major(product, [result.index(c) for c in out])
+  result_perm = [result.index(c) for c in out]
+  if result_perm != sorted(result_perm) and target_platform() == "cpu":
+    # With nothing between the dot and the transpose (a float32 result), XLA folds the
+    # transpose into the dot, swapping its operands into a non-canonical dot (which XLA:CPU
+    # cannot even run for bf16 operands); the barrier keeps the dot as planned.
+    product = jax.lax.optimization_barrier(product)
+  return _row_major(product, result_perm)
 
 
 def _ordered_einsum(x_labels, y_labels, out, x, y, sizes, out_dtype):
@@ -215,24 +225,30 @@ def _ordered_einsum(x_labels, y_labels, out, x, y, sizes, out_dtype):
   return _canonical_einsum(x_labels, y_labels, out, x, y, out_dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _mixed_einsum(spec, a, b, out_dtype):
-  return _canonical_einsum(*_parse_einsum(spec), a, b, out_dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _mixed_einsum(spec, compute_dtype, out_dtype, operand_dtypes, a, b):
+  del operand_dtypes
+  return _canonical_einsum(*_parse_einsum(spec), a.astype(compute_dtype),
+                           b.astype(compute_dtype), out_dtype)
 
 
-def _mixed_einsum_fwd(spec, a, b, out_dtype):
-  return _mixed_einsum(spec, a, b, out_dtype), (a, b)
+def _mixed_einsum_fwd(spec, compute_dtype, out_dtype, operand_dtypes, a, b):
+  del operand_dtypes
+  a_low, b_low = a.astype(compute_dtype), b.astype(compute_dtype)
+  return _canonical_einsum(*_parse_einsum(spec), a_low, b_low, out_dtype), (a_low, b_low)
 
 
-def _mixed_einsum_bwd(spec, out_dtype, residuals, g):
+def _mixed_einsum_bwd(spec, compute_dtype, out_dtype, operand_dtypes, residuals, g):
   del out_dtype
   a, b = residuals
   lhs, rhs, out = _parse_einsum(spec)
   sizes = dict(zip(lhs, a.shape)) | dict(zip(rhs, b.shape))
-  # Low-precision cotangents: every backward product is again bf16 x bf16 -> f32.
-  g = g.astype(a.dtype)
-  ga = _ordered_einsum(out, rhs, lhs, g, b, sizes, a.dtype)
-  gb = _ordered_einsum(lhs, out, rhs, a, g, sizes, b.dtype)
+  # Low-precision cotangents: every backward product is again bf16 x bf16 -> f32, and each
+  # operand's gradient leaves the float32 accumulation in that operand's own dtype: a float32
+  # kernel's gradient is never rounded to bf16 (and converted back, two passes over it).
+  g = g.astype(compute_dtype)
+  ga = _ordered_einsum(out, rhs, lhs, g, b, sizes, operand_dtypes[0])
+  gb = _ordered_einsum(lhs, out, rhs, a, g, sizes, operand_dtypes[1])
   return ga, gb
 
 
@@ -241,12 +257,17 @@ _mixed_einsum.defvjp(_mixed_einsum_fwd, _mixed_einsum_bwd)
 
 def mixed_einsum(spec: str, a, b, out_dtype=jnp.float32):
   """`jnp.einsum(spec, a, b)` accumulated in float32 and returned in `out_dtype`, every product
-  (also in the backward pass) a canonical low-precision x low-precision -> float32 dot. Two
-  operands of one dtype, single-letter axes."""
+  (also in the backward pass) a canonical low-precision x low-precision -> float32 dot.
+  Single-letter axes. The operands may differ in dtype (bf16 activations, a float32 kernel):
+  the wider one is cast to the narrower inside, and its gradient comes back in its own dtype
+  straight from the float32 accumulation."""
   lhs, rhs, out = _parse_einsum(spec)  # Errors at the call site rather than inside the VJP.
-  if a.dtype != b.dtype:
-    raise ValueError(f"mixed_einsum {spec!r}: operands of one dtype, got {a.dtype} and {b.dtype}")
-  product = _mixed_einsum(spec, a, b, jnp.dtype(out_dtype))
+  compute_dtype = min((jnp.dtype(a.dtype), jnp.dtype(b.dtype)), key=lambda d: d.itemsize)
+  for operand in (a, b):
+    if not jnp.issubdtype(operand.dtype, jnp.floating):
+      raise ValueError(f"mixed_einsum {spec!r}: floating operands only, got {operand.dtype}")
+  product = _mixed_einsum(spec, compute_dtype, jnp.dtype(out_dtype),
+                          (jnp.dtype(a.dtype), jnp.dtype(b.dtype)), a, b)
   if not set(lhs) & set(rhs) & set(out):
     # A remat policy sees the custom VJP as one opaque call, not the dot_general inside it:
     # the name lets the "minimal" policy save this product as it saves a plain
@@ -271,7 +292,7 @@ class Embed(nn.Module):
 
   def attend(self, x):
     # float32 logits, whatever the operands' dtype.
-    return dense_2d(x.astype(self.dtype), self.embedding.astype(self.dtype),
+    return dense_2d(x.astype(self.dtype), self.embedding,
                     kernel_contracting_axis=1).astype(jnp.float32)
 
 
