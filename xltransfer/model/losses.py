@@ -35,17 +35,17 @@ LOGSUMEXP_CHUNK = 128
 
 
 def logsumexp_last_axis(x, chunk: int = LOGSUMEXP_CHUNK):
-  """`jax.nn.logsumexp(x, axis=-1)`, reading a large last axis (the vocabulary) once on a CPU.
+  """`jax.nn.logsumexp(x, axis=-1)`, reading a large last axis (the vocabulary) twice on a CPU.
 
-  The plain form takes the row's maximum and then the sum of exponentials shifted by it: two
-  passes over the [tokens, 250k] float32 logits, 1 GB each in an mT5-small train step. Here
-  each chunk of `chunk` logits is shifted by its own maximum, which XLA:CPU computes in the
-  same pass as the chunk's exponentials (the chunk stays in cache), and the chunk sums are
-  then rescaled to the row's maximum. Equal up to float rounding: [1024, 250112] logits took
-  136 -> 90 ms on a 2-core AMD EPYC, and the mT5-small bf16 train step 2.90 -> 2.78 s
-  (alternating processes, 2026-12-01). Only where the target is a CPU and the axis splits
-  into whole chunks: on a TPU or GPU the vocabulary axis may be sharded, and 1954 chunks
-  divide no device count.
+  Each chunk of `chunk` logits is shifted by its own maximum and the chunk sums are rescaled to
+  the row's maximum, which comes from the chunk maxima: one pass over the [tokens, 250k]
+  float32 logits (1 GB in an mT5-small train step) for the chunk maxima, one for the shifted
+  exponentials. Equal to the plain form up to float rounding. [1024, 250112] logits on a
+  2-core AMD EPYC: 136 ms plain, 90-98 ms chunked while XLA still merged the row maximum into
+  a pass of its own, 66 ms since; the mT5-small bf16 train step 2.90 -> 2.78 s with the
+  chunking (alternating processes, 2026-12-01). Only where the target is a CPU and the axis
+  splits into whole chunks: on a TPU or GPU the vocabulary axis may be sharded, and 1954
+  chunks divide no device count.
   """
   size = x.shape[-1]
   if size <= chunk or size % chunk or layers.target_platform() != "cpu":
@@ -57,7 +57,9 @@ def logsumexp_last_axis(x, chunk: int = LOGSUMEXP_CHUNK):
   # waits for the row's maximum.
   chunk_shift = jnp.where(jnp.isfinite(chunk_max), chunk_max, 0.0)
   chunk_sum = jnp.sum(jnp.exp(chunks - chunk_shift[..., None]), axis=-1)
-  row_max = jnp.max(chunk_max, axis=-1, keepdims=True)
+  # The barrier keeps XLA from merging this reduction with the one that gave `chunk_max` into
+  # a third pass over the logits (XLA folds a reduce of a reduce into one reduce).
+  row_max = jnp.max(jax.lax.optimization_barrier(chunk_max), axis=-1, keepdims=True)
   row_shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
   # Finite chunks have shift <= row maximum, so the rescaling cannot overflow; a +inf logit
   # makes its chunk sum +inf and the result +inf, as jax.nn.logsumexp gives.
