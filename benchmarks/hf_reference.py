@@ -4,7 +4,10 @@ FLOPs and this CPU's measured bf16 GEMM peak (for a "CPU MFU"), and the four-way
 Scripts in this folder run as `python benchmarks/NAME.py`, so this module is importable as
 `hf_reference` from them.
 """
+import json
 import os
+import subprocess
+import sys
 import time
 
 
@@ -110,6 +113,25 @@ def bf16_gemm_peak(shapes=((2048, 2048, 2048), (4096, 512, 4096)), repeats: int 
     ta, tb = torch.ones((m, k), dtype=torch.bfloat16), torch.ones((k, n), dtype=torch.bfloat16)
     rates["torch"] = max(rates["torch"], flops / fastest(lambda: torch.matmul(ta, tb)))
   return max(rates.values()), rates
+
+
+def bf16_gemm_peak_in_child():
+  """`bf16_gemm_peak()` measured in a fresh interpreter (same environment), for the probe
+  before a benchmark's timed runs: run in the benchmark's own process, its torch matmuls left
+  the following xltransfer steps slower (mT5-small train step, alternating processes on a
+  2-core EPYC: 2.75 s against 2.62 s without a torch probe first, and in some runs page faults
+  costing 1.7 s of system time per step), so the probe would have measured itself into
+  the result. The probe after the timed runs stays in-process."""
+  code = ("import json, hf_reference; peak, peaks = hf_reference.bf16_gemm_peak(); "
+          "print('PEAK_JSON', json.dumps([peak, peaks]))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(__file__)),
+                        capture_output=True, text=True, check=False)
+  lines = [line for line in done.stdout.splitlines() if line.startswith("PEAK_JSON ")]
+  if done.returncode or not lines:
+    raise RuntimeError(f"the bf16 GEMM probe's child process failed (exit {done.returncode}):\n"
+                       f"{done.stderr[-2000:]}")
+  peak, peaks = json.loads(lines[-1].split(" ", 1)[1])
+  return float(peak), {k: float(v) for k, v in peaks.items()}
 
 
 def _matmul_flops_per_token(config, *, attended: int, cross_attended: int = 0,
