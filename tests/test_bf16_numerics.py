@@ -1,6 +1,7 @@
 """bfloat16 training (bf16 activations and matmul operands, float32 accumulation, parameters,
 optimizer, softmax, norms and loss) against float32, and the mixed-precision product itself."""
 import itertools
+import os
 import re
 
 import jax
@@ -125,6 +126,54 @@ def test_float32_kernel_is_cast_inside_and_its_gradient_stays_float32(kernel_fir
   # A gradient rounded to bf16 on the way would have only bf16-representable values.
   assert np.mean(np.asarray(grad_kernel) == np.asarray(
       grad_kernel.astype(jnp.bfloat16).astype(jnp.float32))) < 0.5
+
+
+def test_off_a_cpu_the_kernel_gradient_is_rounded_to_bf16_as_t5x_does(monkeypatch):
+  """On TPU/GPU targets the float32 kernel's gradient is rounded to bf16 before it returns to
+  float32, as with the kernel cast outside the product (T5X's form): that rounding is what lets
+  XLA:TPU all-reduce a data-parallel gradient in bf16 (see the compile-only TPU test below)."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(24, 16), jnp.bfloat16)
+  kernel = jnp.asarray(rng.randn(16, 40), jnp.float32)
+  monkeypatch.setattr(layers, "target_platform", lambda: "tpu")
+  grad = jax.grad(lambda k: jnp.sum(jnp.sin(layers.mixed_einsum("re,ef->rf", x, k))))(kernel)
+  assert grad.dtype == jnp.float32
+  np.testing.assert_array_equal(grad, grad.astype(jnp.bfloat16).astype(jnp.float32))
+
+
+_TPU_ALL_REDUCE_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.experimental import topologies
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from xltransfer.model import layers
+mesh = Mesh(np.array(topologies.get_topology_desc("v5e:2x2", "tpu").devices), ("data",))
+rows = jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P("data")))
+kernel = jax.ShapeDtypeStruct((1024, 2048), jnp.float32, sharding=NamedSharding(mesh, P()))
+loss = lambda k, x: jnp.sum(jnp.sin(layers.mixed_einsum("re,ef->rf", x, k)))
+with mesh:
+  text = jax.jit(jax.grad(loss), out_shardings=NamedSharding(mesh, P())).lower(
+      kernel, rows).compile().as_text()
+print("ALL_REDUCE", [line.split(" = ")[1].split("[")[0] for line in text.splitlines()
+                     if " all-reduce(" in line and " = " in line])
+"""
+
+
+@pytest.mark.slow
+def test_tpu_all_reduces_a_data_parallel_kernel_gradient_in_bf16():
+  """XLA:TPU (libtpu's compile-only v5e:2x2, the real compiler) all-reduces the kernel gradient
+  of a batch-sharded product in bf16, as it did with the kernel cast outside the product; with
+  the gradient left in float32 (the CPU form) it all-reduced float32, twice the bytes."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from xltransfer.planning import devices, machines  # pylint: disable=import-outside-toplevel
+  if devices.libtpu_path() is None:
+    pytest.skip("libtpu (the test extra) is not installed")
+  env = devices.worker_environment(machines.parse_machine("v5e:2x2"), dict(os.environ))
+  done = subprocess.run([sys.executable, "-c", _TPU_ALL_REDUCE_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  lines = [line for line in done.stdout.splitlines() if line.startswith("ALL_REDUCE")]
+  assert done.returncode == 0 and lines, done.stderr[-3000:]
+  assert lines[-1] == "ALL_REDUCE ['bf16']", lines[-1]
 
 
 def _dots(hlo_text):

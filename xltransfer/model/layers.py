@@ -111,10 +111,11 @@ def einsum(spec: str, a, b, out_dtype=jnp.float32):
 # dtype (exact where the result is cast to bf16 right after; for the float32 logits it rounds
 # their gradient to bf16, as T5X's and torch autocast's bf16 output layers do) and writes every
 # product, forward and backward, in canonical form, transposing an operand into a fresh
-# row-major copy when it must (see `_row_major`). A float32 kernel is cast to bf16 inside it,
-# so the kernel's gradient leaves the float32 accumulation as it is; cast outside (as T5X and
+# row-major copy when it must (see `_row_major`). A float32 kernel is cast to bf16 inside it.
+# On a CPU its gradient then leaves the float32 accumulation as it is; cast outside (as T5X and
 # torch autocast do), the gradient came back rounded to bf16 and was converted to float32
-# again, two passes over the 512 x 250k output kernel's gradient in mT5-small.
+# again, two passes over the 512 x 250k output kernel's gradient in mT5-small. On TPU/GPU it
+# is still rounded to bf16, which keeps data-parallel gradient all-reduces in bf16.
 
 
 # The checkpoint name of a `mixed_einsum` product without batch axes (a dense layer's or the
@@ -243,12 +244,20 @@ def _mixed_einsum_bwd(spec, compute_dtype, out_dtype, operand_dtypes, residuals,
   a, b = residuals
   lhs, rhs, out = _parse_einsum(spec)
   sizes = dict(zip(lhs, a.shape)) | dict(zip(rhs, b.shape))
-  # Low-precision cotangents: every backward product is again bf16 x bf16 -> f32, and each
-  # operand's gradient leaves the float32 accumulation in that operand's own dtype: a float32
-  # kernel's gradient is never rounded to bf16 (and converted back, two passes over it).
+  # Low-precision cotangents: every backward product is again bf16 x bf16 -> f32.
   g = g.astype(compute_dtype)
-  ga = _ordered_einsum(out, rhs, lhs, g, b, sizes, operand_dtypes[0])
-  gb = _ordered_einsum(lhs, out, rhs, a, g, sizes, operand_dtypes[1])
+  if target_platform() == "cpu":
+    # Each gradient leaves the float32 accumulation in its operand's own dtype: a float32
+    # kernel's gradient is not rounded to bf16 and converted back (two passes over it).
+    rounded = operand_dtypes
+  else:
+    # Rounded to bf16 first, as with the kernel cast outside (T5X's form): XLA:TPU then
+    # all-reduces a data-parallel kernel gradient in bf16 (in float32 without the rounding,
+    # twice the bytes on the interconnect; checked on a compile-only v5e:2x2 by
+    # tests/test_bf16_numerics.py).
+    rounded = (compute_dtype, compute_dtype)
+  ga = _ordered_einsum(out, rhs, lhs, g, b, sizes, rounded[0]).astype(operand_dtypes[0])
+  gb = _ordered_einsum(lhs, out, rhs, a, g, sizes, rounded[1]).astype(operand_dtypes[1])
   return ga, gb
 
 
@@ -259,8 +268,9 @@ def mixed_einsum(spec: str, a, b, out_dtype=jnp.float32):
   """`jnp.einsum(spec, a, b)` accumulated in float32 and returned in `out_dtype`, every product
   (also in the backward pass) a canonical low-precision x low-precision -> float32 dot.
   Single-letter axes. The operands may differ in dtype (bf16 activations, a float32 kernel):
-  the wider one is cast to the narrower inside, and its gradient comes back in its own dtype
-  straight from the float32 accumulation."""
+  the wider one is cast to the narrower inside, and its gradient comes back in its own dtype,
+  on a CPU straight from the float32 accumulation, elsewhere rounded to the narrow dtype first
+  (T5X's form; see the note above `NO_BATCH_PRODUCT`)."""
   lhs, rhs, out = _parse_einsum(spec)  # Errors at the call site rather than inside the VJP.
   compute_dtype = min((jnp.dtype(a.dtype), jnp.dtype(b.dtype)), key=lambda d: d.itemsize)
   for operand in (a, b):
