@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from xltransfer.errors import ConfigError
 from xltransfer.train import optimizer as opt_lib
+from xltransfer.train import row_sparse
 from xltransfer.train.schedules import learning_rate_schedule
 
 
@@ -81,6 +82,57 @@ def test_factored_update_with_rows_of_zero_gradient(zero_axis):
   expected = _reference_adafactor(param, grads, (0,), (1,))
   assert np.abs(expected - param).max() > 1e-3
   np.testing.assert_allclose(np.asarray(params["w"]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes", [P("vocab", "embed"), P("embed", "mlp")])
+def test_row_sparse_update_matches_the_reference(axes):
+  """A gradient given as some rows of its parameter (`row_ids`, as the trainer gives the
+  token embedding's; `train/row_sparse.py`) updates as the dense gradient with zeros in every
+  other row does: against the float64 reference, in both factor orientations (an embedding's
+  rows are Adafactor's columns), with clipping active, ids out of range as padding, and rows
+  that no step touches (their parameters must not move at all) or that one step skips (their
+  statistics decay in between)."""
+  rng = np.random.default_rng(5)
+  param = rng.normal(size=(16, 12)).astype(np.float32)
+  params = {"w": jnp.asarray(param)}
+  _, _, opt = _run(params, {"w": axes}, [], min_dim_size_to_factor=1)
+  assert opt.accepts_row_sparse(("w",))
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  dense_grads = []
+  for scale, rows in ((1.0, [0, 3, 4, 9]), (40.0, [3, 5, 11, 12]), (0.5, [0, 1, 3, 4])):
+    g = rng.normal(size=(len(rows), 12)).astype(np.float32) * scale
+    ids = np.array(rows + [16] * 2, np.int32)  # Two pad ids: out of range, zero rows.
+    compact = np.concatenate([g, np.zeros((2, 12), np.float32)])
+    updates, state = update({"w": jnp.asarray(compact)}, state, params,
+                            row_ids={"w": jnp.asarray(ids)})
+    assert updates["w"].shape == compact.shape
+    params = row_sparse.apply_updates(params, updates, {"w": jnp.asarray(ids)})
+    dense = np.zeros_like(param)
+    dense[rows] = g
+    dense_grads.append(dense)
+  if opt.factorings["w"].row_dims == (0,):
+    expected = _reference_adafactor(param, dense_grads, (0,), (1,))
+  else:  # The reference factors dim 0 as rows: give it the transposes.
+    expected = _reference_adafactor(param.T, [g.T for g in dense_grads], (0,), (1,)).T
+  result = np.asarray(params["w"])
+  untouched = [r for r in range(16) if r not in (0, 1, 3, 4, 5, 9, 11, 12)]
+  np.testing.assert_array_equal(result[untouched], param[untouched])
+  assert np.abs(expected - param).max() > 1e-3
+  np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_row_sparse_gradients_only_where_the_update_stays_exact():
+  """Momentum moves rows of zero gradient, and an unfactored second moment decays in every
+  entry: neither takes a row-sparse gradient."""
+  params = {"w": jnp.zeros((16, 12)), "b": jnp.zeros((12,))}
+  axes = {"w": P("vocab", "embed"), "b": P("embed")}
+  for kwargs, accepted in (({}, True), ({"momentum": 0.9}, False),
+                           ({"factored": False}, False)):
+    _, _, opt = _run(params, axes, [], min_dim_size_to_factor=1, **kwargs)
+    assert opt.accepts_row_sparse(("w",)) is accepted, kwargs
+    assert not opt.accepts_row_sparse(("b",))
+    assert not opt.accepts_row_sparse(("missing",))
 
 
 def _small_blocks(monkeypatch, rows_per_block, row_length):

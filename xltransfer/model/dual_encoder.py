@@ -73,6 +73,7 @@ class DualEncoderModel(EncoderDecoderModel):
 
   kind = "dual_encoder"
   dropped_subtrees = ("decoder",)
+  token_id_features = (QUERY_FEATURE, CANDIDATE_FEATURE)
 
   def __init__(self, config: MT5Config, temperature: float = 0.05, symmetric: bool = False):
     if not temperature > 0:

@@ -286,6 +286,25 @@ def mixed_einsum(spec: str, a, b, out_dtype=jnp.float32):
   return product
 
 
+# Entries that a trainer may add beside an `Embed`'s table in its params scope: the sorted
+# distinct token ids of a batch and those ids' rows of the table, as a differentiable array of
+# their own. The lookup then reads the rows, so the gradient with respect to them is the
+# table's gradient without the zeros of every row that the batch does not use
+# (`xltransfer/train/row_sparse.py`).
+LOOKED_UP_IDS = "looked_up_ids"
+LOOKED_UP_ROWS = "looked_up_rows"
+
+
+def take_looked_up_rows(ids, rows, tokens):
+  """`table[tokens]` from `rows = table[ids]` (`ids` sorted, distinct). A token that is not
+  among `ids` gives NaN, never another token's row: a loss that uses a token that the trainer
+  did not collect turns non-finite (the trainer stops on that) instead of training on the
+  wrong row."""
+  positions = jnp.clip(jnp.searchsorted(ids, tokens), 0, ids.shape[0] - 1)
+  found = (jnp.take(ids, positions) == tokens)[..., None]
+  return jnp.where(found, jnp.take(rows, positions, axis=0), jnp.nan)
+
+
 class Embed(nn.Module):
   """Token embedding table `embedding [vocab, embed]`; `attend` gives tied logits."""
   num_embeddings: int
@@ -298,9 +317,18 @@ class Embed(nn.Module):
         (self.num_embeddings, self.features), jnp.float32)
 
   def __call__(self, tokens):
+    if self.has_variable("params", LOOKED_UP_ROWS):
+      rows = take_looked_up_rows(self.get_variable("params", LOOKED_UP_IDS),
+                                 self.get_variable("params", LOOKED_UP_ROWS), tokens)
+      return rows.astype(self.dtype)
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x):
+    if self.has_variable("params", LOOKED_UP_ROWS):
+      # Every row of the table gets a gradient from tied logits: the looked-up rows alone
+      # would silently drop all the others'.
+      raise ValueError("Embed.attend (tied logits) needs the whole table's gradient; it "
+                       "cannot be used with the looked-up rows of a row-sparse gradient")
     # float32 logits, whatever the operands' dtype.
     return dense_2d(x.astype(self.dtype), self.embedding,
                     kernel_contracting_axis=1).astype(jnp.float32)

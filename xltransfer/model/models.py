@@ -28,6 +28,8 @@ class EncoderDecoderModel:
   kind = "seq2seq"
   # Top-level subtrees of an mT5 checkpoint that this model does not hold (dropped on load).
   dropped_subtrees = ()
+  # The batch features whose ids the loss looks up in the token embedding, and nothing else.
+  token_id_features = ("encoder_input_tokens", "decoder_input_tokens")
 
   def __init__(self, config: MT5Config, z_loss: float = 1e-4, label_smoothing: float = 0.0,
                loss_normalizing_factor: losses.LossNormalizingFactor = None):
@@ -62,6 +64,14 @@ class EncoderDecoderModel:
     return nn.get_partition_spec(boxed)
 
   # ---- training ----
+
+  def row_sparse_embedding_path(self):
+    """The param path of the token embedding when the loss uses it only to look up the ids
+    of `token_id_features` (its gradient is zero in every other row), else None: tied logits
+    give every row a gradient."""
+    if self.config.logits_via_embedding:
+      return None
+    return ("token_embedder", "embedding")
 
   def logits(self, params, batch, dropout_rng=None):
     if "encoder_input_tokens" not in batch:

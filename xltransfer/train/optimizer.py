@@ -330,19 +330,46 @@ def scale_by_factored_rms(factorings, decay_rate: float = 0.8, step_offset: int 
                        for i in range(3))
     return FactoredRmsState(jnp.zeros([], jnp.int32), v_row, v_col, v)
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, row_ids=None, **unused_extra_args):
+    """`row_ids`: None, or a tree of the params' structure holding None or, where the
+    gradient holds only some rows of its parameter (`train/row_sparse.py`), those rows' ids
+    [n] (ids out of range: rows of zero gradient); the update there holds those rows only."""
     if multiply_by_parameter_scale and params is None:
       raise ValueError("multiply_by_parameter_scale needs the params passed to update()")
     step = state.count.astype(jnp.float32) - step_offset
     decay = 1.0 - jnp.power(step + 1.0, -decay_rate)
     mixing = 1.0 - decay
 
-    def update_one(grad, param, v_row, v_col, v, f: Factoring):
+    def update_one(grad, param, v_row, v_col, v, f: Factoring, ids):
       grad = grad.astype(jnp.float32)
       avg = f.averaging_dims
       param_mean_square = None
       block = _leading_block_size(grad.shape) if f.factored else 0
-      if block and target_platform() == "cpu":
+      if ids is not None:
+        if not (f.factored and grad.ndim == 2):
+          raise ValueError(f"a row-sparse gradient needs a factored 2-D parameter, got {f}")
+        # Only the rows at `ids`; every other row of the parameter has zero gradient, so its
+        # leading-side statistic is decay * v + mixing * epsilon1 and its update is zero.
+        leading_is_row = f.row_dims == (0,)
+        v_leading, v_trailing = (v_row, v_col) if leading_is_row else (v_col, v_row)
+        grad_sqr = grad * grad
+        at_ids = lambda x: x.at[ids].get(mode="fill", fill_value=0.0)
+        touched = decay * at_ids(v_leading) + mixing * (jnp.mean(grad_sqr, axis=1) + epsilon1)
+        new_v_leading = (decay * v_leading + mixing * epsilon1).at[ids].set(touched, mode="drop")
+        new_v_trailing = decay * v_trailing + mixing * (
+            jnp.sum(grad_sqr, axis=0) / param.shape[0] + epsilon1)
+        new_v_row, new_v_col = ((new_v_leading, new_v_trailing) if leading_is_row
+                                else (new_v_trailing, new_v_leading))
+        row_mean = jnp.mean(new_v_row)
+        row_factor = jax.lax.rsqrt(new_v_row / row_mean)
+        col_factor = jax.lax.rsqrt(new_v_col)
+        if leading_is_row:
+          y = grad * at_ids(row_factor)[:, None] * col_factor[None, :]
+        else:
+          y = grad * row_factor[None, :] * at_ids(col_factor)[:, None]
+        y_mean_square = lambda: jnp.sum(y * y) / param.size
+        new_v = v
+      elif block and target_platform() == "cpu":
         # One blocked pass for the statistics (see `_blocked_factored_statistics`); the
         # update itself stays one elementwise expression, which XLA fuses with the step's
         # parameter update.
@@ -396,13 +423,15 @@ def scale_by_factored_rms(factorings, decay_rate: float = 0.8, step_offset: int 
       return y, new_v_row, new_v_col, new_v
 
     treedef = jax.tree.structure(updates)
+    no_ids = jax.tree.map(lambda _: None, updates)
     leaves = [treedef.flatten_up_to(t) for t in (updates, params if params is not None else updates,
-                                                  state.v_row, state.v_col, state.v, factorings)]
+                                                  state.v_row, state.v_col, state.v, factorings,
+                                                  no_ids if row_ids is None else row_ids)]
     results = [update_one(*args) for args in zip(*leaves)]
     unflatten = lambda i: jax.tree.unflatten(treedef, [r[i] for r in results])
     return unflatten(0), FactoredRmsState(state.count + 1, unflatten(1), unflatten(2), unflatten(3))
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def factored_state_logical_axes(state: FactoredRmsState, factorings, param_axes):
@@ -494,8 +523,25 @@ class Optimizer:
   def init(self, params):
     return self.transform.init(params)
 
-  def update(self, grads, state, params):
-    return self.transform.update(grads, state, params)
+  def update(self, grads, state, params, row_ids=None):
+    """`row_ids`: where a gradient holds only some rows of its parameter (see
+    `accepts_row_sparse`), a tree of the params' structure with those ids there and None
+    elsewhere; that update then holds the same rows (`row_sparse.apply_updates`)."""
+    if row_ids is None:
+      return self.transform.update(grads, state, params)
+    return self.transform.update(grads, state, params, row_ids=row_ids)
+
+  def accepts_row_sparse(self, path) -> bool:
+    """Whether the parameter at `path` (keys into the params tree) can take a row-sparse
+    gradient: factored and 2-D, and no momentum (which moves rows of zero gradient too)."""
+    if self.has_momentum or self.factorings is None:
+      return False
+    f = self.factorings
+    for key in path:
+      if not isinstance(f, dict) or key not in f:
+        return False
+      f = f[key]
+    return isinstance(f, Factoring) and f.factored and f.ndim == 2 and not f.batch_dims
 
   def state_logical_axes(self, abstract_state, param_axes):
     """Logical axes for every optimizer-state leaf: sharded like its parameter.
