@@ -1,5 +1,7 @@
 """The trainer's row-sparse token-embedding gradient (`xltransfer/train/row_sparse.py`): the
 same train steps as the dense gradient's, where it is used, and errors where it cannot be."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,3 +161,51 @@ def test_forcing_it_where_it_cannot_apply_is_a_config_error(model_overrides, opt
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0))
   batch = {k: jnp.asarray(v) for k, v in _seq2seq_batches(0, 1)[0].items()}
   assert trainer._looked_up_rows(params, batch) is None
+
+
+_SHARDED_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+import test_row_sparse_embedding as t
+from xltransfer.model.config import get_config
+from xltransfer.model.models import EncoderDecoderModel
+from xltransfer.partitioning import create_mesh, create_partitioner
+from xltransfer.train.trainer import Trainer, to_host
+model = EncoderDecoderModel(get_config("tiny"))
+optimizer = t._optimizer(model)
+partitioner = create_partitioner(create_mesh(data=2, model=2))
+batches = t._seq2seq_batches(seed=2, count=2)
+states = {}
+for sparse in (False, True):
+  trainer = Trainer(model, optimizer, partitioner, row_sparse_embedding=sparse)
+  state = trainer.init_state(0)
+  print("TABLE_SHARDING", state.params["token_embedder"]["embedding"].sharding.spec)
+  for batch in batches:
+    state, _ = trainer.train_step(state, batch)
+  states[sparse] = to_host(state)
+worst = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+            for a, b in zip(jax.tree.leaves(states[False]), jax.tree.leaves(states[True])))
+moved = float(np.max(np.abs(states[True].params["token_embedder"]["embedding"]
+                            - to_host(Trainer(model, optimizer, partitioner).init_state(0)).params[
+                                "token_embedder"]["embedding"])))
+print("WORST", worst, "MOVED", moved)
+"""
+
+
+@pytest.mark.slow
+def test_row_sparse_steps_equal_dense_steps_on_a_sharded_mesh(tmp_path):
+  """On a 2 x 2 (data x model) mesh of host devices the table is sharded over the vocabulary;
+  the gather of the looked-up rows and the scatter of their update go through GSPMD."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)),
+                                         os.environ.get("PYTHONPATH", "")]))
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-4000:]
+  shardings = [line for line in out.stdout.splitlines() if line.startswith("TABLE_SHARDING")]
+  assert shardings and all("model" in line for line in shardings), out.stdout
+  fields = out.stdout.split("WORST")[1].split()
+  worst, moved = float(fields[0]), float(fields[2])
+  assert moved > 1e-3 and worst < 1e-5, (worst, moved)
