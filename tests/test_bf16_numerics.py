@@ -88,6 +88,42 @@ def test_mixed_einsum_and_its_gradients_match_float32(spec, shape_a, shape_b):
                                atol=0.02 * float(jnp.max(jnp.abs(want))))
 
 
+def _gated_gelu_float64(gate, linear, g):
+  """gelu_tanh(gate) * linear and its gradients, in float64 from the formula (not from jax)."""
+  gate, linear, g = (np.asarray(x, np.float64) for x in (gate, linear, g))
+  c = np.sqrt(2.0 / np.pi)
+  tanh = np.tanh(c * (gate + 0.044715 * gate ** 3))
+  gelu = 0.5 * gate * (1.0 + tanh)
+  slope = 0.5 * (1.0 + tanh) + 0.5 * gate * (1.0 - tanh ** 2) * c * (1.0 + 3 * 0.044715 * gate ** 2)
+  return gelu * linear, g * linear * slope, g * gelu
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gated_gelu_and_its_gradients_match_a_float64_reference(dtype):
+  rng = np.random.RandomState(0)
+  # Gates over the range where tanh saturates and where the cubic term matters.
+  gate = jnp.asarray(np.concatenate([np.linspace(-12, 12, 97), 3 * rng.randn(2000)]), dtype)
+  linear = jnp.asarray(rng.randn(gate.size), dtype)
+  g = jnp.asarray(rng.randn(gate.size), dtype)
+  out, vjp = jax.vjp(layers.gated_gelu, gate, linear)
+  d_gate, d_linear = vjp(g)
+  want = _gated_gelu_float64(gate, linear, g)
+  # float32 inside: one rounding to the output dtype (bf16: 2^-8 relative). Where tanh
+  # nears -1, 1 + tanh cancels in float32, and float32's tanh is exactly -1 beyond an argument
+  # of about 9 (gate < -4.7), where gelu's slope is below 2e-6 (flax's gelu does the same):
+  # an absolute error of 2e-6 times g * linear, below 5e-6 of the largest values here.
+  rtol = 1e-5 if dtype == jnp.float32 else 2 ** -8
+  for got, expected in zip((out, d_gate, d_linear), want):
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=rtol,
+                               atol=5e-6 * np.abs(expected).max())
+  # The same function as the expression it replaces (flax's tanh-approximate gelu).
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x32, y32 = gate.astype(jnp.float32), linear.astype(jnp.float32)
+  np.testing.assert_allclose(np.asarray(out, np.float32),
+                             nn.gelu(x32, approximate=True) * y32, rtol=rtol, atol=1e-6)
+
+
 @pytest.mark.parametrize("spec", ["ab,bc", "ab,bc->ad", "aa,ab->b", "ab,bc->c", "a1,1c->ac"])
 def test_mixed_einsum_rejects_what_it_cannot_compute(spec):
   x = jnp.ones((2, 2), jnp.bfloat16)
