@@ -351,3 +351,26 @@ def test_vocab_major_output_kernel_decodes_the_same_tokens(monkeypatch, beams):
   monkeypatch.setattr(decoding, "decoding_variables", _without_vocab_major_kernel)
   model = EncoderDecoderModel(config)  # Fresh jit caches: the patched variables are traced.
   np.testing.assert_array_equal(with_kernel, np.asarray(search(params)))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_decoding_weights_made_once_decode_the_same_tokens(beams):
+  """`model.decoding_weights(params)` (what evaluation makes once for all its batches) decodes
+  the same tokens as `params`, greedy and beam search, with the same beam scores."""
+  from xltransfer.model import decoding, network  # pylint: disable=import-outside-toplevel
+  config = get_config("tiny", dtype="bfloat16")
+  model = EncoderDecoderModel(config)
+  params = model.init(jax.random.PRNGKey(3))
+  prepared = model.decoding_weights(params)
+  assert isinstance(prepared, decoding.DecodingWeights)
+  # The cast and (on this CPU) the vocab-major output kernel are in it.
+  assert network.DECODING_WEIGHTS in prepared.variables
+  assert prepared.variables["params"]["decoder"]["logits_dense"]["kernel"].dtype == jnp.bfloat16
+  inputs = jnp.asarray(np.random.RandomState(4).randint(2, 1024, (3, 10)), jnp.int32)
+  if beams == 1:
+    np.testing.assert_array_equal(model.greedy_decode(prepared, inputs, 8),
+                                  model.greedy_decode(params, inputs, 8))
+  else:
+    for got, want in zip(model.beam_search(prepared, inputs, 8, beams),
+                         model.beam_search(params, inputs, 8, beams)):
+      np.testing.assert_array_equal(got, want)

@@ -74,6 +74,7 @@ def test_what_needs_a_decoder_is_a_config_error():
   params = model.init(jax.random.PRNGKey(0))
   tokens = jnp.ones((2, 8), jnp.int32)
   for call in (lambda: model.greedy_decode(params, tokens, 4),
+               lambda: model.decoding_weights(params),
                lambda: model.beam_search(params, tokens, 4, 2),
                lambda: model.score_targets(params, {"encoder_input_tokens": tokens,
                                                     "decoder_input_tokens": tokens,

@@ -114,6 +114,37 @@ def test_rank_classification_single_token_choices_follow_first_step_logits(model
   np.testing.assert_array_equal(best, expected)
 
 
+def test_decoding_weights_are_made_once_for_every_batch_and_call(model_and_params, monkeypatch):
+  """On a CPU the engine makes the model's decoding weights once and decodes every batch
+  (greedy and beam) from them, with the tokens `params` give; on an accelerator target it
+  hands the decoders the params themselves."""
+  from xltransfer.model import decoding, layers  # pylint: disable=import-outside-toplevel
+  model, params = model_and_params
+  made, received = [], []
+  original_prepare = type(model).decoding_weights
+  original_greedy = type(model).greedy_decode
+  monkeypatch.setattr(type(model), "decoding_weights",
+                      lambda self, p: made.append(1) or original_prepare(self, p))
+  monkeypatch.setattr(type(model), "greedy_decode",
+                      lambda self, p, *a: received.append(type(p)) or original_greedy(self, p, *a))
+  tokens = _inputs()
+  runner = inference.Inference(model, params, batch_size=2, show_progress=False)
+  greedy = runner.decode(tokens, max_decode_length=6)
+  runner.decode(tokens[:2], max_decode_length=6)
+  beam = runner.decode(tokens, max_decode_length=5, beam_size=3, alpha=0.6)
+  assert made == [1]
+  assert received and set(received) == {decoding.DecodingWeights}  # traced once per shape
+  np.testing.assert_array_equal(greedy, model.greedy_decode(params, jnp.asarray(tokens), 6))
+  np.testing.assert_array_equal(beam, np.asarray(
+      model.beam_search(params, jnp.asarray(tokens), 5, 3, 0.6)[0])[:, 0])
+
+  monkeypatch.setattr(layers, "target_platform", lambda: "tpu")
+  received.clear()
+  accelerator = inference.Inference(model, params, batch_size=2, show_progress=False)
+  np.testing.assert_array_equal(accelerator.decode(tokens, max_decode_length=6), greedy)
+  assert made == [1] and received and all(t is dict for t in received)
+
+
 def test_mesh_path_on_local_devices(model_and_params):
   model, params = model_and_params
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1), ("data", "model"))

@@ -21,6 +21,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from xltransfer.errors import ConfigError
+from xltransfer.model import layers
 from xltransfer.model.models import EOS_ID
 
 
@@ -95,6 +96,7 @@ class Inference:
       shardings = partitioner.shardings(model.param_logical_axes())
       params = jax.tree.map(jax.device_put, params, shardings)
     self.params = params
+    self._decoding_weights = None
 
   # ---- the batching machinery ----
 
@@ -118,11 +120,13 @@ class Inference:
     return self._compiled[name]
 
   def map_batches(self, name: str, fn: Callable, arrays: Sequence[np.ndarray],
-                  description: str = "") -> List[np.ndarray]:
+                  description: str = "", params=None) -> List[np.ndarray]:
     """Applies `fn(params, *arrays_batch) -> array or tuple` over fixed-size batches.
 
     All arrays share their leading dimension n; returns the outputs concatenated, n rows each.
+    `params` (default: the engine's) is what `fn` receives as its first argument.
     """
+    params = self.params if params is None else params
     arrays = [np.asarray(a) for a in arrays]
     total = arrays[0].shape[0]
     if any(a.shape[0] != total for a in arrays):
@@ -136,12 +140,24 @@ class Inference:
       for start in bar:
         rows = min(self.batch_size, total - start)
         batch = [self._put(_pad_rows(a[start:start + rows], self.batch_size)) for a in arrays]
-        result = compiled(self.params, *batch)
+        result = compiled(params, *batch)
         result = result if isinstance(result, tuple) else (result,)
         outputs.append([_to_host(r)[:rows] for r in result])
     if not outputs:
       return []
     return [np.concatenate(parts) for parts in zip(*outputs)]
+
+  def _params_for_decoding(self):
+    """What the decoding functions take as params. On a CPU: the model's decoding weights,
+    made once for every batch and task (the bf16 cast and the output kernel's transposition
+    would otherwise run on each batch; see `decoding.DecodingWeights`). Elsewhere the params:
+    XLA:TPU/GPU fuse the cast into the steps, and a held copy would take accelerator memory."""
+    with self._context():
+      if layers.target_platform() != "cpu":
+        return self.params
+      if self._decoding_weights is None:
+        self._decoding_weights = self.model.decoding_weights(self.params)
+    return self._decoding_weights
 
   # ---- what the evaluator runs ----
 
@@ -159,7 +175,8 @@ class Inference:
       name = f"beam_{max_decode_length}_{beam_size}_{alpha}"
     if len(encoder_input_tokens) == 0:
       return np.zeros((0, max_decode_length), np.int32)
-    return self.map_batches(name, fn, [encoder_input_tokens], description)[0]
+    return self.map_batches(name, fn, [encoder_input_tokens], description,
+                            params=self._params_for_decoding())[0]
 
   def score(self, encoder_input_tokens: np.ndarray, decoder_target_tokens: np.ndarray,
             description: str = "score") -> np.ndarray:

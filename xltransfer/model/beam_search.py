@@ -48,12 +48,13 @@ def beam_search(module, params, encoder_input_tokens, max_decode_length: int, be
                 alpha: float = 0.6, eos_id: int = 1, cache_batch_axis: int = 0):
   """Returns (sequences [b, k, L], scores [b, k]), best first; 0 pads after EOS.
 
-  `cache_batch_axis` is 1 for scanned models (their cache has a leading layer axis).
+  `params`: the parameter tree, or its `decoding.DecodingWeights`. `cache_batch_axis` is 1
+  for scanned models (their cache has a leading layer axis).
   """
-  from xltransfer.model.decoding import decoding_variables
+  from xltransfer.model.decoding import variables_for_decoding
   from xltransfer.model.network import Transformer
 
-  weights = decoding_variables(params, module.config)
+  weights = variables_for_decoding(params, module.config)  # params or their DecodingWeights
   batch = encoder_input_tokens.shape[0]
   k = beam_size
   tokens_k = jnp.repeat(encoder_input_tokens, k, axis=0)

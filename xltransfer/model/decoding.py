@@ -4,6 +4,8 @@ The encoder runs once; cross-attention keys/values are projected once and cached
 feeds one token and appends its self-attention keys/values to the cache. The loop stops early
 when every row has produced EOS, and positions after a row's EOS hold 0 (padding).
 """
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -59,10 +61,34 @@ def decoding_variables(params, config):
           network.DECODING_WEIGHTS: {"decoder": {network.VOCAB_MAJOR_LOGITS_KERNEL: kernel.T}}}
 
 
+class DecodingWeights(NamedTuple):
+  """`decoding_variables(params)` made once, to decode many batches with the same params.
+
+  `greedy_decode` and `beam_search` take it in place of the parameter tree and then skip
+  the per-call cast (and, on a CPU, the output kernel's transposition): for greedy
+  mT5-small in bf16 (batch 16, 256 inputs, 64 new tokens) 1.735 -> 1.685 s per call, the same
+  tokens (2-core AMD EPYC, same process, alternating). The price is a low-precision copy of
+  the weights beside the float32 parameters while it is held.
+  """
+  variables: dict
+
+
+def prepare_decoding(params, config) -> DecodingWeights:
+  return DecodingWeights(decoding_variables(params, config))
+
+
+def variables_for_decoding(params_or_weights, config):
+  """The variables a decode reads: prepared ones as they are, else made from `params`."""
+  if isinstance(params_or_weights, DecodingWeights):
+    return params_or_weights.variables
+  return decoding_variables(params_or_weights, config)
+
+
 def greedy_decode(module, params, encoder_input_tokens, max_decode_length: int, eos_id: int = 1):
+  """`params`: the parameter tree, or its `DecodingWeights`."""
   from xltransfer.model.network import Transformer  # Local: network imports nothing from here.
 
-  weights = decoding_variables(params, module.config)
+  weights = variables_for_decoding(params, module.config)
   encoded = module.apply(weights, encoder_input_tokens, method=Transformer.encode)
   batch = encoder_input_tokens.shape[0]
 

@@ -101,6 +101,9 @@ class DualEncoderModel(EncoderDecoderModel):
   def logits(self, params, batch, dropout_rng=None):
     self._no_decoder("compute decoder logits or score targets")
 
+  def decoding_weights(self, params):
+    self._no_decoder("decode")
+
   def greedy_decode(self, params, encoder_input_tokens, max_decode_length: int):
     self._no_decoder("decode")
 

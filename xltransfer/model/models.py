@@ -151,13 +151,24 @@ class EncoderDecoderModel:
       return encoded[:, 0]
     raise ValueError(f"unknown pooling {pooling!r}; use 'mean' or 'first'")
 
+  def decoding_weights(self, params) -> decoding.DecodingWeights:
+    """What every decode of `params` reads, made once (`decoding.DecodingWeights`): pass it to
+    `greedy_decode` or `beam_search` in place of `params` to decode many batches."""
+    return self._prepare_decoding(params)
+
+  @functools.cached_property
+  def _prepare_decoding(self):
+    return jax.jit(functools.partial(decoding.prepare_decoding, config=self.config))
+
   def greedy_decode(self, params, encoder_input_tokens, max_decode_length: int):
-    """Greedy decoding with a KV cache: [b, max_decode_length] tokens, 0 after EOS."""
+    """Greedy decoding with a KV cache: [b, max_decode_length] tokens, 0 after EOS.
+    `params`: the parameter tree or its `decoding_weights`."""
     return self._greedy_decode(params, encoder_input_tokens, max_decode_length)
 
   def beam_search(self, params, encoder_input_tokens, max_decode_length: int, beam_size: int,
                   alpha: float = 0.6):
-    """Beam search: (sequences [b, beam, L] best first, length-normalised scores [b, beam])."""
+    """Beam search: (sequences [b, beam, L] best first, length-normalised scores [b, beam]).
+    `params`: the parameter tree or its `decoding_weights`."""
     return self._beam_search(params, encoder_input_tokens, max_decode_length, beam_size, alpha)
 
   @functools.cached_property
