@@ -1,6 +1,7 @@
 """Numerical parity with Hugging Face's MT5ForConditionalGeneration, and the HF round trip."""
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -83,6 +84,115 @@ def test_greedy_decoding_matches_hf_generate_for_20_steps(converted):
     eos = np.flatnonzero(expected[row] == 1)
     stop = eos[0] + 1 if len(eos) else 20
     np.testing.assert_array_equal(ours[row, :stop], expected[row, :stop])
+
+
+# bf16 decoding against float32 decoding. Random weights leave near-ties (two tokens whose
+# float32 logits differ by less than bf16 rounding moves them), where either token is a correct
+# bf16 answer and the rows then go their own ways; so a row may leave float32's tokens only at
+# a near-tie, and the rounding itself is bounded along float32's tokens.
+DECODE_STEPS = 20
+# bf16 keeps 8 significant bits (one rounding: <= 0.4%); through the layers the logits moved by
+# at most 0.9% of their largest magnitude on both configs (2026-12-01).
+BF16_LOGIT_ERROR = 0.015
+
+
+def _logits_along(config, params, enc, tokens, dtype):
+  """Each decoding step's logits [b, steps, vocab] (float32) with `tokens` fed back instead of
+  the decoder's own choices: the decode path (its weights, KV caches) in `dtype`, jitted as
+  greedy decoding runs it."""
+  from xltransfer.model.network import Transformer  # pylint: disable=import-outside-toplevel
+  model = EncoderDecoderModel(config.replace(dtype=dtype))
+
+  def run(variables, enc, tokens):
+    encoded = model.module.apply(variables, enc, method=Transformer.encode)
+    previous, cache, steps = jnp.zeros((enc.shape[0], 1), jnp.int32), None, []
+    for t in range(tokens.shape[1]):
+      step_variables = variables if cache is None else {**variables, "cache": cache}
+      logits, mutated = model.module.apply(
+          step_variables, encoded, enc, previous, decode=True, max_decode_length=tokens.shape[1],
+          mutable=["cache"], method=Transformer.decode)
+      cache, previous = mutated["cache"], tokens[:, t:t + 1]
+      steps.append(logits[:, -1].astype(jnp.float32))
+    return jnp.stack(steps, axis=1)
+  return np.asarray(jax.jit(run)(model.decoding_weights(params).variables, enc, tokens),
+                    np.float64)
+
+
+@pytest.mark.slow
+def test_bf16_greedy_decoding_leaves_the_float32_tokens_only_at_a_near_tie(converted):
+  """Greedy decoding in bfloat16 (bf16 weights, activations and KV caches; float32
+  accumulation, softmax and logits) on the parity configs, whose float32 tokens are HF's
+  (above). Along float32's tokens its logits stay within BF16_LOGIT_ERROR of float32's (of
+  their largest magnitude); free-running, a row's tokens first differ from float32's only at a
+  near-tie: float32's best logit ahead of bf16's pick by less than twice what bf16 moved that
+  step's logits. (Each config has one such row, at steps 3 and 13; the others agree.)"""
+  _, _, config, params = converted
+  enc = jnp.asarray(_padded_batch(config.vocab_size, seed=1)[0])
+  f32_tokens = np.asarray(EncoderDecoderModel(config).greedy_decode(params, enc, DECODE_STEPS))
+  bf16_model = EncoderDecoderModel(config.replace(dtype="bfloat16"))
+  bf16_tokens = np.asarray(bf16_model.greedy_decode(bf16_model.decoding_weights(params), enc,
+                                                    DECODE_STEPS))
+  exact = _logits_along(config, params, enc, jnp.asarray(f32_tokens), "float32")
+  rounded = _logits_along(config, params, enc, jnp.asarray(f32_tokens), "bfloat16")
+  decoded = np.cumsum(f32_tokens == 1, axis=1) - (f32_tokens == 1) == 0  # through the first EOS
+  # The teacher-forced path is greedy decoding's own.
+  np.testing.assert_array_equal(exact.argmax(-1)[decoded], f32_tokens[decoded])
+  moved = np.abs(rounded - exact).max(-1)  # [b, steps]
+  assert moved[decoded].max() <= BF16_LOGIT_ERROR * np.abs(exact).max(), moved.max()
+  agreeing_rows = 0
+  for row, (want, got) in enumerate(zip(f32_tokens, bf16_tokens)):
+    differ = np.flatnonzero(want != got)
+    if not len(differ):
+      agreeing_rows += 1
+      continue
+    step = differ[0]
+    assert 1 not in want[:step], f"row {row}: tokens after EOS differ"  # both pad with 0
+    margin = exact[row, step, want[step]] - exact[row, step, got[step]]
+    assert margin < 2 * moved[row, step], (row, step, margin, moved[row, step])
+  assert agreeing_rows >= len(f32_tokens) // 2, agreeing_rows
+
+
+@pytest.mark.slow
+def test_bf16_beam_search_finds_beams_as_good_under_float32(converted):
+  """Beam search in bfloat16 on the parity configs: its best beams, scored by the float32
+  model, are within the bf16 rounding's reach of float32 beam search's best beams, and its own
+  scores of them are within that reach of their float32 scores. A beam's log-probability
+  moves by at most twice the logits' error per token (the logit and the log-sum-exp), so by
+  2 * error * length / length_penalty(length)."""
+  from xltransfer.model.beam_search import length_penalty  # pylint: disable=import-outside-toplevel
+  _, _, config, params = converted
+  enc = jnp.asarray(_padded_batch(config.vocab_size, seed=1)[0])
+  beams, alpha = 4, 0.6
+  f32_model = EncoderDecoderModel(config)
+  bf16_model = EncoderDecoderModel(config.replace(dtype="bfloat16"))
+  f32_seqs, f32_scores = f32_model.beam_search(params, enc, DECODE_STEPS, beams, alpha)
+  bf16_seqs, bf16_scores = bf16_model.beam_search(bf16_model.decoding_weights(params), enc,
+                                                  DECODE_STEPS, beams, alpha)
+
+  def float32_scores(seqs):
+    """Length-normalised float32 log-probabilities of [b, beams, steps] sequences, and the
+    reach of bf16 rounding on each (from the largest float32 logit along it)."""
+    flat = np.asarray(seqs).reshape(-1, DECODE_STEPS)
+    decoder_inputs = np.concatenate([np.zeros((len(flat), 1), flat.dtype), flat[:, :-1]], 1)
+    logits = np.asarray(f32_model.logits(params, {
+        "encoder_input_tokens": jnp.repeat(enc, beams, axis=0),
+        "decoder_input_tokens": jnp.asarray(decoder_inputs),
+        "decoder_target_tokens": jnp.asarray(flat)}), np.float64)
+    logprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    taken = np.take_along_axis(logprobs, flat[..., None], axis=-1)[..., 0]
+    lengths = (flat > 0).sum(-1)  # tokens through EOS (0 after it)
+    penalty = np.asarray(length_penalty(lengths.astype(np.float64), alpha))
+    real = flat > 0
+    scale = np.where(real[..., None], np.abs(logits), 0.0).max(axis=(1, 2))
+    reach = 2 * BF16_LOGIT_ERROR * scale * lengths / penalty
+    return ((taken * real).sum(-1) / penalty).reshape(-1, beams), reach.reshape(-1, beams)
+
+  rescored, reach = float32_scores(bf16_seqs)
+  np.testing.assert_array_less(np.abs(np.asarray(bf16_scores, np.float64) - rescored), reach)
+  # float32's own scores of its beams are what this rescoring gives them (the check is sound).
+  np.testing.assert_allclose(float32_scores(f32_seqs)[0], f32_scores, rtol=1e-5, atol=1e-5)
+  # Its best beam is as good, under float32, as float32's best, within the rounding's reach.
+  assert (rescored[:, 0] >= np.asarray(f32_scores)[:, 0] - reach[:, 0]).all()
 
 
 def test_round_trip_to_hf_reproduces_every_tensor_exactly(converted, tmp_path):
