@@ -91,8 +91,8 @@ def test_greedy_decoding_matches_hf_generate_for_20_steps(converted):
 # bf16 answer and the rows then go their own ways; so a row may leave float32's tokens only at
 # a near-tie, and the rounding itself is bounded along float32's tokens.
 DECODE_STEPS = 20
-# bf16 keeps 8 significant bits (one rounding: <= 0.4%); through the layers the logits moved by
-# at most 0.9% of their largest magnitude on both configs (2026-12-01).
+# bf16 keeps 8 significant bits (one rounding moves a value by at most 2^-9, 0.2%); through the
+# layers the logits moved by at most 0.9% of their largest magnitude on both configs (2026-12-01).
 BF16_LOGIT_ERROR = 0.015
 
 
